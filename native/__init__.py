@@ -1,0 +1,1 @@
+"""Cython hot paths, each with a pure-Python twin."""

@@ -1,0 +1,190 @@
+"""The one place where protobuf messages become domain objects and back."""
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from vws.common import model
+from vws.v1 import workspace_pb2 as pb
+
+_STATE_TO_PB = {s: pb.Workspace.State.Value(f"STATE_{s.value}") for s in model.State}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_KIND_TO_PB = {k: pb.WorkspaceSpec.Kind.Value(f"KIND_{k.value}") for k in model.Kind}
+_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
+_EVENT_TO_PB = {e: pb.WorkspaceEvent.Type.Value(f"TYPE_{e.value}") for e in model.EventType}
+_EVENT_FROM_PB = {v: k for k, v in _EVENT_TO_PB.items()}
+_MSTATE_TO_PB = {s: pb.Manager.State.Value(f"STATE_{s.value}") for s in model.ManagerState}
+
+
+def state_to_pb(state: model.State) -> int:
+    return _STATE_TO_PB[state]
+
+
+def state_from_pb(value: int) -> model.State:
+    return _STATE_FROM_PB.get(value, model.State.UNSPECIFIED)
+
+
+def kind_to_pb(kind: model.Kind | None) -> int:
+    return _KIND_TO_PB[kind] if kind else pb.WorkspaceSpec.KIND_UNSPECIFIED
+
+
+def kind_from_pb(value: int) -> model.Kind | None:
+    """None for KIND_UNSPECIFIED or a value this build does not know."""
+    return _KIND_FROM_PB.get(value)
+
+
+def event_type_to_pb(t: model.EventType) -> int:
+    return _EVENT_TO_PB[t]
+
+
+def event_type_from_pb(value: int) -> model.EventType:
+    return _EVENT_FROM_PB.get(value, model.EventType.UNSPECIFIED)
+
+
+def ts_to_pb(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(dt.timezone.utc))
+    return ts
+
+
+def ts_from_pb(msg, field: str) -> dt.datetime | None:
+    if not msg.HasField(field):
+        return None
+    return getattr(msg, field).ToDatetime(tzinfo=dt.timezone.utc)
+
+
+def duration_to_pb(value: dt.timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def duration_from_pb(msg, field: str) -> dt.timedelta | None:
+    if not msg.HasField(field):
+        return None
+    return getattr(msg, field).ToTimedelta()
+
+
+def resources_to_pb(r: model.Resources) -> pb.ResourceAllocation:
+    return pb.ResourceAllocation(memory_bytes=r.memory_bytes, disk_bytes=r.disk_bytes,
+                                 cpu_millis=r.cpu_millis, network_bits_per_second=r.network_bits_per_second)
+
+
+def resources_from_pb(m: pb.ResourceAllocation) -> model.Resources:
+    return model.Resources(m.memory_bytes, m.disk_bytes, m.cpu_millis, m.network_bits_per_second)
+
+
+def spec_to_pb(spec: model.WorkspaceSpec) -> pb.WorkspaceSpec:
+    msg = pb.WorkspaceSpec(
+        kind=kind_to_pb(spec.kind),
+        software=pb.SoftwareConfiguration(
+            environment=spec.software.environment,
+            setup_script=spec.software.setup_script,
+            files=[pb.StagedFile(path=f.path, content=f.content, mode=f.mode) for f in spec.software.files],
+            image=spec.software.image,
+        ),
+        resources=resources_to_pb(spec.resources),
+        start_on_create=spec.start_on_create,
+    )
+    if spec.lifetime is not None:
+        msg.lifetime.CopyFrom(duration_to_pb(spec.lifetime))
+    return msg
+
+
+def spec_from_pb(msg: pb.WorkspaceSpec) -> model.WorkspaceSpec:
+    """Kind may come back None (unspecified/unknown); validation reports it."""
+    sw = msg.software
+    return model.WorkspaceSpec(
+        kind=kind_from_pb(msg.kind),
+        software=model.Software(
+            environment=dict(sw.environment),
+            setup_script=sw.setup_script,
+            files=[model.StagedFile(f.path, f.content, f.mode or 0o644) for f in sw.files],
+            image=sw.image,
+        ),
+        resources=resources_from_pb(msg.resources),
+        lifetime=duration_from_pb(msg, "lifetime"),
+        start_on_create=msg.start_on_create if msg.HasField("start_on_create") else True,
+    )
+
+
+def endpoint_to_pb(e: model.Endpoint) -> pb.EndpointReference:
+    return pb.EndpointReference(workspace=e.workspace, manager=e.manager,
+                                manager_address=e.manager_address, host_identity=e.host_identity)
+
+
+def endpoint_from_pb(m: pb.EndpointReference) -> model.Endpoint:
+    return model.Endpoint(m.workspace, m.manager, m.manager_address, m.host_identity)
+
+
+def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
+    msg = pb.Workspace(
+        name=w.name, spec=spec_to_pb(w.spec), state=state_to_pb(w.state),
+        state_message=w.state_message, endpoint=endpoint_to_pb(w.endpoint), owner=w.owner,
+        labels=w.labels, request_id=w.request_id,
+    )
+    for field in ("create_time", "update_time", "termination_time"):
+        value = getattr(w, field)
+        if value is not None:
+            getattr(msg, field).CopyFrom(ts_to_pb(value))
+    return msg
+
+
+def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
+    return model.Workspace(
+        name=msg.name, spec=spec_from_pb(msg.spec), state=state_from_pb(msg.state),
+        state_message=msg.state_message, endpoint=endpoint_from_pb(msg.endpoint), owner=msg.owner,
+        create_time=ts_from_pb(msg, "create_time"), update_time=ts_from_pb(msg, "update_time"),
+        termination_time=ts_from_pb(msg, "termination_time"), labels=dict(msg.labels),
+        request_id=msg.request_id,
+    )
+
+
+def event_to_pb(e: model.Event) -> pb.WorkspaceEvent:
+    return pb.WorkspaceEvent(
+        name=e.name, type=event_type_to_pb(e.type), time=ts_to_pb(e.time),
+        previous_state=state_to_pb(e.previous_state), state=state_to_pb(e.state),
+        message=e.message, source=e.source)
+
+
+def event_from_pb(m: pb.WorkspaceEvent) -> model.Event:
+    return model.Event(name=m.name, type=event_type_from_pb(m.type), time=ts_from_pb(m, "time"),
+                       previous_state=state_from_pb(m.previous_state), state=state_from_pb(m.state),
+                       message=m.message, source=m.source)
+
+
+def capacity_to_pb(c: model.Capacity) -> pb.Capacity:
+    return pb.Capacity(workspaces=c.workspaces, memory_bytes=c.memory_bytes,
+                       disk_bytes=c.disk_bytes, cpu_millis=c.cpu_millis)
+
+
+def capacity_from_pb(m: pb.Capacity) -> model.Capacity:
+    return model.Capacity(m.workspaces, m.memory_bytes, m.disk_bytes, m.cpu_millis)
+
+
+def manager_to_pb(m: model.ManagerInfo) -> pb.Manager:
+    msg = pb.Manager(
+        name=m.name, address=m.address, kinds=[kind_to_pb(k) for k in m.kinds], backend=m.backend,
+        capacity=capacity_to_pb(m.capacity), allocated=capacity_to_pb(m.allocated),
+        state=_MSTATE_TO_PB[m.state], heartbeat_interval=duration_to_pb(m.heartbeat_interval))
+    for field in ("register_time", "heartbeat_time"):
+        value = getattr(m, field)
+        if value is not None:
+            getattr(msg, field).CopyFrom(ts_to_pb(value))
+    return msg
+
+
+def manager_from_pb(msg: pb.Manager) -> model.ManagerInfo:
+    return model.ManagerInfo(
+        name=msg.name, address=msg.address,
+        kinds=[k for k in (kind_from_pb(v) for v in msg.kinds) if k is not None],
+        backend=msg.backend, capacity=capacity_from_pb(msg.capacity),
+        allocated=capacity_from_pb(msg.allocated),
+        state={v: k for k, v in _MSTATE_TO_PB.items()}.get(msg.state, model.ManagerState.UNSPECIFIED),
+        register_time=ts_from_pb(msg, "register_time"), heartbeat_time=ts_from_pb(msg, "heartbeat_time"),
+        heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2))

@@ -1,0 +1,166 @@
+"""Domain objects shared by the three services. The wire format lives in vws.v1; the
+converters module is the only place that turns one into the other."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+
+
+class State(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    PENDING = "PENDING"
+    PROPAGATING = "PROPAGATING"
+    READY = "READY"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    SUSPENDED = "SUSPENDED"
+    MIGRATING = "MIGRATING"
+    TERMINATING = "TERMINATING"
+    TERMINATED = "TERMINATED"
+    FAILED = "FAILED"
+
+    @property
+    def is_final(self) -> bool:
+        return self is State.TERMINATED
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether a workspace in this state occupies capacity on its manager."""
+        return self not in (State.TERMINATED, State.UNSPECIFIED)
+
+
+class Kind(enum.Enum):
+    UNIX_ACCOUNT = "UNIX_ACCOUNT"
+    SANDBOX = "SANDBOX"
+    VIRTUAL_MACHINE = "VIRTUAL_MACHINE"
+
+    @property
+    def cli_name(self) -> str:
+        return {"UNIX_ACCOUNT": "account", "SANDBOX": "sandbox", "VIRTUAL_MACHINE": "vm"}[self.value]
+
+
+class EventType(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    CREATED = "CREATED"
+    PLACED = "PLACED"
+    STATE_CHANGED = "STATE_CHANGED"
+    TERMINATION_TIME_CHANGED = "TERMINATION_TIME_CHANGED"
+    RECONCILED = "RECONCILED"
+
+
+class Action(enum.Enum):
+    """The state-changing operations a manager performs, with their legal moves."""
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+    RESUME = "resume"
+    DESTROY = "destroy"
+
+
+# action -> (states it may start from, state it ends in)
+TRANSITIONS: dict[Action, tuple[frozenset[State], State]] = {
+    Action.START: (frozenset({State.READY}), State.RUNNING),
+    Action.STOP: (frozenset({State.RUNNING, State.PAUSED}), State.READY),
+    Action.PAUSE: (frozenset({State.RUNNING}), State.PAUSED),
+    Action.RESUME: (frozenset({State.PAUSED}), State.RUNNING),
+    Action.DESTROY: (frozenset(set(State) - {State.TERMINATED, State.UNSPECIFIED}), State.TERMINATED),
+}
+
+
+@dataclasses.dataclass
+class Resources:
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    cpu_millis: int = 0
+    network_bits_per_second: int = 0
+
+
+@dataclasses.dataclass
+class StagedFile:
+    path: str
+    content: bytes = b""
+    mode: int = 0o644
+
+
+@dataclasses.dataclass
+class Software:
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    setup_script: str = ""
+    files: list[StagedFile] = dataclasses.field(default_factory=list)
+    image: str = ""
+
+
+@dataclasses.dataclass
+class WorkspaceSpec:
+    kind: Kind = Kind.UNIX_ACCOUNT
+    software: Software = dataclasses.field(default_factory=Software)
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    lifetime: dt.timedelta | None = None
+    start_on_create: bool = True
+
+
+@dataclasses.dataclass
+class Endpoint:
+    workspace: str = ""
+    manager: str = ""
+    manager_address: str = ""
+    host_identity: str = ""
+
+
+@dataclasses.dataclass
+class Workspace:
+    name: str
+    spec: WorkspaceSpec
+    state: State = State.PENDING
+    state_message: str = ""
+    endpoint: Endpoint = dataclasses.field(default_factory=Endpoint)
+    owner: str = ""
+    create_time: dt.datetime | None = None
+    update_time: dt.datetime | None = None
+    termination_time: dt.datetime | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    request_id: str = ""
+
+
+@dataclasses.dataclass
+class Event:
+    name: str
+    type: EventType
+    time: dt.datetime
+    previous_state: State
+    state: State
+    message: str = ""
+    source: str = ""
+
+
+@dataclasses.dataclass
+class Capacity:
+    workspaces: int = 0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    cpu_millis: int = 0
+
+
+class ManagerState(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    AVAILABLE = "AVAILABLE"
+    UNREACHABLE = "UNREACHABLE"
+
+
+@dataclasses.dataclass
+class ManagerInfo:
+    name: str
+    address: str
+    kinds: list[Kind] = dataclasses.field(default_factory=list)
+    backend: str = ""
+    capacity: Capacity = dataclasses.field(default_factory=Capacity)
+    allocated: Capacity = dataclasses.field(default_factory=Capacity)
+    state: ManagerState = ManagerState.UNSPECIFIED
+    register_time: dt.datetime | None = None
+    heartbeat_time: dt.datetime | None = None
+    heartbeat_interval: dt.timedelta = dt.timedelta(seconds=2)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

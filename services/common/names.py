@@ -1,0 +1,49 @@
+"""Resource names: `workspaces/{id}`, `managers/{id}`."""
+from __future__ import annotations
+
+import re
+import secrets
+
+from vws.common.errors import InvalidArgument
+
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9]{3,30}$")
+MANAGER_ID = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+
+
+def new_workspace_id() -> str:
+    # 12 characters: short enough for account names, 62 bits of randomness.
+    return "w" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(11))
+
+
+def workspace_name(workspace_id: str) -> str:
+    return f"workspaces/{workspace_id}"
+
+
+def parse_workspace_name(name: str, field: str = "name") -> str:
+    """Returns the id of `workspaces/{id}`; INVALID_ARGUMENT naming the field otherwise."""
+    prefix = "workspaces/"
+    if not name:
+        raise InvalidArgument(f"is empty; give a workspace name like workspaces/wabc123def456", field)
+    if not name.startswith(prefix) or not WORKSPACE_ID.match(name[len(prefix):]):
+        raise InvalidArgument(
+            f"{name!r} is not a workspace name; it must look like workspaces/wabc123def456", field)
+    return name[len(prefix):]
+
+
+def manager_name(manager_id: str) -> str:
+    return f"managers/{manager_id}"
+
+
+def parse_manager_name(name: str, field: str = "name") -> str:
+    prefix = "managers/"
+    if not name.startswith(prefix) or not MANAGER_ID.match(name[len(prefix):]):
+        raise InvalidArgument(
+            f"{name!r} is not a manager name; it must look like managers/host-1 "
+            "(lower case letters, digits and '-', at most 32)", field)
+    return name[len(prefix):]
+
+
+def normalise_workspace_name(text: str) -> str:
+    """CLI convenience: accepts `wabc...` or `workspaces/wabc...`."""
+    return text if text.startswith("workspaces/") else f"workspaces/{text}"
