@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Debian packages the project needs. Does nothing (and needs no network) when they are all
+# installed; otherwise runs `apt-get update` (only if the lists are older than a day) and one
+# `apt-get install`.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+PACKAGES=(
+  passwd                 # useradd/userdel: workspace accounts
+  util-linux             # setpriv, runuser
+  cron                   # crontab
+  procps                 # ps, pkill
+  postgresql             # server for the tests (throwaway clusters)
+  protobuf-compiler      # protoc: contract tests generate stubs for another language
+  protobuf-compiler-grpc # grpc_cpp_plugin
+  libprotobuf-dev
+  libgrpc++-dev
+  pkg-config
+  g++
+  make
+)
+# Node only if the machine has none (a NodeSource or other install is fine): for the buf CLI.
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+
+missing_packages() {
+  local p status
+  for p in "${PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)"
+    [ "$status" = installed ] || printf '%s\n' "$p"
+  done
+}
+
+lists_fresh() {
+  # apt-get update re-touches every *InRelease it checks, even when unchanged.
+  [ -n "$(find /var/lib/apt/lists -maxdepth 1 -type f -name '*Release' -cmin -1440 -print -quit 2>/dev/null)" ] &&
+    [ -n "$(find /var/lib/apt/lists -maxdepth 1 -type f -name '*_Packages*' -print -quit 2>/dev/null)" ]
+}
+
+command -v dpkg-query >/dev/null 2>&1 || die "not a Debian system (no dpkg-query)"
+mapfile -t MISSING < <(missing_packages)
+if [ "${#MISSING[@]}" -eq 0 ]; then
+  step "apt packages" "all ${#PACKAGES[@]} installed (skip)"
+  exit 0
+fi
+
+start="$(now)"
+LOG="${TMPDIR:-/tmp}/vws-setup-apt.log"
+APT=(apt-get -y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
+updated=no
+if ! lists_fresh; then
+  logged "$LOG" as_root "${APT[@]}" update
+  updated=yes
+fi
+if ! as_root "${APT[@]}" install --no-install-recommends "${MISSING[@]}" >>"$LOG" 2>&1; then
+  # Stale lists (a package version gone from the mirror): refresh once and retry.
+  [ "$updated" = yes ] && { tail -n 40 "$LOG" >&2; die "apt-get install failed (log: $LOG)"; }
+  logged "$LOG" as_root "${APT[@]}" update
+  logged "$LOG" as_root "${APT[@]}" install --no-install-recommends "${MISSING[@]}"
+fi
+step "apt packages" "installed ${MISSING[*]} ($(elapsed "$start"), update: $updated)"

@@ -1,0 +1,182 @@
+"""Settings for each service, from (lowest to highest) defaults, a TOML file, VWS_*
+environment variables and command-line flags.
+
+TOML: top-level keys apply to every service (data_dir, repository); a [repository],
+[factory] or [manager] table applies to that service. Environment: VWS_<FIELD> for the shared
+fields, VWS_<SERVICE>_<FIELD> for the rest (VWS_MANAGER_POOL_SIZE=16)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import pathlib
+import socket
+import tomllib
+from typing import Any
+
+from vws.common import units
+from vws.common.errors import InvalidArgument
+
+SHARED_FIELDS = {"data_dir", "repository"}
+
+
+def default_data_dir() -> pathlib.Path:
+    env = os.environ.get("VWS_DATA_DIR")
+    if env:
+        return pathlib.Path(env)
+    if os.geteuid() == 0:
+        return pathlib.Path("/var/lib/vws")
+    return pathlib.Path(os.environ.get("XDG_DATA_HOME", pathlib.Path.home() / ".local/share")) / "vws"
+
+
+def _field(default: Any, help: str, unit: str = "str"):
+    return dataclasses.field(default=default, metadata={"help": help, "unit": unit})
+
+
+@dataclasses.dataclass
+class RepositorySettings:
+    data_dir: pathlib.Path = _field(None, "where the embedded database and run files live", "path")
+    listen: str = _field("127.0.0.1:7701", "host:port to serve on (port 0 picks a free one)")
+    database_url: str = _field("", "SQLAlchemy URL; empty means SQLite in the data directory")
+    heartbeat_timeout: dt.timedelta = _field(dt.timedelta(seconds=10), "a manager silent this long gets no new workspaces", "duration")
+    max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest a workspace may live", "duration")
+    expiry_interval: dt.timedelta = _field(dt.timedelta(seconds=1), "how often expired workspaces are looked for", "duration")
+
+
+@dataclasses.dataclass
+class FactorySettings:
+    data_dir: pathlib.Path = _field(None, "where run files live", "path")
+    listen: str = _field("127.0.0.1:7702", "host:port to serve on")
+    repository: str = _field("127.0.0.1:7701", "host:port of the RepositoryService")
+    default_lifetime: dt.timedelta = _field(dt.timedelta(days=1), "lifetime of a workspace that asks for none", "duration")
+    max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest lifetime one may ask for", "duration")
+    default_memory: int = _field(512 * 1024**2, "memory of a workspace that asks for none", "size")
+    default_disk: int = _field(1024**3, "disk of a workspace that asks for none", "size")
+    default_cpu: int = _field(1000, "CPU (millicores) of a workspace that asks for none", "cpu")
+    default_bandwidth: int = _field(100 * 1000**2, "bandwidth (bits/s) of a workspace that asks for none", "bandwidth")
+    max_memory: int = _field(64 * 1024**3, "the most memory one workspace may ask for", "size")
+    max_disk: int = _field(1024**4, "the most disk one workspace may ask for", "size")
+    max_cpu: int = _field(64000, "the most CPU (millicores) one workspace may ask for", "cpu")
+    max_bandwidth: int = _field(10 * 1000**3, "the most bandwidth (bits/s) one workspace may ask for", "bandwidth")
+    resume_interval: dt.timedelta = _field(dt.timedelta(seconds=5), "how often unfinished creations are driven on", "duration")
+
+
+@dataclasses.dataclass
+class ManagerSettings:
+    data_dir: pathlib.Path = _field(None, "where the manager keeps its local state", "path")
+    listen: str = _field("127.0.0.1:7703", "host:port to serve on")
+    advertise: str = _field("", "host:port clients use to reach this manager; empty means the listen address")
+    name: str = _field("", "this manager's id (managers/<name>); empty means the host name")
+    repository: str = _field("127.0.0.1:7701", "host:port of the RepositoryService")
+    backend: str = _field("dynamic-accounts", "how accounts are made: dynamic-accounts or account-pool")
+    account_prefix: str = _field("vws-", "prefix of dynamic account names")
+    pool_prefix: str = _field("vwsp", "prefix of pool account names")
+    pool_size: int = _field(8, "number of pool accounts (the manager's capacity)", "int")
+    quarantine: dt.timedelta = _field(dt.timedelta(seconds=60), "how long a returned pool account rests", "duration")
+    max_workspaces: int = _field(64, "the most workspaces (dynamic accounts)", "int")
+    memory: int = _field(0, "memory offered to workspaces; 0 means the host's", "size")
+    disk: int = _field(0, "disk offered to workspaces; 0 means the free space of the data directory", "size")
+    cpu: int = _field(0, "CPU offered (millicores); 0 means every core", "cpu")
+    heartbeat_interval: dt.timedelta = _field(dt.timedelta(seconds=2), "how often it tells the repository it is alive", "duration")
+    cgroup_root: str = _field("/sys/fs/cgroup", "where the cgroup hierarchy is mounted")
+
+
+SECTIONS = {"repository": RepositorySettings, "factory": FactorySettings, "manager": ManagerSettings}
+
+
+def _convert(value: Any, unit: str, field: str):
+    if value is None:
+        return None
+    if unit == "duration":
+        return value if isinstance(value, dt.timedelta) else units.parse_duration(value, field)
+    if unit == "size":
+        return units.parse_size(value, field)
+    if unit == "cpu":
+        return units.parse_cpu(value, field)
+    if unit == "bandwidth":
+        return units.parse_bandwidth(value, field)
+    if unit == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{value!r} is not a whole number", field) from None
+    if unit == "path":
+        return pathlib.Path(value).expanduser()
+    return str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument("--config", help="TOML configuration file (default: $VWS_CONFIG, then DATA_DIR/vws.toml)")
+    for f in dataclasses.fields(SECTIONS[section]):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"])
+
+
+def load(section: str, args: argparse.Namespace | dict | None = None, environ: dict | None = None):
+    """Builds the settings of one service; every bad value names its setting."""
+    cls = SECTIONS[section]
+    environ = os.environ if environ is None else environ
+    flags = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    values: dict[str, Any] = {}
+
+    data_dir = flags.get("data_dir") or environ.get("VWS_DATA_DIR")
+    config_path = flags.get("config") or environ.get("VWS_CONFIG")
+    if not config_path:
+        candidate = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
+        if (candidate / "vws.toml").exists():
+            config_path = str(candidate / "vws.toml")
+    if config_path:
+        try:
+            with open(config_path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise InvalidArgument(f"{config_path} does not exist; fix --config or VWS_CONFIG", "config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"{config_path} is not valid TOML: {exc}", "config") from None
+        values.update({k: v for k, v in doc.items() if k in SHARED_FIELDS})
+        values.update(doc.get(section, {}))
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise InvalidArgument(f"unknown setting(s) {sorted(unknown)} in [{section}] of {config_path}; "
+                              f"known: {sorted(known)}", "config")
+    for name in known:
+        env_name = f"VWS_{name.upper()}" if name in SHARED_FIELDS else f"VWS_{section.upper()}_{name.upper()}"
+        if env_name in environ:
+            values[name] = environ[env_name]
+        if flags.get(name) is not None:
+            values[name] = flags[name]
+    kwargs = {name: _convert(v, known[name].metadata["unit"], name) for name, v in values.items()}
+    settings = cls(**kwargs)
+    if settings.data_dir is None:
+        settings.data_dir = default_data_dir()
+    if section == "manager" and not settings.name:
+        host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower()).strip("-")
+        settings.name = (host or "local")[:32]
+    return settings
+
+
+def write_run_file(data_dir: pathlib.Path, service: str, info: dict) -> pathlib.Path:
+    """Records where a running service answers, so that the CLI finds it untold."""
+    run = pathlib.Path(data_dir) / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / f"{service}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**info, "pid": os.getpid()}))
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_file(data_dir: pathlib.Path, service: str) -> dict | None:
+    try:
+        return json.loads((pathlib.Path(data_dir) / "run" / f"{service}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def remove_run_file(data_dir: pathlib.Path, service: str) -> None:
+    try:
+        (pathlib.Path(data_dir) / "run" / f"{service}.json").unlink()
+    except FileNotFoundError:
+        pass

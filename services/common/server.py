@@ -1,0 +1,164 @@
+"""What every vws gRPC server shares: one interceptor that maps domain errors onto gRPC
+statuses (with google.rpc details), health checking, reflection, and a graceful stop."""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import threading
+import uuid
+from typing import Callable, Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from vws.common import errors
+
+log = logging.getLogger("vws.server")
+
+
+def status_for(exc: errors.VwsError) -> grpc.Status:
+    """The one place a domain error becomes a wire status, with its rich details."""
+    code = exc.grpc_status_code
+    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    detail = None
+    if isinstance(exc, errors.InvalidArgument):
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations])
+    elif isinstance(exc, errors.ResourceExhausted) and exc.violations:
+        detail = error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d in exc.violations])
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return rpc_status.to_status(status)
+
+
+def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str):
+    if isinstance(exc, errors.VwsError):
+        context.abort_with_status(status_for(exc))
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        # A downstream service's answer travels on unchanged, details included.
+        trailing = tuple(exc.trailing_metadata() or ())
+        context.abort_with_status(_PassThrough(exc.code(), exc.details() or "", trailing))
+    ref = uuid.uuid4().hex[:8]
+    log.error("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; the server log has the details (ref {ref})")
+
+
+class _PassThrough(grpc.Status):
+    def __init__(self, code, details, trailing_metadata):
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler so that no traceback ever reaches a client."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap_unary(behavior):
+            def inner(request, context):
+                try:
+                    return behavior(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+                    if _is_abort(exc):
+                        raise
+                    _abort_for(exc, context, method)
+            return inner
+
+        def wrap_stream(behavior):
+            def inner(request, context):
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:  # noqa: BLE001
+                    if _is_abort(exc):
+                        raise
+                    _abort_for(exc, context, method)
+            return inner
+
+        kinds = {
+            "unary_unary": (wrap_unary, grpc.unary_unary_rpc_method_handler),
+            "unary_stream": (wrap_stream, grpc.unary_stream_rpc_method_handler),
+            "stream_unary": (wrap_unary, grpc.stream_unary_rpc_method_handler),
+            "stream_stream": (wrap_stream, grpc.stream_stream_rpc_method_handler),
+        }
+        for attr, (wrap, make) in kinds.items():
+            behavior = getattr(handler, attr)
+            if behavior is not None:
+                return make(wrap(behavior), request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+        return handler
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises a bare Exception subclass private to grpc; let it through.
+    return type(exc).__name__ == "_AbortError" or (type(exc) is Exception and not exc.args)
+
+
+class Service:
+    """A running vws server: the grpc server, its port, health, and a stop that drains."""
+
+    def __init__(self, server: grpc.Server, port: int, health_servicer, service_names: list[str],
+                 on_stop: Callable[[], None] | None = None):
+        self.server, self.port, self.health, self.service_names = server, port, health_servicer, service_names
+        self._on_stop = on_stop
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self._on_stop:
+            self._on_stop()
+
+    def wait_for_termination(self) -> None:
+        """Blocks until SIGTERM/SIGINT (main thread) or stop(), then stops gracefully."""
+        stop_requested = threading.Event()
+
+        def handler(signum, frame):
+            log.info("signal %d: stopping gracefully", signum)
+            stop_requested.set()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+        while not stop_requested.wait(0.5):
+            if self._stopped.is_set():
+                return
+        self.stop()
+
+
+def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]], *,
+                  max_workers: int = 32, on_stop: Callable[[], None] | None = None) -> Service:
+    """Builds, binds and starts a server. `register` adds the servicers and returns their full
+    service names (for health and reflection). Bind to `127.0.0.1:0` and read .port in tests."""
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[ErrorInterceptor()],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    names = list(register(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise errors.Unavailable(f"cannot listen on {address}: {exc}; choose another --listen address") from exc
+    if port == 0:
+        raise errors.Unavailable(f"cannot listen on {address} (in use?); choose another --listen address")
+    server.start()
+    for name in names + [""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Service(server, port, health_servicer, names, on_stop)

@@ -1,0 +1,67 @@
+"""`vws manager`: one per resource."""
+from __future__ import annotations
+
+import logging
+
+from vws.common import config, names
+from vws.common.config import ManagerSettings
+from vws.common.server import Service, create_server
+from vws.manager.backends import make_backend
+from vws.manager.backends.base import BackendSettings
+from vws.manager.gateway import GrpcRepository
+from vws.manager.service import ManagerIdentity, WorkspaceManager
+from vws.manager.servicer import ManagerServicer
+from vws.manager.state import LocalState
+from vws.v1 import manager_pb2, manager_pb2_grpc
+
+log = logging.getLogger("vws.manager")
+
+
+def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
+    manager_id = names.parse_manager_name(names.manager_name(settings.name), "name")
+    state_dir = settings.data_dir / "manager"
+    backend = make_backend(BackendSettings(
+        kind=settings.backend, manager_id=manager_id, state_dir=state_dir,
+        account_prefix=settings.account_prefix, pool_prefix=settings.pool_prefix, pool_size=settings.pool_size,
+        quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
+        cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
+        cpu_millis=settings.cpu))
+    return WorkspaceManager(
+        ManagerIdentity(manager_id, settings.advertise or settings.listen,
+                        settings.heartbeat_interval.total_seconds()),
+        backend, LocalState(state_dir / "state.db"), repository or GrpcRepository(settings.repository))
+
+
+def serve(settings: ManagerSettings, repository=None) -> tuple[Service, WorkspaceManager]:
+    manager = build(settings, repository)
+    # The host is made to agree with what this manager holds before it takes any request.
+    manager.reconcile()
+
+    def register(server):
+        manager_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(manager), server)
+        return [manager_pb2.DESCRIPTOR.services_by_name["ManagerService"].full_name]
+
+    def on_stop():
+        manager.stop_background()
+        manager.backend.close()
+        manager.state.close()
+    service = create_server(settings.listen, register, on_stop=on_stop)
+    if not settings.advertise:
+        host = settings.listen.rsplit(":", 1)[0]
+        manager.identity.address = f"{host}:{service.port}"
+    if not manager.heartbeat_once():
+        log.warning("repository %s unreachable; will register when it answers", settings.repository)
+    manager.start_background()
+    return service, manager
+
+
+def run(settings: ManagerSettings) -> int:
+    service, manager = serve(settings)
+    config.write_run_file(settings.data_dir, "manager", {"address": manager.identity.address,
+                                                         "name": manager.identity.name})
+    log.info("manager %s serving on %s (%s)", manager.identity.name, manager.identity.address, manager.backend.name)
+    try:
+        service.wait_for_termination()
+    finally:
+        config.remove_run_file(settings.data_dir, "manager")
+    return 0

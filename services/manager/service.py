@@ -1,0 +1,335 @@
+"""The manager's service layer: the workspace state machine on this host, delivery of state
+changes to the repository, heartbeats, and reconciliation after any crash. It talks to the
+host only through its backend plug-in and never branches on the kind."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+import threading
+import time
+from typing import Callable, Protocol
+
+import grpc
+
+from vws.common import errors, model, names
+from vws.common.model import Action, State
+from vws.manager.backends.base import Backend, ExecOptions, HostHandle
+from vws.manager.state import LocalState, LocalWorkspace, Report
+
+log = logging.getLogger("vws.manager")
+
+
+class RepositoryGateway(Protocol):
+    """What the manager needs of the repository (gRPC in production, a fake in unit tests).
+    Every method raises grpc.RpcError (or errors.Unavailable) when the repository is unreachable."""
+
+    def report(self, manager: str, report: Report) -> None: ...
+    def register(self, info: model.ManagerInfo) -> None: ...
+    def heartbeat(self, manager: str, allocated: model.Capacity) -> bool: ...  # False: not registered
+    def workspaces_on(self, manager: str) -> list[model.Workspace]: ...
+    def get(self, name: str) -> model.Workspace | None: ...
+
+
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, errors.Unavailable):
+        return True
+    return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in UNREACHABLE
+
+
+@dataclasses.dataclass
+class ManagerIdentity:
+    manager_id: str
+    address: str
+    heartbeat_interval: float = 2.0
+
+    @property
+    def name(self) -> str:
+        return names.manager_name(self.manager_id)
+
+
+_DONE = {Action.START: "started", Action.STOP: "stopped: every process killed, account locked",
+         Action.PAUSE: "paused: processes frozen", Action.RESUME: "resumed"}
+
+
+class WorkspaceManager:
+    def __init__(self, identity: ManagerIdentity, backend: Backend, state: LocalState,
+                 repository: RepositoryGateway, clock: Callable[[], float] = time.monotonic):
+        self.identity, self.backend, self.state, self.repository = identity, backend, state, repository
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._registered = False
+        self._reconciled_with_repository = False
+        self._clock = clock
+
+    # ----------------------------------------------------------------- helpers
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _require(self, name: str, field: str = "name") -> LocalWorkspace:
+        names.parse_workspace_name(name, field)
+        ws = self.state.get(name)
+        if ws is None:
+            raise errors.NotFound(f"workspace {name} is not on manager {self.identity.name}")
+        return ws
+
+    def _handle(self, ws: LocalWorkspace) -> HostHandle:
+        return HostHandle(ws.workspace_id, ws.host_identity)
+
+    def view(self, ws: LocalWorkspace) -> model.Workspace:
+        return model.Workspace(
+            name=ws.name, spec=ws.spec, state=ws.state, state_message=ws.state_message,
+            endpoint=model.Endpoint(ws.name, self.identity.name, self.identity.address, ws.host_identity),
+            owner=ws.owner, termination_time=ws.termination_time, labels=ws.labels, create_time=ws.create_time)
+
+    def _changed(self, ws: LocalWorkspace, state: State, message: str,
+                 event_type: model.EventType = model.EventType.STATE_CHANGED) -> None:
+        self.state.change(ws, state, message, event_type)
+        self.flush()
+
+    # ------------------------------------------------------------- lifecycle
+    def allocated(self) -> model.Capacity:
+        total = model.Capacity()
+        for ws in self.state.all():
+            total.workspaces += 1
+            total.memory_bytes += ws.spec.resources.memory_bytes
+            total.disk_bytes += ws.spec.resources.disk_bytes
+            total.cpu_millis += ws.spec.resources.cpu_millis
+        return total
+
+    def _check_room(self, spec: model.WorkspaceSpec) -> None:
+        cap, used = self.backend.capacity(), self.allocated()
+        wanted = spec.resources
+        short = []
+        if used.workspaces + 1 > cap.workspaces:
+            short.append(("workspaces", f"{used.workspaces} of {cap.workspaces} workspaces in use"))
+        for label, need, have, total in (
+                ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes),
+                ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes),
+                ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis)):
+            if total and need + have > total:
+                short.append((label, f"{need} wanted, {total - have} of {total} free"))
+        if short:
+            raise errors.ResourceExhausted(
+                f"manager {self.identity.name} has no room: " + "; ".join(d for _, d in short),
+                [(f"{self.identity.name}/{s}", d) for s, d in short])
+
+    def deploy(self, workspace: model.Workspace) -> model.Workspace:
+        """Realises a placed workspace. Idempotent on its name; on failure nothing is left."""
+        wid = names.parse_workspace_name(workspace.name, "workspace.name")
+        if workspace.spec.kind not in self.backend.kinds:
+            raise errors.Unimplemented(
+                f"manager {self.identity.name} ({self.backend.name}) does not realise "
+                f"{workspace.spec.kind.value if workspace.spec.kind else 'unspecified'} workspaces")
+        with self._lock(workspace.name):
+            existing = self.state.get(workspace.name)
+            if existing is not None:
+                return self.view(existing)
+            self._check_room(workspace.spec)
+            ws = LocalWorkspace(
+                name=workspace.name, spec=workspace.spec, state=State.PENDING, owner=workspace.owner,
+                labels=dict(workspace.labels), termination_time=workspace.termination_time,
+                create_time=workspace.create_time or model.utcnow())
+            # The intent is on disk before the host changes, so a crash mid-deploy is found and undone.
+            self.state.insert(ws)
+            try:
+                handle = self.backend.realise(wid, workspace.spec)
+                ws.host_identity = handle.host_identity
+                if workspace.spec.start_on_create:
+                    self.backend.start(handle)
+            except BaseException:
+                self.state.forget(workspace.name)
+                try:
+                    self.backend.destroy(HostHandle(wid, ws.host_identity)) if ws.host_identity else None
+                except Exception:  # noqa: BLE001 - the original failure is what the caller needs
+                    log.exception("undoing the failed deploy of %s", workspace.name)
+                raise
+            final = State.RUNNING if workspace.spec.start_on_create else State.READY
+            self._changed(ws, final, f"{self.backend.name}: account {ws.host_identity}"
+                          + (" started" if final is State.RUNNING else " ready, not started"))
+            return self.view(ws)
+
+    def transition(self, name: str, action: Action, reason: str = "") -> model.Workspace:
+        """Start, stop, pause, resume or destroy, only along legal moves."""
+        with self._lock(name):
+            ws = self._require(name)
+            allowed, target = model.TRANSITIONS[action]
+            if ws.state not in allowed:
+                need = " or ".join(sorted(s.value for s in allowed))
+                raise errors.FailedPrecondition(
+                    f"cannot {action.value} {name}: it is {ws.state.value}; {action.value} needs {need}")
+            handle = self._handle(ws)
+            if action is Action.DESTROY:
+                self.state.change(ws, State.TERMINATING, reason or "destroy requested")
+                self.backend.destroy(handle)
+                self._changed(ws, State.TERMINATED, reason or "destroyed")
+                return self.view(ws)
+            getattr(self.backend, action.value)(handle)
+            self._changed(ws, target, _DONE[action])
+            return self.view(ws)
+
+    def destroy(self, name: str, reason: str = "") -> model.Workspace:
+        """Idempotent: a workspace this manager no longer holds is reported TERMINATED."""
+        names.parse_workspace_name(name)
+        if self.state.get(name) is None:
+            return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED,
+                                   state_message="not on this manager")
+        return self.transition(name, Action.DESTROY, reason)
+
+    def spawn(self, name: str, argv: list[str], environment: dict[str, str], working_directory: str
+              ) -> subprocess.Popen:
+        if not argv or not argv[0]:
+            raise errors.InvalidArgument("is empty; give the program to run, e.g. ['/bin/echo', 'hello']", "argv")
+        for key in environment:
+            if not key or "=" in key or "\0" in key:
+                raise errors.InvalidArgument(f"{key!r} is not a variable name", f"environment[{key}]")
+        ws = self._require(name)
+        if ws.state is not State.RUNNING:
+            raise errors.FailedPrecondition(f"cannot exec in {name}: it is {ws.state.value}; exec needs RUNNING")
+        env = {**ws.spec.software.environment, **environment}
+        return self.backend.spawn(self._handle(ws), ExecOptions(list(argv), env, working_directory))
+
+    # ------------------------------------------------------------- delivery
+    def flush(self) -> int:
+        """Delivers queued state changes in order; stops at the first that cannot be delivered."""
+        sent = 0
+        with self._flush_lock:
+            for report in self.state.pending_reports():
+                try:
+                    self.repository.report(self.identity.name, report)
+                except Exception as exc:  # noqa: BLE001
+                    if is_unreachable(exc):
+                        return sent
+                    # The repository refused it for good (record gone, reassigned): drop it.
+                    log.warning("repository refused the report on %s (%s): %s", report.name,
+                                report.state.value, getattr(exc, "details", lambda: exc)())
+                self.state.delivered(report.seq)
+                sent += 1
+        return sent
+
+    # ------------------------------------------------------------- reconcile
+    def reconcile(self) -> dict[str, list[str]]:
+        """Makes the host, the local state and the repository agree. Runs at every start."""
+        done: dict[str, list[str]] = {"undone": [], "orphans_removed": [], "vanished": [], "destroyed": [],
+                                      "adopted": []}
+        # 1. Deploys interrupted by a crash are undone: their client got no answer and may retry.
+        for ws in self.state.all():
+            if ws.state is State.PENDING:
+                for hid, wid in self.backend.inventory().items():
+                    if wid == ws.workspace_id:
+                        self.backend.reclaim(hid)
+                ws.host_identity = ""
+                self.state.change(ws, State.FAILED, "the manager stopped during deploy; nothing was left on "
+                                  "the host; destroy it and create it again", model.EventType.RECONCILED)
+                done["undone"].append(ws.name)
+        self.flush()
+        # 2. The repository's view, when it answers.
+        try:
+            remote = {w.name: w for w in self.repository.workspaces_on(self.identity.name)}
+        except Exception as exc:  # noqa: BLE001
+            if not is_unreachable(exc):
+                raise
+            remote = None
+            log.warning("repository unreachable: reconciling the host with local state only")
+        local = {ws.name: ws for ws in self.state.all()}
+        if remote is not None:
+            for name, ws in list(local.items()):
+                r = remote.get(name)
+                if r is None:
+                    r = self.repository.get(name)
+                if r is None or r.state in (State.TERMINATED, State.TERMINATING):
+                    why = "its record is gone" if r is None else f"the repository says {r.state.value}"
+                    with self._lock(name):
+                        self.backend.destroy(self._handle(ws))
+                        self._changed(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
+                                      model.EventType.RECONCILED)
+                    del local[name]
+                    done["destroyed"].append(name)
+            for name, r in remote.items():
+                if name in local or r.state in (State.PENDING, State.TERMINATED, State.FAILED):
+                    continue
+                # The repository places it here but this manager has no record of it (local state
+                # lost): adopt it if its account is still on the host, otherwise it failed.
+                wid = names.parse_workspace_name(name)
+                hid = next((h for h, w in self.backend.inventory().items() if w == wid), "")
+                ws = LocalWorkspace(name=name, spec=r.spec, state=r.state if hid else State.FAILED,
+                                    host_identity=hid, owner=r.owner, labels=r.labels,
+                                    termination_time=r.termination_time, create_time=r.create_time)
+                self.state.insert(ws)
+                if hid:
+                    done["adopted"].append(name)
+                else:
+                    self.state.change(ws, State.FAILED, "this manager has no account for it (its local state "
+                                      "was lost)", model.EventType.RECONCILED)
+                    done["vanished"].append(name)
+                local[name] = ws
+            self._reconciled_with_repository = True
+        # 3. The host against what this manager holds.
+        held = {ws.workspace_id for ws in local.values()}
+        for hid, wid in self.backend.inventory().items():
+            if wid not in held:
+                self.backend.reclaim(hid)
+                done["orphans_removed"].append(hid)
+        for ws in local.values():
+            if ws.state in (State.FAILED,) or not ws.host_identity:
+                continue
+            if not self.backend.exists(self._handle(ws)):
+                self.state.change(ws, State.FAILED, f"its account {ws.host_identity} vanished from the host "
+                                  "while the manager was not watching", model.EventType.RECONCILED)
+                done["vanished"].append(ws.name)
+        self.flush()
+        if any(done.values()):
+            log.info("reconciled: %s", {k: v for k, v in done.items() if v})
+        return done
+
+    # ------------------------------------------------------------- background
+    def info(self) -> model.ManagerInfo:
+        return model.ManagerInfo(
+            name=self.identity.name, address=self.identity.address, kinds=sorted(self.backend.kinds, key=lambda k: k.value),
+            backend=self.backend.name, capacity=self.backend.capacity(), allocated=self.allocated(),
+            heartbeat_interval=model.dt.timedelta(seconds=self.identity.heartbeat_interval))
+
+    def heartbeat_once(self) -> bool:
+        """One heartbeat (registering first if needed). True when the repository answered."""
+        try:
+            if not self._registered:
+                self.repository.register(self.info())
+                self._registered = True
+            elif not self.repository.heartbeat(self.identity.name, self.allocated()):
+                self._registered = False
+                self.repository.register(self.info())
+                self._registered = True
+        except Exception as exc:  # noqa: BLE001
+            if is_unreachable(exc):
+                return False
+            raise
+        self.flush()
+        if not self._reconciled_with_repository:
+            self.reconcile()
+        return True
+
+    def _loop(self, interval: float, body: Callable[[], object], what: str) -> None:
+        while not self._stop.wait(interval):
+            try:
+                body()
+            except Exception:  # noqa: BLE001 - a background loop must outlive one bad round
+                log.exception("%s failed; retrying in %.1fs", what, interval)
+
+    def start_background(self) -> None:
+        for interval, body, what in ((self.identity.heartbeat_interval, self.heartbeat_once, "heartbeat"),
+                                     (1.0, self.backend.maintain, "backend maintenance")):
+            t = threading.Thread(target=self._loop, args=(interval, body, what), daemon=True, name=what)
+            t.start()
+            self._threads.append(t)
+
+    def stop_background(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)

@@ -1,0 +1,107 @@
+"""ManagerService over gRPC: converts and calls the service layer. Exec pumps the program's
+standard streams between the client's stream and the process."""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+
+import grpc
+
+from vws.common import converters, errors
+from vws.common.model import Action
+from vws.manager.service import WorkspaceManager
+from vws.v1 import manager_pb2, manager_pb2_grpc
+
+log = logging.getLogger("vws.manager")
+CHUNK = 64 * 1024
+
+
+class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
+    def __init__(self, manager: WorkspaceManager):
+        self.manager = manager
+
+    def DeployWorkspace(self, request, context):
+        ws = self.manager.deploy(converters.workspace_from_pb(request.workspace))
+        return manager_pb2.DeployWorkspaceResponse(workspace=converters.workspace_to_pb(ws))
+
+    def _move(self, request, action: Action):
+        return converters.workspace_to_pb(self.manager.transition(request.name, action))
+
+    def StartWorkspace(self, request, context):
+        return manager_pb2.StartWorkspaceResponse(workspace=self._move(request, Action.START))
+
+    def StopWorkspace(self, request, context):
+        return manager_pb2.StopWorkspaceResponse(workspace=self._move(request, Action.STOP))
+
+    def PauseWorkspace(self, request, context):
+        return manager_pb2.PauseWorkspaceResponse(workspace=self._move(request, Action.PAUSE))
+
+    def ResumeWorkspace(self, request, context):
+        return manager_pb2.ResumeWorkspaceResponse(workspace=self._move(request, Action.RESUME))
+
+    def DestroyWorkspace(self, request, context):
+        ws = self.manager.destroy(request.name, request.reason)
+        return manager_pb2.DestroyWorkspaceResponse(workspace=converters.workspace_to_pb(ws))
+
+    def Exec(self, request_iterator, context):
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            raise errors.InvalidArgument("the stream was empty; the first message names the workspace "
+                                         "and the program", "name") from None
+        proc = self.manager.spawn(first.name, list(first.argv), dict(first.environment), first.working_directory)
+        out: queue.Queue = queue.Queue()
+
+        def pump(stream, kind):
+            try:
+                while chunk := stream.read1(CHUNK):
+                    out.put((kind, chunk))
+            finally:
+                out.put((kind, None))
+
+        def feed():
+            try:
+                if first.stdin:
+                    proc.stdin.write(first.stdin)
+                    proc.stdin.flush()
+                if not first.close_stdin:
+                    for msg in request_iterator:
+                        if msg.stdin:
+                            proc.stdin.write(msg.stdin)
+                            proc.stdin.flush()
+                        if msg.close_stdin:
+                            break
+            except (BrokenPipeError, ValueError, grpc.RpcError):
+                pass  # the program closed its input or the client went away
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        def on_cancel():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        context.add_callback(on_cancel)
+        threads = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True),
+                   threading.Thread(target=feed, daemon=True)]
+        for t in threads:
+            t.start()
+        open_streams = 2
+        while open_streams:
+            kind, chunk = out.get()
+            if chunk is None:
+                open_streams -= 1
+                continue
+            yield manager_pb2.ExecResponse(**{kind: chunk})
+        code = proc.wait()
+        sig = -code if code < 0 else 0
+        yield manager_pb2.ExecResponse(exit_status=manager_pb2.ExitStatus(code=128 + sig if sig else code, signal=sig))

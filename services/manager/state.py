@@ -1,0 +1,162 @@
+"""The manager's own record of what it holds, kept on local disk so that after any crash it can
+reconcile its host with the repository, plus an outbox of state changes not yet delivered to
+the repository (they reach it, in order, when it is back)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+import sqlite3
+import threading
+from typing import Iterator
+
+from vws.common import converters, model
+from vws.v1 import workspace_pb2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workspaces (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    state_message TEXT NOT NULL DEFAULT '',
+    host_identity TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '{}',
+    termination_time TEXT,
+    create_time TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    change_time TEXT NOT NULL,
+    host_identity TEXT NOT NULL DEFAULT '',
+    event_type TEXT NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass
+class LocalWorkspace:
+    name: str
+    spec: model.WorkspaceSpec
+    state: model.State
+    state_message: str = ""
+    host_identity: str = ""
+    owner: str = ""
+    labels: dict = dataclasses.field(default_factory=dict)
+    termination_time: dt.datetime | None = None
+    create_time: dt.datetime | None = None
+
+    @property
+    def workspace_id(self) -> str:
+        return self.name.split("/", 1)[1]
+
+
+@dataclasses.dataclass
+class Report:
+    seq: int
+    name: str
+    state: model.State
+    message: str
+    change_time: dt.datetime
+    host_identity: str
+    event_type: model.EventType
+
+
+def _t(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _pt(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+class LocalState:
+    def __init__(self, path: pathlib.Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _row(self, r) -> LocalWorkspace:
+        spec = workspace_pb2.WorkspaceSpec.FromString(r[1])
+        return LocalWorkspace(
+            name=r[0], spec=converters.spec_from_pb(spec), state=model.State(r[2]), state_message=r[3],
+            host_identity=r[4], owner=r[5], labels=json.loads(r[6]), termination_time=_pt(r[7]),
+            create_time=_pt(r[8]))
+
+    def get(self, name: str) -> LocalWorkspace | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM workspaces WHERE name = ?", (name,)).fetchone()
+        return self._row(r) if r else None
+
+    def all(self) -> list[LocalWorkspace]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM workspaces ORDER BY create_time").fetchall()
+        return [self._row(r) for r in rows]
+
+    def insert(self, ws: LocalWorkspace) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?)",
+                (ws.name, converters.spec_to_pb(ws.spec).SerializeToString(), ws.state.value, ws.state_message,
+                 ws.host_identity, ws.owner, json.dumps(ws.labels), _t(ws.termination_time),
+                 _t(ws.create_time or model.utcnow())))
+
+    def change(self, ws: LocalWorkspace, state: model.State, message: str,
+               event_type: model.EventType = model.EventType.STATE_CHANGED, *, report: bool = True) -> Report | None:
+        """Moves a workspace to a state and queues the report, in one local transaction.
+        A TERMINATED workspace leaves the local table: only its report remains to deliver."""
+        now = model.utcnow()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if state is model.State.TERMINATED:
+                    self._db.execute("DELETE FROM workspaces WHERE name = ?", (ws.name,))
+                else:
+                    self._db.execute(
+                        "UPDATE workspaces SET state = ?, state_message = ?, host_identity = ? WHERE name = ?",
+                        (state.value, message, ws.host_identity, ws.name))
+                seq = None
+                if report:
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (name, state, message, change_time, host_identity, event_type)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (ws.name, state.value, message, now.isoformat(), ws.host_identity, event_type.value))
+                    seq = cur.lastrowid
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        ws.state, ws.state_message = state, message
+        if seq is None:
+            return None
+        return Report(seq, ws.name, state, message, now, ws.host_identity, event_type)
+
+    def forget(self, name: str) -> None:
+        """Drops a workspace whose deploy failed and was undone: nothing of it is left."""
+        with self._lock:
+            self._db.execute("DELETE FROM workspaces WHERE name = ?", (name,))
+
+    def pending_reports(self) -> Iterator[Report]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM outbox ORDER BY seq").fetchall()
+        for r in rows:
+            yield Report(r[0], r[1], model.State(r[2]), r[3], _pt(r[4]), r[5], model.EventType(r[6]))
+
+    def delivered(self, seq: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def outbox_size(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
