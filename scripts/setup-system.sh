@@ -10,6 +10,7 @@ PACKAGES=(
   util-linux             # setpriv, runuser
   cron                   # crontab
   procps                 # ps, pkill
+  psmisc                 # fuser, killall (tests find what holds a port or mount)
   postgresql             # server for the tests (throwaway clusters)
   protobuf-compiler      # protoc: contract tests generate stubs for another language
   protobuf-compiler-grpc # grpc_cpp_plugin
@@ -19,6 +20,11 @@ PACKAGES=(
   g++
   make
 )
+# Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip); a pyenv or other
+# python3 on PATH brings its own. No python3 at all: Debian's (3.11 on Debian 12).
+case "$(readlink -f "$(command -v python3 2>/dev/null || echo /usr/bin/python3)")" in
+  /usr/bin/*) PACKAGES+=(python3 python3-venv) ;;
+esac
 # Node only if the machine has none (a NodeSource or other install is fine): for the buf CLI.
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
