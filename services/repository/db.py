@@ -1,0 +1,204 @@
+"""The repository's tables (SQLAlchemy 2.0 declarative), the engine, the schema migrations and
+the unit of work. SQLite in the data directory by default; PostgreSQL by URL
+(postgresql+psycopg://...). The schema is made and changed only by the Alembic migrations
+in ./migrations, run at server start (`upgrade`)."""
+from __future__ import annotations
+
+import datetime as dt
+import pathlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
+
+# Every state but TERMINATED: the default listing and what most queries look at.
+NOT_TERMINATED = "state <> 'TERMINATED'"
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone: stored as naive UTC
+    in a fixed-width text form, so that text order is time order)."""
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the repository; use timezone-aware UTC")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+class WorkspaceRow(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    state_message: Mapped[str] = mapped_column(sa.Text, default="")
+    # When the state last moved (the clock of whoever moved it): older reports do not move it back.
+    state_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    owner: Mapped[str] = mapped_column(sa.String(256), default="")
+    manager_name: Mapped[str | None] = mapped_column(sa.String(64))
+    manager_address: Mapped[str] = mapped_column(sa.String(256), default="")
+    host_identity: Mapped[str] = mapped_column(sa.String(128), default="")
+    labels: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True)
+    request_digest: Mapped[str] = mapped_column(sa.String(64), default="")
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    update_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    termination_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Destroy asked of the manager but not confirmed (it was unreachable): retried by the expiry loop.
+    destroy_reason: Mapped[str] = mapped_column(sa.Text, default="")
+
+    __table_args__ = (
+        # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.
+        sa.Index("ix_workspaces_listing", "create_time", "id"),
+        sa.Index("ix_workspaces_active_listing", "create_time", "id",
+                 sqlite_where=sa.text(NOT_TERMINATED), postgresql_where=sa.text(NOT_TERMINATED)),
+        sa.Index("ix_workspaces_state_listing", "state", "create_time", "id"),
+        sa.Index("ix_workspaces_owner_listing", "owner", "create_time", "id"),
+        sa.Index("ix_workspaces_manager_listing", "manager_name", "create_time", "id"),
+        sa.Index("ix_workspaces_expiry", "termination_time",
+                 sqlite_where=sa.text(NOT_TERMINATED), postgresql_where=sa.text(NOT_TERMINATED)),
+    )
+
+
+class WorkspaceLabelRow(Base):
+    """One row per label, for filtering (the workspace row keeps them too, as JSON, for reading)."""
+    __tablename__ = "workspace_labels"
+
+    workspace_id: Mapped[int] = mapped_column(sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(63))
+
+    __table_args__ = (sa.Index("ix_workspace_labels_key_value", "key", "value", "workspace_id"),)
+
+
+class EventRow(Base):
+    __tablename__ = "workspace_events"
+
+    workspace_id: Mapped[int] = mapped_column(sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    type: Mapped[str] = mapped_column(sa.String(32))
+    previous_state: Mapped[str] = mapped_column(sa.String(16))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+    source: Mapped[str] = mapped_column(sa.String(80), default="")
+
+
+class ManagerRow(Base):
+    __tablename__ = "managers"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(sa.String(256))
+    kinds: Mapped[list[str]] = mapped_column(sa.JSON)
+    backend: Mapped[str] = mapped_column(sa.String(64), default="")
+    capacity: Mapped[dict[str, int]] = mapped_column(sa.JSON)
+    allocated: Mapped[dict[str, int]] = mapped_column(sa.JSON)
+    register_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    heartbeat_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    heartbeat_interval: Mapped[float] = mapped_column(sa.Float)
+
+
+# ----------------------------------------------------------------------------- engine
+
+def default_url(data_dir: pathlib.Path) -> str:
+    return f"sqlite:///{pathlib.Path(data_dir) / 'repository.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite: WAL, a busy timeout, foreign keys on, and write transactions that take the write
+    lock up front (BEGIN IMMEDIATE) so that two writers never deadlock on a lock upgrade."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                  pool_size=16, max_overflow=16)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, says when to BEGIN
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            mode = conn.get_execution_options().get("vws_write")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if mode else "BEGIN")
+        return engine
+    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+
+
+def alembic_config(engine: Engine | None = None, connection: sa.Connection | None = None):
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Brings the schema to `revision` (the latest by default); the only way tables are made."""
+    from alembic import command
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection=connection), revision)
+
+
+class UnitOfWork:
+    """One transaction: `with uow(write=True) as session:` commits on success, rolls back on any
+    error. Writers on SQLite take the write lock at BEGIN."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._writer = engine.execution_options(vws_write=True)
+
+    def __call__(self, write: bool = False) -> "_Transaction":
+        return _Transaction(Session(bind=self._writer if write else self.engine, expire_on_commit=False))
+
+
+class _Transaction:
+    def __init__(self, session: Session):
+        self.session = session
+        self._tx = None
+
+    def __enter__(self) -> Session:
+        self._tx = self.session.begin()
+        self._tx.__enter__()
+        return self.session
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._tx.__exit__(*exc)
+        finally:
+            self.session.close()
