@@ -1,0 +1,160 @@
+"""`vws up`, `vws down`, `vws status`: the whole stack on this machine, in one data directory.
+
+Each service runs as its own process (as it would on separate hosts), logs to
+DATA_DIR/log/<service>.log and leaves DATA_DIR/run/<service>.json saying where it answers, which
+is how every other command finds the stack untold."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vws.cli import output as out
+from vws.cli.main import CliError, data_dir
+from vws.common import clients, config
+
+SERVICES = ("repository", "factory", "manager")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def serving(address: str, timeout: float = 1.0) -> bool:
+    try:
+        r = health_pb2_grpc.HealthStub(clients.channel(address)).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        return r.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def running(dd: pathlib.Path, service: str) -> dict | None:
+    info = config.read_run_file(dd, service)
+    if info and alive(int(info.get("pid", 0))):
+        return info
+    return None
+
+
+def _tail(path: pathlib.Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _start(dd: pathlib.Path, service: str, flags: list[str], timeout: float) -> dict:
+    logs = dd / "log"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{service}.log"
+    config.remove_run_file(dd, service)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vws.cli.main", service, "--data-dir", str(dd), *flags],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CliError(f"the {service} stopped at start (exit {proc.returncode}); its log {log_path} ends:\n"
+                           + _tail(log_path))
+        info = config.read_run_file(dd, service)
+        if info and info.get("pid") == proc.pid and serving(info["address"]):
+            return info
+        time.sleep(0.05)
+    proc.terminate()
+    raise CliError(f"the {service} did not answer within {timeout:g}s; its log {log_path} ends:\n" + _tail(log_path))
+
+
+def up(args) -> int:
+    dd = data_dir(args)
+    dd.mkdir(parents=True, exist_ok=True)
+    started = {}
+    for service in SERVICES:
+        info = running(dd, service)
+        if info and serving(info["address"]):
+            print(f"{service:<10} already running at {info['address']} (pid {info['pid']})")
+            started[service] = info
+            continue
+        flags: list[str] = []
+        listen = getattr(args, f"{service}_listen", None)
+        if listen:
+            flags += ["--listen", listen]
+        if service != "repository":
+            flags += ["--repository", started["repository"]["address"]]
+        if service == "manager" and args.backend:
+            flags += ["--backend", args.backend]
+        t0 = time.monotonic()
+        started[service] = _start(dd, service, flags, args.timeout)
+        print(f"{service:<10} serving at {started[service]['address']} (pid {started[service]['pid']}, "
+              f"{time.monotonic() - t0:.1f}s; log {dd / 'log' / (service + '.log')})")
+    print(f"stack up in {dd}; try: vws create --wait")
+    if not args.foreground:
+        return 0
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and all(running(dd, s) for s in SERVICES):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    return down(args)
+
+
+def down(args) -> int:
+    dd = data_dir(args)
+    any_found = False
+    for service in reversed(SERVICES):
+        info = config.read_run_file(dd, service)
+        if not info:
+            continue
+        any_found = True
+        pid = int(info.get("pid", 0))
+        if not alive(pid):
+            config.remove_run_file(dd, service)
+            print(f"{service:<10} was not running")
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            print(f"{service:<10} killed (it did not stop within 20s)")
+        else:
+            print(f"{service:<10} stopped")
+        config.remove_run_file(dd, service)
+    if not any_found:
+        print(f"no stack running in {dd}")
+    return 0
+
+
+def status(args) -> int:
+    dd = data_dir(args)
+    rows, doc = [], {}
+    for service in SERVICES:
+        info = config.read_run_file(dd, service) or {}
+        pid = int(info.get("pid", 0))
+        state = "stopped" if not info else ("serving" if alive(pid) and serving(info["address"])
+                                            else "not answering" if alive(pid) else "dead")
+        doc[service] = {"state": state, **info}
+        rows.append([service, state, info.get("address", "-"), str(pid or "-")])
+    if getattr(args, "output", "table") == "json":
+        out.print_json({"data_dir": str(dd), "services": doc})
+    else:
+        print(f"data directory: {dd}")
+        print(out.table(rows, ["SERVICE", "STATE", "ADDRESS", "PID"]))
+    return 0 if all(d["state"] == "serving" for d in doc.values()) else 1

@@ -1,0 +1,41 @@
+"""`vws factory`: admission and placement."""
+from __future__ import annotations
+
+import logging
+
+from vws.common import config
+from vws.common.config import FactorySettings
+from vws.common.server import Service, create_server
+from vws.factory.gateway import GrpcManagers, GrpcRecords
+from vws.factory.service import WorkspaceFactory
+from vws.factory.servicer import FactoryServicer
+from vws.factory.validation import Limits
+from vws.v1 import factory_pb2, factory_pb2_grpc
+
+log = logging.getLogger("vws.factory")
+
+
+def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Service, WorkspaceFactory]:
+    factory = WorkspaceFactory(Limits.from_settings(settings), records or GrpcRecords(settings.repository),
+                               managers or GrpcManagers(), repository_address=settings.repository)
+
+    def register(server):
+        factory_pb2_grpc.add_FactoryServiceServicer_to_server(FactoryServicer(factory), server)
+        return [factory_pb2.DESCRIPTOR.services_by_name["FactoryService"].full_name]
+
+    service = create_server(settings.listen, register, on_stop=factory.stop_background)
+    factory.start_background(settings.resume_interval.total_seconds())
+    return service, factory
+
+
+def run(settings: FactorySettings) -> int:
+    service, _ = serve(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    address = f"{host}:{service.port}"
+    config.write_run_file(settings.data_dir, "factory", {"address": address, "repository": settings.repository})
+    log.info("factory serving on %s (repository %s)", address, settings.repository)
+    try:
+        service.wait_for_termination()
+    finally:
+        config.remove_run_file(settings.data_dir, "factory")
+    return 0

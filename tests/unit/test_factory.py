@@ -1,0 +1,238 @@
+"""The factory's service layer over fake repository and manager gateways."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import grpc
+import pytest
+
+from vws.common import errors, model
+from vws.common.config import FactorySettings
+from vws.factory.service import WorkspaceFactory, rank, shortfall
+from vws.factory.validation import Limits, admit
+
+GiB = 1024 ** 3
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details=""):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class FakeRecords:
+    def __init__(self, managers):
+        self.records: dict[str, model.Workspace] = {}
+        self.by_request: dict[str, str] = {}
+        self._managers = managers
+        self.deleted: list[str] = []
+        self.counter = 0
+
+    def create_record(self, request_id, workspace):
+        if request_id in self.by_request:
+            return self.records[self.by_request[request_id]], False
+        self.counter += 1
+        ws = dataclasses.replace(workspace, name=f"workspaces/w{self.counter:011d}")
+        self.records[ws.name] = ws
+        self.by_request[request_id] = ws.name
+        return ws, True
+
+    def assign(self, name, endpoint):
+        ws = self.records[name]
+        ws.endpoint = endpoint
+        return ws
+
+    def delete_record(self, name, reason):
+        ws = self.records.pop(name)
+        self.by_request.pop(ws.request_id, None)
+        self.deleted.append(name)
+
+    def managers(self):
+        return [dataclasses.replace(m) for m in self._managers]
+
+    def pending(self):
+        return [w for w in self.records.values() if w.state is model.State.PENDING]
+
+    def get(self, name):
+        return self.records[name]
+
+
+class FakeManagers:
+    def __init__(self, records: FakeRecords, refuse: dict[str, grpc.StatusCode] | None = None):
+        self.records, self.refuse, self.calls = records, refuse or {}, []
+
+    def deploy(self, address, workspace):
+        self.calls.append(address)
+        if address in self.refuse:
+            raise FakeRpcError(self.refuse[address], f"{address} says no")
+        ws = self.records.records[workspace.name]
+        ws.state = model.State.RUNNING
+        ws.endpoint = dataclasses.replace(workspace.endpoint, host_identity="vws-" + workspace.name[11:])
+        return dataclasses.replace(ws)
+
+
+def manager(name, free=4, kinds=(model.Kind.UNIX_ACCOUNT,), state=model.ManagerState.AVAILABLE, memory=0):
+    return model.ManagerInfo(name=f"managers/{name}", address=f"{name}:1", kinds=list(kinds),
+                             capacity=model.Capacity(8, memory, 0, 0),
+                             allocated=model.Capacity(8 - free, 0, 0, 0), state=state)
+
+
+@pytest.fixture
+def limits():
+    return Limits.from_settings(FactorySettings())
+
+
+def make(limits, managers, refuse=None):
+    records = FakeRecords(managers)
+    mgrs = FakeManagers(records, refuse)
+    return WorkspaceFactory(limits, records, mgrs), records, mgrs
+
+
+def ws(**spec):
+    return model.Workspace(name="", spec=model.WorkspaceSpec(**spec), owner="alice")
+
+
+def test_create_fills_defaults_places_and_returns_endpoint(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+    out = f.create("req-1", ws())
+    assert out.state is model.State.RUNNING
+    assert out.endpoint.manager == "managers/a" and out.endpoint.workspace == out.name
+    stored = records.records[out.name]
+    assert stored.spec.resources.memory_bytes == limits.defaults.memory_bytes
+    assert stored.spec.lifetime == limits.default_lifetime
+    assert stored.termination_time - stored.create_time == limits.default_lifetime
+
+
+def test_same_request_id_never_makes_a_second_workspace(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+    first = f.create("req-1", ws())
+    again = f.create("req-1", ws())
+    assert again.name == first.name and len(records.records) == 1 and mgrs.calls == ["a:1"]
+
+
+def test_a_pending_record_from_an_interrupted_create_is_driven_on_by_the_retry(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+    records.create_record("req-1", dataclasses.replace(ws(), request_id="req-1"))
+    out = f.create("req-1", ws())
+    assert out.state is model.State.RUNNING and len(records.records) == 1
+
+
+def test_placement_skips_full_and_silent_managers_and_spreads_load(limits):
+    f, _, mgrs = make(limits, [manager("full", free=0), manager("gone", state=model.ManagerState.UNREACHABLE),
+                               manager("busy", free=1), manager("idle", free=7)])
+    f.create("r", ws())
+    assert mgrs.calls == ["idle:1"]
+
+
+def test_next_manager_is_tried_when_one_refuses(limits):
+    f, records, mgrs = make(limits, [manager("a", free=8), manager("b", free=2)],
+                            refuse={"a:1": grpc.StatusCode.RESOURCE_EXHAUSTED})
+    out = f.create("r", ws())
+    assert mgrs.calls == ["a:1", "b:1"] and out.endpoint.manager == "managers/b"
+
+
+def test_no_room_anywhere_is_resource_exhausted_with_one_violation_per_manager_and_no_record(limits):
+    f, records, _ = make(limits, [manager("a", free=0), manager("b", memory=GiB)])
+    with pytest.raises(errors.ResourceExhausted) as e:
+        f.create("r", ws(resources=model.Resources(memory_bytes=2 * GiB)))
+    assert {s for s, _ in e.value.violations} == {"managers/a", "managers/b"}
+    assert "memory" in dict(e.value.violations)["managers/b"]
+    assert records.records == {}
+
+
+def test_no_manager_at_all_says_so(limits):
+    f, records, _ = make(limits, [])
+    with pytest.raises(errors.ResourceExhausted, match="no manager has registered"):
+        f.create("r", ws())
+    assert records.records == {}
+
+
+def test_a_manager_error_that_is_not_about_room_removes_the_record_and_reaches_the_client(limits):
+    f, records, mgrs = make(limits, [manager("a"), manager("b")], refuse={"a:1": grpc.StatusCode.INVALID_ARGUMENT,
+                                                                          "b:1": grpc.StatusCode.INVALID_ARGUMENT})
+    with pytest.raises(grpc.RpcError):
+        f.create("r", ws(software=model.Software(setup_script="exit 3")))
+    assert records.records == {} and len(mgrs.calls) == 1
+
+
+@pytest.mark.parametrize("field,spec,match", [
+    ("workspace.spec.resources.memory_bytes", dict(resources=model.Resources(memory_bytes=-1)), "negative"),
+    ("workspace.spec.resources.disk_bytes", dict(resources=model.Resources(disk_bytes=10 ** 18)), "maximum"),
+    ("workspace.spec.resources.cpu_millis", dict(resources=model.Resources(cpu_millis=10 ** 9)), "maximum"),
+    ("workspace.spec.resources.network_bits_per_second",
+     dict(resources=model.Resources(network_bits_per_second=-5)), "negative"),
+    ("workspace.spec.lifetime", dict(lifetime=dt.timedelta(days=100)), "maximum"),
+    ("workspace.spec.lifetime", dict(lifetime=dt.timedelta(seconds=-3)), "negative"),
+    ("workspace.spec.kind", dict(kind=None), "kind"),
+    ("workspace.spec.software.environment[1BAD]", dict(software=model.Software(environment={"1BAD": "x"})),
+     "variable name"),
+    ("workspace.spec.software.files[0].path", dict(software=model.Software(
+        files=[model.StagedFile("../etc/passwd", b"x")])), "relative"),
+    ("workspace.spec.software.files[0].mode", dict(software=model.Software(
+        files=[model.StagedFile("a", b"x", 0o4755)])), "set-uid"),
+    ("workspace.spec.software.image", dict(software=model.Software(image="debian")), "virtual-machine"),
+])
+def test_every_bad_field_is_named(limits, field, spec, match):
+    with pytest.raises(errors.InvalidArgument) as e:
+        admit(ws(**spec), limits)
+    fields = dict(e.value.violations)
+    assert field in fields, e.value.violations
+    assert match in fields[field]
+
+
+def test_bad_labels_name_and_request_id_are_refused(limits):
+    f, records, _ = make(limits, [manager("a")])
+    bad = dataclasses.replace(ws(), labels={"Bad Key": "x", "ok": "NOT OK"}, name="workspaces/x")
+    with pytest.raises(errors.InvalidArgument) as e:
+        f.create("r", bad)
+    fields = {f for f, _ in e.value.violations}
+    assert fields == {"workspace.labels[Bad Key]", "workspace.labels[ok]", "workspace.name"}
+    with pytest.raises(errors.InvalidArgument, match="request_id"):
+        f.create("no spaces allowed", ws())
+    assert records.records == {}
+
+
+def test_all_violations_come_in_one_answer(limits):
+    with pytest.raises(errors.InvalidArgument) as e:
+        admit(ws(resources=model.Resources(memory_bytes=-1, cpu_millis=-1)), limits)
+    assert len(e.value.violations) == 2
+
+
+@pytest.mark.parametrize("kind", [model.Kind.SANDBOX, model.Kind.VIRTUAL_MACHINE])
+def test_kinds_not_yet_built_are_unimplemented(limits, kind):
+    f, records, _ = make(limits, [manager("a")])
+    with pytest.raises(errors.Unimplemented, match="not implemented"):
+        f.create("r", ws(kind=kind))
+    assert records.records == {}
+
+
+def test_resume_drives_stale_pending_records(limits):
+    clock = [model.utcnow()]
+    records = FakeRecords([manager("a")])
+    f = WorkspaceFactory(limits, records, FakeManagers(records), clock=lambda: clock[0])
+    rec, _ = records.create_record("r", dataclasses.replace(ws(), create_time=clock[0], request_id="r"))
+    assert f.resume_once(dt.timedelta(seconds=30)) == []
+    clock[0] += dt.timedelta(seconds=31)
+    assert f.resume_once(dt.timedelta(seconds=30)) == [rec.name]
+    assert records.records[rec.name].state is model.State.RUNNING
+
+
+def test_site_info_reports_kinds_and_limits(limits):
+    f, _, _ = make(limits, [manager("a", free=3), manager("b", state=model.ManagerState.UNREACHABLE)])
+    info = f.site_info()
+    kinds = {k: (a, r) for k, a, r in info["kinds"]}
+    assert kinds[model.Kind.UNIX_ACCOUNT] == (True, "3 free on 1 manager(s)")
+    assert kinds[model.Kind.SANDBOX][0] is False and info["available_managers"] == 1
+
+
+def test_shortfall_and_rank():
+    m = manager("a", free=0)
+    assert "in use" in shortfall(m, model.WorkspaceSpec())
+    assert shortfall(manager("b"), model.WorkspaceSpec(kind=model.Kind.SANDBOX)).startswith("does not offer")
+    assert [x.name for x in rank([manager("x", free=1), manager("y", free=5)])] == ["managers/y", "managers/x"]
