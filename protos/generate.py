@@ -1,6 +1,8 @@
 """Generates the Python stubs: protos/vws/v1/*.proto -> services/v1/ (the vws.v1 package).
 
-Run by setup.py at every build and by `make gen`; the output is not committed."""
+Run by setup.py at every build and by `make gen`; the output is not committed.
+`--out DIR` writes the same files elsewhere (the contract tests compare them with services/v1)."""
+import argparse
 import pathlib
 import shutil
 import sys
@@ -14,7 +16,10 @@ PROTOS = ROOT / "protos"
 OUT = ROOT / "services" / "v1"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=OUT, help=f"output folder (default {OUT})")
+    out = parser.parse_args(argv).out.resolve()
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "vws" / "v1").glob("*.proto"))
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
@@ -25,12 +30,12 @@ def main() -> int:
         if rc != 0:
             print("protoc failed", file=sys.stderr)
             return rc
-        OUT.mkdir(parents=True, exist_ok=True)
-        for old in OUT.glob("*_pb2*.py*"):
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*_pb2*.py*"):
             old.unlink()
         for new in (pathlib.Path(tmp) / "vws" / "v1").iterdir():
-            shutil.copy2(new, OUT / new.name)
-    (OUT / "__init__.py").write_text('"""Generated from protos/vws/v1 by protos/generate.py. Do not edit."""\n')
+            shutil.copy2(new, out / new.name)
+    (out / "__init__.py").write_text('"""Generated from protos/vws/v1 by protos/generate.py. Do not edit."""\n')
     return 0
 
 
