@@ -1,0 +1,244 @@
+"""The manager's state machine, outbox and reconciliation over a fake backend and repository."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import grpc
+import pytest
+
+from vws.common import errors, model
+from vws.common.model import Action, State
+from vws.manager.backends.base import Backend, HostHandle
+from vws.manager.service import ManagerIdentity, WorkspaceManager
+from vws.manager.state import LocalState
+
+
+class Down(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class FakeBackend(Backend):
+    name = "fake"
+    kinds = frozenset({model.Kind.UNIX_ACCOUNT})
+
+    def __init__(self, slots=4):
+        self.accounts: dict[str, str] = {}  # account -> workspace id
+        self.log: list[tuple[str, str]] = []
+        self.slots = slots
+        self.fail_realise = False
+
+    def capacity(self):
+        return model.Capacity(self.slots, 0, 0, 0)
+
+    def realise(self, workspace_id, spec):
+        if self.fail_realise:
+            raise errors.InvalidArgument("exit 3", "workspace.spec.software.setup_script")
+        self.accounts["u-" + workspace_id] = workspace_id
+        return HostHandle(workspace_id, "u-" + workspace_id)
+
+    def _do(self, what, h):
+        self.log.append((what, h.host_identity))
+
+    def start(self, h): self._do("start", h)
+    def stop(self, h): self._do("stop", h)
+    def pause(self, h): self._do("pause", h)
+    def resume(self, h): self._do("resume", h)
+
+    def destroy(self, h):
+        self._do("destroy", h)
+        self.accounts.pop(h.host_identity, None)
+
+    def spawn(self, h, options):
+        return subprocess.Popen(["true"])
+
+    def exists(self, h):
+        return h.host_identity in self.accounts
+
+    def inventory(self):
+        return dict(self.accounts)
+
+    def reclaim(self, host_identity):
+        self._do("reclaim", HostHandle("", host_identity))
+        self.accounts.pop(host_identity, None)
+
+    def maintain(self): pass
+    def close(self): pass
+
+
+class FakeRepository:
+    def __init__(self):
+        self.reports: list = []
+        self.records: dict[str, model.Workspace] = {}
+        self.up = True
+        self.registered = []
+
+    def _check(self):
+        if not self.up:
+            raise Down()
+
+    def report(self, manager, report):
+        self._check()
+        self.reports.append((report.name, report.state))
+        if report.name in self.records:
+            self.records[report.name].state = report.state
+
+    def register(self, info):
+        self._check()
+        self.registered.append(info.name)
+
+    def heartbeat(self, manager, allocated):
+        self._check()
+        return True
+
+    def workspaces_on(self, manager):
+        self._check()
+        return [w for w in self.records.values() if w.endpoint.manager == manager]
+
+    def get(self, name):
+        self._check()
+        return self.records.get(name)
+
+
+@pytest.fixture
+def parts(tmp_path):
+    backend, repo = FakeBackend(), FakeRepository()
+    mgr = WorkspaceManager(ManagerIdentity("m1", "127.0.0.1:1"), backend, LocalState(tmp_path / "state.db"), repo)
+    yield mgr, backend, repo
+    mgr.state.close()
+
+
+def placed(name="workspaces/wabcdefghijk", start=True):
+    ws = model.Workspace(name=name, spec=model.WorkspaceSpec(start_on_create=start), owner="alice",
+                         endpoint=model.Endpoint(name, "managers/m1", "127.0.0.1:1"), create_time=model.utcnow())
+    return ws
+
+
+def test_deploy_realises_starts_and_reports(parts):
+    mgr, backend, repo = parts
+    repo.records["workspaces/wabcdefghijk"] = placed()
+    out = mgr.deploy(placed())
+    assert out.state is State.RUNNING and out.endpoint.host_identity == "u-wabcdefghijk"
+    assert repo.reports == [("workspaces/wabcdefghijk", State.RUNNING)]
+    assert mgr.deploy(placed()).state is State.RUNNING  # idempotent
+    assert len(backend.accounts) == 1
+
+
+def test_deploy_without_start_is_ready(parts):
+    mgr, backend, repo = parts
+    assert mgr.deploy(placed(start=False)).state is State.READY
+    assert ("start", "u-wabcdefghijk") not in backend.log
+
+
+def test_failed_deploy_leaves_nothing(parts):
+    mgr, backend, repo = parts
+    backend.fail_realise = True
+    with pytest.raises(errors.InvalidArgument):
+        mgr.deploy(placed())
+    assert mgr.state.all() == [] and backend.accounts == {} and repo.reports == []
+
+
+def test_full_manager_is_resource_exhausted(parts):
+    mgr, backend, _ = parts
+    backend.slots = 1
+    mgr.deploy(placed("workspaces/waaaaaaaaaaa"))
+    with pytest.raises(errors.ResourceExhausted, match="no room"):
+        mgr.deploy(placed("workspaces/wbbbbbbbbbbb"))
+
+
+def test_only_legal_moves_and_the_refusal_names_the_state(parts):
+    mgr, backend, _ = parts
+    name = mgr.deploy(placed(start=False)).name
+    with pytest.raises(errors.FailedPrecondition, match="it is READY"):
+        mgr.transition(name, Action.PAUSE)
+    assert mgr.transition(name, Action.START).state is State.RUNNING
+    assert mgr.transition(name, Action.PAUSE).state is State.PAUSED
+    with pytest.raises(errors.FailedPrecondition, match="it is PAUSED"):
+        mgr.spawn(name, ["true"], {}, "")
+    assert mgr.transition(name, Action.RESUME).state is State.RUNNING
+    assert mgr.transition(name, Action.STOP).state is State.READY
+    with pytest.raises(errors.FailedPrecondition):
+        mgr.transition(name, Action.STOP)
+    assert mgr.transition(name, Action.DESTROY).state is State.TERMINATED
+    assert mgr.destroy(name).state is State.TERMINATED  # idempotent
+    assert backend.accounts == {}
+
+
+def test_unknown_and_malformed_names(parts):
+    mgr, _, _ = parts
+    with pytest.raises(errors.NotFound):
+        mgr.transition("workspaces/wzzzzzzzzzzz", Action.START)
+    with pytest.raises(errors.InvalidArgument):
+        mgr.transition("nope", Action.START)
+
+
+def test_exec_checks_argv_and_environment(parts):
+    mgr, _, _ = parts
+    name = mgr.deploy(placed()).name
+    with pytest.raises(errors.InvalidArgument, match="argv"):
+        mgr.spawn(name, [], {}, "")
+    with pytest.raises(errors.InvalidArgument, match="environment"):
+        mgr.spawn(name, ["true"], {"A=B": "x"}, "")
+    assert mgr.spawn(name, ["true"], {}, "").wait() == 0
+
+
+def test_state_changes_made_while_the_repository_is_down_reach_it_later_in_order(parts):
+    mgr, _, repo = parts
+    name = mgr.deploy(placed()).name
+    repo.up = False
+    mgr.transition(name, Action.PAUSE)
+    mgr.transition(name, Action.RESUME)
+    mgr.transition(name, Action.DESTROY)
+    assert repo.reports == [(name, State.RUNNING)]
+    repo.up = True
+    mgr.flush()
+    assert [s for _, s in repo.reports] == [State.RUNNING, State.PAUSED, State.RUNNING, State.TERMINATING,
+                                            State.TERMINATED]
+
+
+def test_reconcile_removes_orphans_fails_vanished_and_destroys_what_the_repository_ended(parts, tmp_path):
+    mgr, backend, repo = parts
+    kept, vanished, ended = "workspaces/wkeptkeptkep", "workspaces/wgonegonegon", "workspaces/wendedendede"
+    for n in (kept, vanished, ended):
+        repo.records[n] = placed(n)
+        mgr.deploy(placed(n))
+    repo.records[ended].state = State.TERMINATED
+    backend.accounts.pop("u-wgonegonegon")          # someone ran userdel behind our back
+    backend.accounts["u-worphanorpha"] = "worphanorpha"  # an account no workspace owns
+    done = mgr.reconcile()
+    assert done["orphans_removed"] == ["u-worphanorpha"]
+    assert done["vanished"] == [vanished] and done["destroyed"] == [ended]
+    assert repo.records[vanished].state is State.FAILED
+    assert "vanished" in mgr.state.get(vanished).state_message
+    assert set(backend.accounts) == {"u-wkeptkeptkep"}
+
+
+def test_reconcile_undoes_a_deploy_interrupted_by_a_crash(parts):
+    mgr, backend, repo = parts
+    name = "workspaces/wcrashcrashc"
+    from vws.manager.state import LocalWorkspace
+    mgr.state.insert(LocalWorkspace(name=name, spec=model.WorkspaceSpec(), state=State.PENDING))
+    backend.accounts["u-wcrashcrashc"] = "wcrashcrashc"  # realised, but the crash came before the row moved
+    done = mgr.reconcile()
+    assert done["undone"] == [name] and backend.accounts == {}
+    assert (name, State.FAILED) in repo.reports
+
+
+def test_reconcile_adopts_a_workspace_whose_local_state_was_lost(parts, tmp_path):
+    mgr, backend, repo = parts
+    name = "workspaces/wlostlostlos"
+    repo.records[name] = dataclasses.replace(placed(name), state=State.RUNNING)
+    backend.accounts["u-wlostlostlos"] = "wlostlostlos"
+    done = mgr.reconcile()
+    assert done["adopted"] == [name] and mgr.state.get(name).state is State.RUNNING
+
+
+def test_reconcile_with_the_repository_down_still_cleans_the_host(parts):
+    mgr, backend, repo = parts
+    repo.up = False
+    backend.accounts["u-worphanorpha"] = "worphanorpha"
+    assert mgr.reconcile()["orphans_removed"] == ["u-worphanorpha"]
+    assert not mgr.heartbeat_once()
+    repo.up = True
+    assert mgr.heartbeat_once() and repo.registered == ["managers/m1"]
