@@ -1,0 +1,483 @@
+"""The repository's service layer: the system of record's rules. Servicers only convert
+messages and call these methods; every method takes and returns domain objects and raises
+vws.common.errors."""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Callable, Iterator
+
+import sqlalchemy as sa
+
+from vws.common import converters, errors, model, names
+from vws.common.config import RepositorySettings
+from vws.common.model import EventType, State
+from vws.repository import store
+from vws.repository.db import UnitOfWork, WorkspaceRow
+from vws.repository.gateway import ManagerGateway
+from vws.repository.watch import WatchHub
+
+log = logging.getLogger("vws.repository")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+SOURCE = "repository"
+LIFETIME_ENDED = "lifetime ended"
+
+
+def page_size(value: int, field: str = "page_size") -> int:
+    if value < 0:
+        raise errors.InvalidArgument(f"is negative ({value}); give 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE}",
+                                     field)
+    return DEFAULT_PAGE_SIZE if value == 0 else min(value, MAX_PAGE_SIZE)
+
+
+def _encode_token(doc: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, fingerprint: str) -> dict:
+    bad = errors.InvalidArgument("is not a page token of this listing; pass next_page_token from the previous "
+                                 "response, with the same filters, or leave it empty for the first page",
+                                 "page_token")
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(doc, dict) or doc.get("f") != fingerprint:
+        raise bad
+    return doc
+
+
+def _fingerprint(**filters) -> str:
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def request_digest(workspace: model.Workspace) -> str:
+    """What makes two creates with one request id the same request: the spec, owner and labels
+    (not the termination time, which the factory derives from the clock)."""
+    h = hashlib.sha256(converters.spec_to_pb(workspace.spec).SerializeToString(deterministic=True))
+    h.update(json.dumps([workspace.owner, sorted(workspace.labels.items())]).encode())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What a write transaction leaves for after its commit."""
+    workspace: model.Workspace
+    changed: bool = True
+
+
+class RepositoryService:
+    def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
+                 clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None):
+        self.uow, self.settings, self.managers, self.clock = uow, settings, managers, clock
+        self.hub = hub or WatchHub()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry_at: dict[str, tuple[float, float]] = {}  # name -> (monotonic due, backoff)
+
+    # ------------------------------------------------------------------ helpers
+    def _load(self, session, name: str, field: str = "name", for_update: bool = False) -> WorkspaceRow:
+        names.parse_workspace_name(name, field)
+        row = store.get_row(session, name, for_update)
+        if row is None:
+            raise errors.NotFound(f"workspace {name} does not exist")
+        return row
+
+    def _move(self, session, row: WorkspaceRow, state: State, message: str, source: str, now: dt.datetime,
+              event_type: EventType = EventType.STATE_CHANGED, state_time: dt.datetime | None = None) -> None:
+        previous = row.state
+        row.state, row.state_message = state.value, message
+        row.state_time = state_time or now
+        row.update_time = now
+        store.add_event(session, row, event_type, previous, state, message, source, now)
+
+    def _notify(self, name: str) -> None:
+        self.hub.notify(name)
+
+    # ------------------------------------------------------------------ records (factory, managers)
+    def create_record(self, request_id: str, workspace: model.Workspace, source: str = "factory"
+                      ) -> tuple[model.Workspace, bool]:
+        """A new PENDING record (event CREATED). Idempotent on request_id: the same request again
+        returns the first record and False; a different request under the same id is ALREADY_EXISTS."""
+        names.parse_workspace_name(workspace.name, "workspace.name")
+        if workspace.termination_time is None:
+            raise errors.InvalidArgument("is missing; the factory sets it from the lifetime", "workspace.termination_time")
+        if workspace.spec is None or workspace.spec.kind is None:
+            raise errors.InvalidArgument("is missing", "workspace.spec.kind")
+        digest = request_digest(workspace)
+        if request_id:
+            existing = self._by_request_id(request_id, digest)
+            if existing is not None:
+                return existing, False
+        now = self.clock()
+        try:
+            with self.uow(write=True) as session:
+                row = WorkspaceRow(
+                    name=workspace.name, spec=store.spec_to_json(workspace.spec), state=State.PENDING.value,
+                    state_message="accepted; not yet placed", state_time=now, owner=workspace.owner,
+                    manager_name=None, manager_address="", host_identity="", labels=dict(workspace.labels),
+                    request_id=request_id or None, request_digest=digest, create_time=now, update_time=now,
+                    termination_time=workspace.termination_time, destroy_reason="")
+                session.add(row)
+                session.flush()
+                store.set_labels(session, row, workspace.labels)
+                store.add_event(session, row, EventType.CREATED, State.UNSPECIFIED, State.PENDING,
+                                "recorded", source, now)
+                result = store.to_workspace(row)
+        except sa.exc.IntegrityError:
+            # A concurrent create with the same request id (or name) won the race.
+            existing = self._by_request_id(request_id, digest) if request_id else None
+            if existing is not None:
+                return existing, False
+            raise errors.AlreadyExists(f"workspace {workspace.name} already exists") from None
+        self._notify(result.name)
+        return result, True
+
+    def _by_request_id(self, request_id: str, digest: str) -> model.Workspace | None:
+        with self.uow() as session:
+            row = store.get_by_request_id(session, request_id)
+            if row is None:
+                return None
+            if row.request_digest != digest:
+                raise errors.AlreadyExists(
+                    f"request_id {request_id!r} was already used for a different request (workspace {row.name}); "
+                    "use a new request id for a new workspace, or repeat the first request exactly")
+            return store.to_workspace(row)
+
+    def assign(self, name: str, endpoint: model.Endpoint, source: str = "factory") -> model.Workspace:
+        """Records which manager holds the workspace (event PLACED)."""
+        names.parse_manager_name(endpoint.manager, "endpoint.manager")
+        if not endpoint.manager_address:
+            raise errors.InvalidArgument("is empty; give the manager's host:port", "endpoint.manager_address")
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            if row.state in (State.TERMINATING.value, State.TERMINATED.value):
+                raise errors.FailedPrecondition(f"cannot place {name}: it is {row.state}")
+            if row.manager_name == endpoint.manager and row.manager_address == endpoint.manager_address:
+                return store.to_workspace(row)  # a retry
+            now = self.clock()
+            row.manager_name, row.manager_address = endpoint.manager, endpoint.manager_address
+            if endpoint.host_identity:
+                row.host_identity = endpoint.host_identity
+            row.update_time = now
+            store.add_event(session, row, EventType.PLACED, row.state, row.state,
+                            f"placed on {endpoint.manager} ({endpoint.manager_address})", source, now)
+            result = store.to_workspace(row)
+        self._notify(name)
+        return result
+
+    def report_state(self, name: str, manager: str, state: State, message: str = "",
+                     change_time: dt.datetime | None = None, host_identity: str = "",
+                     event_type: EventType = EventType.STATE_CHANGED) -> model.Workspace:
+        """A manager reports a change it made. Only the holding manager may; a report older than
+        the last applied change is kept in the history but does not move the state; a
+        TERMINATED record stays TERMINATED."""
+        names.parse_manager_name(manager, "manager")
+        if state in (State.UNSPECIFIED,):
+            raise errors.InvalidArgument("is unspecified; report the state the workspace is in now", "state")
+        if event_type is EventType.UNSPECIFIED:
+            event_type = EventType.STATE_CHANGED
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            if row.manager_name != manager:
+                held = f"held by {row.manager_name}" if row.manager_name else "not placed on any manager"
+                raise errors.FailedPrecondition(f"{manager} may not report on {name}: it is {held}")
+            now = self.clock()
+            change_time = change_time or now
+            current = State(row.state)
+            if host_identity:
+                row.host_identity = host_identity
+            stale = change_time < row.state_time
+            if current is State.TERMINATING and state is State.TERMINATED:
+                stale = False  # the destroy it was asked for is done: never stale
+            why = ""
+            if current is State.TERMINATED:
+                why = " (ignored: the workspace is TERMINATED)"
+            elif current is State.TERMINATING and state not in (State.TERMINATING, State.TERMINATED):
+                why = " (ignored: the workspace is being destroyed)"
+            elif stale:
+                why = " (ignored: older than the last recorded change)"
+            if why:
+                row.update_time = now
+                store.add_event(session, row, event_type, current, state, message + why, manager, now)
+                result = store.to_workspace(row)
+            else:
+                self._move(session, row, state, message, manager, now, event_type, state_time=change_time)
+                if state is State.TERMINATED:
+                    row.destroy_reason = ""
+                result = store.to_workspace(row)
+        if state is State.TERMINATED:
+            self._retry_at.pop(name, None)
+        self._notify(name)
+        return result
+
+    def delete_record(self, name: str, reason: str = "") -> None:
+        """Removes a PENDING record and its history entirely (a creation that failed)."""
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            if row.state != State.PENDING.value:
+                raise errors.FailedPrecondition(
+                    f"cannot remove the record of {name}: it is {row.state}; only PENDING records may be "
+                    "removed, delete the workspace instead")
+            session.delete(row)
+        log.info("record %s removed: %s", name, reason or "no reason given")
+        self._notify(name)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, name: str) -> model.Workspace:
+        names.parse_workspace_name(name)
+        with self.uow() as session:
+            row = store.get_row(session, name)
+            if row is None:
+                raise errors.NotFound(f"workspace {name} does not exist")
+            return store.to_workspace(row)
+
+    def list(self, page_size_: int = 0, page_token: str = "", states=(), owner: str = "",
+             labels: dict[str, str] | None = None, manager: str = "") -> tuple[list[model.Workspace], str]:
+        """Newest first. Empty states means every state but TERMINATED."""
+        size = page_size(page_size_)
+        states = sorted(set(states), key=lambda s: s.value)
+        if State.UNSPECIFIED in states:
+            raise errors.InvalidArgument("holds STATE_UNSPECIFIED; list real states, or none for every state but "
+                                         "TERMINATED", "states")
+        if manager:
+            names.parse_manager_name(manager, "manager")
+        labels = dict(labels or {})
+        fp = _fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
+                          manager=manager)
+        after = None
+        if page_token:
+            doc = _decode_token(page_token, fp)
+            try:
+                after = (dt.datetime.fromisoformat(doc["c"]), int(doc["i"]))
+                if after[0].tzinfo is None:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise errors.InvalidArgument("is not a page token of this listing", "page_token") from None
+        with self.uow() as session:
+            rows = store.list_rows(session, states=states, owner=owner, labels=labels, manager=manager,
+                                   after=after, limit=size + 1)
+            out = [store.to_workspace(r) for r in rows[:size]]
+            last = rows[size - 1] if len(rows) > size else None
+            token = _encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
+        return out, token
+
+    def list_events(self, parent: str, page_size_: int = 0, page_token: str = "") -> tuple[list[model.Event], str]:
+        """A workspace's history, oldest first."""
+        size = page_size(page_size_)
+        names.parse_workspace_name(parent, "parent")
+        fp = _fingerprint(parent=parent)
+        after = 0
+        if page_token:
+            doc = _decode_token(page_token, fp)
+            if not isinstance(doc.get("s"), int):
+                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
+            after = doc["s"]
+        with self.uow() as session:
+            row = self._load(session, parent, "parent")
+            rows = store.list_events(session, row.id, after, size + 1)
+            out = [store.to_event(parent, r) for r in rows[:size]]
+            token = _encode_token({"s": rows[size - 1].seq, "f": fp}) if len(rows) > size else ""
+        return out, token
+
+    def watch(self, name: str, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0
+              ) -> Iterator[model.Workspace]:
+        """The workspace now, then at every change; ends after TERMINATED, when is_active()
+        turns false, when the record is removed, or when the hub closes (server stop)."""
+        names.parse_workspace_name(name)
+        with self.hub.subscribe(name) as sub:
+            current = self.get(name)  # subscribed first: nothing between this read and the wait is lost
+            yield current
+            while current.state is not State.TERMINATED:
+                sub.wait(poll)
+                if self.hub.closed or not is_active():
+                    return
+                try:
+                    latest = self.get(name)
+                except errors.NotFound:
+                    return
+                if latest != current:
+                    current = latest
+                    yield current
+
+    # ------------------------------------------------------------------ user changes
+    def update_termination_time(self, name: str, termination_time: dt.datetime | None = None,
+                                extend_by: dt.timedelta | None = None) -> model.Workspace:
+        if (termination_time is None) == (extend_by is None):
+            raise errors.InvalidArgument("give either termination_time or extend_by", "termination_time")
+        if extend_by is not None and extend_by <= dt.timedelta(0):
+            raise errors.InvalidArgument("must be positive, like 2h", "extend_by")
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            if row.state in (State.TERMINATING.value, State.TERMINATED.value):
+                raise errors.FailedPrecondition(f"cannot change the termination time of {name}: it is {row.state}")
+            now = self.clock()
+            new = termination_time if termination_time is not None else row.termination_time + extend_by
+            field = "termination_time" if termination_time is not None else "extend_by"
+            maximum = row.create_time + self.settings.max_lifetime
+            if new <= now:
+                raise errors.InvalidArgument(f"{new.isoformat()} is not in the future; give a later time", field)
+            if new > maximum:
+                raise errors.InvalidArgument(
+                    f"{new.isoformat()} is past the maximum of {maximum.isoformat()} (the site's maximum lifetime "
+                    f"of {self.settings.max_lifetime} from its creation)", "termination_time")
+            old = row.termination_time
+            row.termination_time = new
+            row.update_time = now
+            store.add_event(session, row, EventType.TERMINATION_TIME_CHANGED, row.state, row.state,
+                            f"termination time {old.isoformat()} -> {new.isoformat()}", SOURCE, now)
+            result = store.to_workspace(row)
+        self._notify(name)
+        return result
+
+    def delete(self, name: str, reason: str = "deleted on request") -> model.Workspace:
+        """Marks it TERMINATING and has its manager destroy it. An unreachable manager leaves it
+        TERMINATING for the expiry loop to retry; a never-placed one is TERMINATED at once; a
+        TERMINATED one is returned as it is."""
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            state = State(row.state)
+            if state is State.TERMINATED:
+                return store.to_workspace(row)
+            now = self.clock()
+            address, manager = row.manager_address, row.manager_name
+            if not manager:
+                self._move(session, row, State.TERMINATED, f"{reason}; it was never placed, nothing to destroy",
+                           SOURCE, now)
+                row.destroy_reason = ""
+                address = None
+            elif state is not State.TERMINATING or not row.destroy_reason:
+                if state is not State.TERMINATING:
+                    self._move(session, row, State.TERMINATING, reason, SOURCE, now)
+                row.destroy_reason = reason
+            reason = row.destroy_reason or reason
+        self._notify(name)
+        if address is not None:
+            self._destroy_on_manager(name, manager, address, reason)
+        return self.get(name)
+
+    def _destroy_on_manager(self, name: str, manager: str, address: str, reason: str) -> bool:
+        """Asks the manager (no transaction open: it reports back to this repository while it
+        works). True when the workspace is known TERMINATED afterwards."""
+        try:
+            answer = self.managers.destroy(address, name, reason)
+        except errors.Unavailable as exc:
+            log.warning("destroy of %s: %s; it stays TERMINATING and is retried", name, exc.message)
+            self._schedule_retry(name)
+            return False
+        except Exception as exc:  # noqa: BLE001 - the manager refused; keep it TERMINATING and retry
+            detail = exc.details() if hasattr(exc, "details") else str(exc)
+            log.warning("destroy of %s refused by %s: %s; retried later", name, manager, detail)
+            self._schedule_retry(name)
+            return False
+        self._retry_at.pop(name, None)
+        if answer.state is not State.TERMINATED:
+            return False
+        with self.uow(write=True) as session:
+            row = store.get_row(session, name, for_update=True)
+            if row is None or row.state == State.TERMINATED.value:
+                return True
+            now = self.clock()
+            self._move(session, row, State.TERMINATED, answer.state_message or "destroyed", manager, now)
+            row.destroy_reason = ""
+        self._notify(name)
+        return True
+
+    def _schedule_retry(self, name: str) -> None:
+        _, backoff = self._retry_at.get(name, (0.0, 0.0))
+        backoff = min(max(backoff * 2, 2.0), 60.0)
+        self._retry_at[name] = (time.monotonic() + backoff, backoff)
+
+    # ------------------------------------------------------------------ expiry
+    def expire_once(self, limit: int = 200) -> list[str]:
+        """Destroys the workspaces whose lifetime ended and retries unfinished destroys.
+        Returns the names it acted on."""
+        now = self.clock()
+        with self.uow() as session:
+            expired = store.expired_names(session, now, limit)
+            retry = store.unfinished_destroys(session, limit)
+        acted = []
+        for name in expired:
+            try:
+                self.delete(name, LIFETIME_ENDED)
+                acted.append(name)
+            except errors.NotFound:
+                pass
+        mono = time.monotonic()
+        for name in retry:
+            if name in acted or self._retry_at.get(name, (0.0, 0.0))[0] > mono:
+                continue
+            try:
+                self.delete(name)
+                acted.append(name)
+            except errors.NotFound:
+                pass
+        return acted
+
+    def start_expiry(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop():
+            interval = self.settings.expiry_interval.total_seconds()
+            while not self._stop.wait(interval):
+                try:
+                    self.expire_once()
+                except Exception:  # noqa: BLE001 - the loop must outlive one bad round
+                    log.exception("expiry round failed; retrying in %.1fs", interval)
+        self._thread = threading.Thread(target=loop, name="expiry", daemon=True)
+        self._thread.start()
+
+    def stop_expiry(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
+
+    # ------------------------------------------------------------------ managers
+    def register_manager(self, info: model.ManagerInfo) -> model.ManagerInfo:
+        names.parse_manager_name(info.name, "manager.name")
+        if not info.address:
+            raise errors.InvalidArgument("is empty; give the manager's host:port", "manager.address")
+        with self.uow(write=True) as session:
+            now = self.clock()
+            row = store.upsert_manager(session, info, now)
+            result = store.to_manager(row, now, self.settings.heartbeat_timeout)
+        log.info("manager %s registered at %s", info.name, info.address)
+        return result
+
+    def heartbeat(self, name: str, allocated: model.Capacity) -> model.ManagerInfo:
+        """NOT_FOUND for a manager that never registered (it registers, then heartbeats)."""
+        names.parse_manager_name(name)
+        with self.uow(write=True) as session:
+            now = self.clock()
+            row = store.heartbeat_manager(session, name, allocated, now)
+            if row is None:
+                raise errors.NotFound(f"manager {name} is not registered; register it first")
+            return store.to_manager(row, now, self.settings.heartbeat_timeout)
+
+    def list_managers(self, page_size_: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
+        size = page_size(page_size_)
+        fp = _fingerprint(what="managers")
+        after = ""
+        if page_token:
+            doc = _decode_token(page_token, fp)
+            if not isinstance(doc.get("n"), str):
+                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
+            after = doc["n"]
+        with self.uow() as session:
+            now = self.clock()
+            rows = store.list_managers(session, after, size + 1)
+            out = [store.to_manager(r, now, self.settings.heartbeat_timeout) for r in rows[:size]]
+            token = _encode_token({"n": rows[size - 1].name, "f": fp}) if len(rows) > size else ""
+        return out, token

@@ -1,0 +1,84 @@
+"""gRPC servicers: convert, call the service layer, convert back. Errors are mapped onto
+statuses by the shared interceptor (vws.common.server)."""
+from __future__ import annotations
+
+from vws.common import converters, errors
+from vws.repository.service import RepositoryService
+from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc
+
+ws_pb = converters.workspace_to_pb
+
+
+class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
+    def __init__(self, service: RepositoryService):
+        self.service = service
+
+    def GetWorkspace(self, request, context):
+        return repository_pb2.GetWorkspaceResponse(workspace=ws_pb(self.service.get(request.name)))
+
+    def ListWorkspaces(self, request, context):
+        items, token = self.service.list(
+            request.page_size, request.page_token, [converters.state_from_pb(s) for s in request.states],
+            request.owner, dict(request.labels), request.manager)
+        return repository_pb2.ListWorkspacesResponse(workspaces=[ws_pb(w) for w in items], next_page_token=token)
+
+    def WatchWorkspace(self, request, context):
+        for workspace in self.service.watch(request.name, context.is_active):
+            yield repository_pb2.WatchWorkspaceResponse(workspace=ws_pb(workspace))
+
+    def UpdateTerminationTime(self, request, context):
+        change = request.WhichOneof("change")
+        if change is None:
+            raise errors.InvalidArgument("is missing; give termination_time or extend_by", "termination_time")
+        workspace = self.service.update_termination_time(
+            request.name, termination_time=converters.ts_from_pb(request, "termination_time"),
+            extend_by=converters.duration_from_pb(request, "extend_by"))
+        return repository_pb2.UpdateTerminationTimeResponse(workspace=ws_pb(workspace))
+
+    def DeleteWorkspace(self, request, context):
+        return repository_pb2.DeleteWorkspaceResponse(workspace=ws_pb(self.service.delete(request.name)))
+
+    def ListWorkspaceEvents(self, request, context):
+        items, token = self.service.list_events(request.parent, request.page_size, request.page_token)
+        return repository_pb2.ListWorkspaceEventsResponse(
+            events=[converters.event_to_pb(e) for e in items], next_page_token=token)
+
+    def RegisterManager(self, request, context):
+        info = self.service.register_manager(converters.manager_from_pb(request.manager))
+        return repository_pb2.RegisterManagerResponse(manager=converters.manager_to_pb(info))
+
+    def HeartbeatManager(self, request, context):
+        info = self.service.heartbeat(request.name, converters.capacity_from_pb(request.allocated))
+        return repository_pb2.HeartbeatManagerResponse(manager=converters.manager_to_pb(info))
+
+    def ListManagers(self, request, context):
+        items, token = self.service.list_managers(request.page_size, request.page_token)
+        return repository_pb2.ListManagersResponse(managers=[converters.manager_to_pb(m) for m in items],
+                                                   next_page_token=token)
+
+
+class RecordServicer(record_pb2_grpc.RecordServiceServicer):
+    def __init__(self, service: RepositoryService):
+        self.service = service
+
+    def CreateWorkspaceRecord(self, request, context):
+        workspace = converters.workspace_from_pb(request.workspace)
+        if request.workspace.HasField("spec") and converters.kind_from_pb(request.workspace.spec.kind) is None:
+            raise errors.InvalidArgument("is not a kind this repository knows", "workspace.spec.kind")
+        record, created = self.service.create_record(request.request_id, workspace)
+        return record_pb2.CreateWorkspaceRecordResponse(workspace=ws_pb(record), created=created)
+
+    def AssignWorkspace(self, request, context):
+        workspace = self.service.assign(request.name, converters.endpoint_from_pb(request.endpoint))
+        return record_pb2.AssignWorkspaceResponse(workspace=ws_pb(workspace))
+
+    def ReportWorkspaceState(self, request, context):
+        workspace = self.service.report_state(
+            request.name, request.manager, converters.state_from_pb(request.state), request.message,
+            converters.ts_from_pb(request, "change_time"), request.host_identity,
+            converters.event_type_from_pb(request.event_type))
+        return record_pb2.ReportWorkspaceStateResponse(workspace=ws_pb(workspace))
+
+    def DeleteWorkspaceRecord(self, request, context):
+        self.service.delete_record(request.name, request.reason)
+        return record_pb2.DeleteWorkspaceRecordResponse()
