@@ -1,0 +1,491 @@
+"""UNIX_ACCOUNT workspaces: one Unix account per workspace. AccountBackend holds what both
+plug-ins share (staging, setup, start/stop/pause/resume, exec, scrubbing an account clean);
+DynamicAccounts makes an account per workspace and deletes it at destroy. The pool variant is
+in pool.py."""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from vws.common import errors, model
+from vws.manager.backends.base import (
+    Backend, BackendSettings, ExecOptions, HostHandle, SetupFailed, host_capacity)
+from vws.manager.backends.cgroups import CgroupDriver, _alive
+
+log = logging.getLogger("vws.manager.backends")
+
+ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_-]*$")
+MAX_ACCOUNT_NAME = 32
+TYPICAL_WORKSPACE_ID = 12  # names.new_workspace_id(): "w" + 11
+LOGIN_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"  # Debian's ENV_PATH
+ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
+CRONTABS = Path("/var/spool/cron/crontabs")
+MAIL_SPOOL = Path("/var/mail")
+SETUP_TAIL_LINES = 20
+SETUP_TAIL_CHARS = 4000
+
+# useradd, usermod and userdel all rewrite /etc/passwd and /etc/shadow under lock files and fail
+# (rather than wait) when another holds them: one at a time in this process, retried against others.
+_ACCOUNT_TOOLS = threading.Lock()
+
+
+def run_account_tool(argv: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    deadline = time.monotonic() + 10
+    while True:
+        with _ACCOUNT_TOOLS:
+            r = subprocess.run(argv, capture_output=True, text=True, env={"PATH": ROOT_PATH})
+        if r.returncode in ok:
+            return r
+        if "lock" in r.stderr.lower() and time.monotonic() < deadline:
+            time.sleep(0.02)
+            continue
+        raise errors.BackendError(f"{shlex.join(argv)} failed with status {r.returncode}: {r.stderr.strip()}")
+
+
+def validate_prefix(prefix: str, field: str, suffix_length: int) -> None:
+    if not ACCOUNT_NAME.match(prefix):
+        raise errors.InvalidArgument(
+            f"{prefix!r} cannot start a Unix account name: use lower case letters, digits, '_' and '-', "
+            "starting with a letter or '_'", field)
+    if len(prefix) + suffix_length > MAX_ACCOUNT_NAME:
+        raise errors.InvalidArgument(
+            f"{prefix!r} is too long: account names are at most {MAX_ACCOUNT_NAME} characters and "
+            f"{suffix_length} are needed after the prefix; use at most {MAX_ACCOUNT_NAME - suffix_length}", field)
+
+
+def account_expiry(name: str) -> str | None:
+    """The expiry field of the account's /etc/shadow entry ('' for none); None if no entry."""
+    with open("/etc/shadow") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(":")
+            if parts[0] == name and len(parts) > 7:
+                return parts[7]
+    return None
+
+
+def is_locked(name: str) -> bool:
+    """Locked = expired (usermod -e 1): PAM refuses every login, ssh keys and cron included."""
+    exp = account_expiry(name)
+    return exp is not None and exp != "" and int(exp) <= int(time.time() // 86400)
+
+
+def getpw(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def uid_pids(uid: int) -> list[int]:
+    """Processes with uid as their real, effective, saved or filesystem user id."""
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        if str(uid).encode() in line.split()[1:]:
+                            found.append(pid)
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def kill_uid(uid: int, timeout: float = 5.0) -> None:
+    """SIGKILLs every process of uid until none is left (processes outside the workspace's
+    cgroup too: logins, cron jobs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = [p for p in uid_pids(uid) if _alive(p)]
+        if not live:
+            return
+        if time.monotonic() > deadline:
+            raise errors.BackendError(f"processes {live[:10]} of uid {uid} survived SIGKILL for {timeout:.0f}s")
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.002)
+
+
+def _remove_owned(top: Path, uid: int) -> None:
+    """Removes everything under top (not top itself) that uid owns, without following links."""
+    try:
+        entries = list(os.scandir(top))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == uid:
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(e.path)  # fd-based on Linux: safe against symlink games
+                else:
+                    os.unlink(e.path)
+            except FileNotFoundError:
+                pass
+        elif stat.S_ISDIR(st.st_mode):
+            _remove_owned(Path(e.path), uid)
+
+
+def _remove_ipc(uid: int) -> None:
+    """SysV shared memory, semaphores and message queues that uid owns."""
+    for kind, flag in (("shm", "-m"), ("sem", "-s"), ("msg", "-q")):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        header_uid = 7 if kind == "shm" else (4 if kind == "sem" else 8)
+        for line in lines:
+            cols = line.split()
+            if len(cols) > header_uid and cols[header_uid] == str(uid):
+                subprocess.run(["ipcrm", flag, cols[1]], capture_output=True, env={"PATH": ROOT_PATH})
+
+
+def clean_env(pw: pwd.struct_passwd) -> dict[str, str]:
+    return {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name,
+            "SHELL": pw.pw_shell or "/bin/sh", "PATH": LOGIN_PATH, "LANG": "C.UTF-8"}
+
+
+# Runs as root with a clean environment: joins the workspace's cgroup(s) *before* anything of
+# the user's runs, then drops to the account with setpriv. A preexec_fn would do the same in one
+# process, but it runs Python between fork and exec in a multi-threaded server (gRPC threads),
+# which can deadlock on a lock another thread held at fork; this path runs no Python in the child
+# (subprocess's fork/exec is C). The user's variables travel encoded as VWSENV_<i>=NAME=value,
+# inert to the root shell and setpriv (LD_PRELOAD and friends must never reach a root process),
+# and are decoded by a shell already running as the user, which then execs the program.
+_DECODE = (r'__vws_n=$1; shift; __vws_i=0; '
+           r'while [ "$__vws_i" -lt "$__vws_n" ]; do '
+           r'eval "__vws_kv=\$VWSENV_$__vws_i; unset VWSENV_$__vws_i"; export "$__vws_kv" || exit 125; '
+           r'__vws_i=$((__vws_i+1)); done; unset __vws_n __vws_i __vws_kv; exec "$@"')
+
+
+class AccountBackend(Backend):
+    kinds = frozenset({model.Kind.UNIX_ACCOUNT})
+
+    def __init__(self, settings: BackendSettings, cgroups: CgroupDriver | None = None):
+        self.settings = settings
+        self.manager_id = settings.manager_id
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cgroups = cgroups or CgroupDriver(settings.cgroup_root, settings.manager_id)
+        self._capacity: model.Capacity | None = None
+
+    # -------------------------------------------------------------- subclass hooks
+    def _workspaces(self) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> model.Capacity:
+        if self._capacity is None:
+            self._capacity = host_capacity(self.settings, self._workspaces())
+        return self._capacity
+
+    def _account(self, handle: HostHandle) -> pwd.struct_passwd:
+        """The handle's account, checked to be this manager's and this workspace's."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ locking
+    @staticmethod
+    def lock(name: str) -> None:
+        if not is_locked(name):
+            run_account_tool(["usermod", "--expiredate", "1", name])
+
+    @staticmethod
+    def unlock(name: str) -> None:
+        if account_expiry(name) != "":
+            run_account_tool(["usermod", "--expiredate", "", name])
+
+    # ------------------------------------------------------------------ staging
+    def _prepare(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
+        """Stages files and environment and runs the setup script. Raises on any failure;
+        the caller undoes."""
+        self.cgroups.create(workspace_id)
+        home = Path(pw.pw_dir)
+        for i, f in enumerate(spec.software.files):
+            self._stage(pw, home, f, f"workspace.spec.software.files[{i}].path")
+        if spec.software.environment:
+            self._write_environment(pw, home, spec.software.environment)
+        if spec.software.setup_script:
+            self._run_setup(pw, workspace_id, spec)
+
+    @staticmethod
+    def _mkdirs(pw: pwd.struct_passwd, home: Path, parts: tuple[str, ...], field: str = "") -> Path:
+        d = home
+        for part in parts:
+            d = d / part
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                os.mkdir(d, 0o755)
+                os.lchown(d, pw.pw_uid, pw.pw_gid)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise errors.InvalidArgument(f"{d} exists and is not a directory", field)
+        return d
+
+    def _stage(self, pw: pwd.struct_passwd, home: Path, f: model.StagedFile, field: str) -> None:
+        rel = os.path.normpath(f.path) if f.path else ""
+        if os.path.isabs(rel):
+            rel = rel[len(str(home)) + 1:] if rel.startswith(str(home) + "/") else "../"
+        parts = tuple(p for p in Path(rel).parts if p not in ("", "."))
+        if not parts or ".." in parts:
+            raise errors.InvalidArgument(
+                f"{f.path!r} is not inside the workspace's home; give a path relative to the home "
+                "directory, e.g. 'bin/run.sh'", field)
+        d = self._mkdirs(pw, home, parts[:-1], field)
+        fd = os.open(d / parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            os.fchmod(fd, f.mode & 0o777)
+            view = memoryview(f.content)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def _write_environment(self, pw: pwd.struct_passwd, home: Path, env: dict[str, str]) -> None:
+        """~/.vws/environment.sh (sourced by ~/.profile) so logins see the spec's environment."""
+        d = self._mkdirs(pw, home, (".vws",))
+        text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if ENV_NAME.match(k))
+        self._stage(pw, home, model.StagedFile(str(d.relative_to(home) / "environment.sh"),
+                                               text.encode(), 0o644), "workspace.spec.software.environment")
+        profile = home / ".profile"
+        hook = b'\n[ -r "$HOME/.vws/environment.sh" ] && . "$HOME/.vws/environment.sh"\n'
+        fd = os.open(profile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            os.write(fd, hook)
+        finally:
+            os.close(fd)
+
+    def _run_setup(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
+        home = Path(pw.pw_dir)
+        script = spec.software.setup_script
+        name = f".vws-setup-{secrets.token_hex(4)}"
+        self._stage(pw, home, model.StagedFile(name, script.encode(), 0o700), "workspace.spec.software.setup_script")
+        path = str(home / name)
+        argv = [path] if script.startswith("#!") else ["/bin/bash", path]
+        try:
+            proc = self._popen(pw, workspace_id, ExecOptions(argv, dict(spec.software.environment), ""),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:
+                out, _ = proc.communicate(timeout=self.settings.setup_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+                out += f"\n[vws: killed after {self.settings.setup_timeout:.0f}s]".encode()
+                proc.returncode = -signal.SIGKILL
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        # A workspace that is READY runs nothing: what the script left in the background goes.
+        self.cgroups.kill_all(workspace_id)
+        if proc.returncode != 0:
+            text = out.decode("utf-8", "replace").rstrip()
+            tail = "\n".join(text.splitlines()[-SETUP_TAIL_LINES:])[-SETUP_TAIL_CHARS:]
+            raise SetupFailed(proc.returncode, tail)
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self, handle: HostHandle) -> None:
+        pw = self._account(handle)
+        self.cgroups.create(handle.workspace_id)
+        self.cgroups.thaw(handle.workspace_id)
+        self.unlock(pw.pw_name)
+
+    def stop(self, handle: HostHandle) -> None:
+        pw = self._account(handle)
+        self.cgroups.kill_all(handle.workspace_id)
+        kill_uid(pw.pw_uid)
+        self.lock(pw.pw_name)
+
+    def pause(self, handle: HostHandle) -> None:
+        pw = self._account(handle)
+        self.cgroups.create(handle.workspace_id)
+        # Processes the account started outside vws (an ssh login, a cron job) are pulled in first.
+        inside = self.cgroups.pids(handle.workspace_id)
+        for pid in uid_pids(pw.pw_uid):
+            if pid not in inside:
+                try:
+                    self.cgroups.add(handle.workspace_id, pid)
+                except (ProcessLookupError, OSError):
+                    pass  # it exited meanwhile
+        self.cgroups.freeze(handle.workspace_id)
+
+    def resume(self, handle: HostHandle) -> None:
+        self._account(handle)
+        self.cgroups.thaw(handle.workspace_id)
+
+    # ---------------------------------------------------------------------- exec
+    def spawn(self, handle: HostHandle, options: ExecOptions) -> subprocess.Popen:
+        pw = self._account(handle)
+        return self._popen(pw, handle.workspace_id, options, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+
+    def _popen(self, pw: pwd.struct_passwd, workspace_id: str, options: ExecOptions, *,
+               stdin, stdout, stderr) -> subprocess.Popen:
+        if not options.argv or not options.argv[0]:
+            raise errors.InvalidArgument("is empty; give the program to run", "argv")
+        env = clean_env(pw)
+        for key, value in options.environment.items():
+            if not ENV_NAME.match(key) or key.startswith(("VWSENV_", "__vws_")):
+                raise errors.InvalidArgument(
+                    f"{key!r} cannot be passed: variable names are letters, digits and '_', not starting "
+                    "with a digit (and not VWSENV_* or __vws_*)", f"environment[{key}]")
+            if "\0" in value:
+                raise errors.InvalidArgument("contains a NUL character", f"environment[{key}]")
+            env[key] = value
+        cwd = os.path.join(pw.pw_dir, options.working_directory) if options.working_directory else pw.pw_dir
+        if not os.path.isdir(cwd):
+            raise errors.InvalidArgument(f"{cwd} is not a directory in the workspace", "working_directory")
+        program = options.argv[0]
+        if "/" in program:
+            found = os.path.join(cwd, program)
+            ok = os.path.isfile(found) and os.stat(found).st_mode & 0o111
+        else:
+            ok = shutil.which(program, path=env.get("PATH", LOGIN_PATH)) is not None
+        if not ok:
+            raise errors.InvalidArgument(
+                f"{program!r} is not an executable program in the workspace (searched {env.get('PATH', '')})"
+                if "/" not in program else f"{program!r} is not an executable file in the workspace", "argv")
+        self.cgroups.create(workspace_id)
+        joins = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in self.cgroups.procs_files(workspace_id))
+        root_script = (f"{joins} || exit 125; exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} "
+                       f"--init-groups -- /bin/sh -c {shlex.quote(_DECODE)} vws-user {len(env)} \"$@\"")
+        root_env = {"PATH": ROOT_PATH}
+        root_env.update({f"VWSENV_{i}": f"{k}={v}" for i, (k, v) in enumerate(env.items())})
+        return subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
+                                stdout=stdout, stderr=stderr, cwd=cwd, env=root_env, start_new_session=True,
+                                close_fds=True)
+
+    # ----------------------------------------------------------------- scrubbing
+    def _scrub(self, pw: pwd.struct_passwd | None, workspace_id: str) -> None:
+        """Kills every process and removes everything the account has outside its home."""
+        self.cgroups.kill_all(workspace_id)
+        if pw is not None:
+            kill_uid(pw.pw_uid)
+            if (CRONTABS / pw.pw_name).exists():
+                if shutil.which("crontab", path=ROOT_PATH):
+                    subprocess.run(["crontab", "-r", "-u", pw.pw_name], capture_output=True, env={"PATH": ROOT_PATH})
+                (CRONTABS / pw.pw_name).unlink(missing_ok=True)
+            for top in SCRATCH_DIRS:
+                _remove_owned(top, pw.pw_uid)
+            _remove_ipc(pw.pw_uid)
+            (MAIL_SPOOL / pw.pw_name).unlink(missing_ok=True)
+        self.cgroups.remove(workspace_id)
+
+
+class DynamicAccounts(AccountBackend):
+    """An account per workspace: <prefix><workspace id>, made at realise, deleted at destroy.
+    The GECOS field "vws/<manager_id>/<workspace_id>" says whose it is (':' cannot appear there)."""
+    name = "dynamic-accounts"
+
+    def __init__(self, settings: BackendSettings, cgroups: CgroupDriver | None = None):
+        validate_prefix(settings.account_prefix, "account_prefix", TYPICAL_WORKSPACE_ID)
+        super().__init__(settings, cgroups)
+        self.prefix = settings.account_prefix
+        self._gecos_prefix = f"vws/{self.manager_id}/"
+
+    def _workspaces(self) -> int:
+        return self.settings.max_workspaces
+
+    def account_name(self, workspace_id: str) -> str:
+        name = self.prefix + workspace_id
+        if len(name) > MAX_ACCOUNT_NAME:
+            raise errors.InvalidArgument(
+                f"account name {name!r} would be longer than {MAX_ACCOUNT_NAME} characters", "workspace.name")
+        return name
+
+    def _gecos(self, workspace_id: str) -> str:
+        return self._gecos_prefix + workspace_id
+
+    def _ours(self, pw: pwd.struct_passwd, workspace_id: str) -> bool:
+        return pw.pw_gecos == self._gecos(workspace_id)
+
+    def _account(self, handle: HostHandle) -> pwd.struct_passwd:
+        pw = getpw(handle.host_identity)
+        if pw is None:
+            raise errors.FailedPrecondition(f"account {handle.host_identity} of {handle.workspace_id} is gone "
+                                            "from the host")
+        if not self._ours(pw, handle.workspace_id):
+            raise errors.FailedPrecondition(f"account {handle.host_identity} does not belong to workspace "
+                                            f"{handle.workspace_id} of manager {self.manager_id}")
+        return pw
+
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+        name = self.account_name(workspace_id)
+        pw = getpw(name)
+        if pw is not None:
+            if self._ours(pw, workspace_id):
+                return HostHandle(workspace_id, name)
+            raise errors.FailedPrecondition(f"account {name} already exists on the host and is not "
+                                            f"workspace {workspace_id}'s")
+        run_account_tool(["useradd", "--create-home", "--skel", str(self.settings.skeleton_dir),
+                          "--shell", "/bin/bash", "--comment", self._gecos(workspace_id),
+                          "--expiredate", "1", "--user-group", name])
+        handle = HostHandle(workspace_id, name)
+        try:
+            pw = pwd.getpwnam(name)
+            os.chmod(pw.pw_dir, 0o700)  # other workspaces' accounts on this host must not read it
+            self._prepare(pw, workspace_id, spec)
+        except BaseException:
+            try:
+                self.destroy(handle)
+            except Exception:  # noqa: BLE001 - the original failure is what the caller needs
+                log.exception("undoing the failed realise of %s", workspace_id)
+            raise
+        return handle
+
+    def destroy(self, handle: HostHandle) -> None:
+        pw = getpw(handle.host_identity)
+        if pw is not None and not self._ours(pw, handle.workspace_id):
+            raise errors.FailedPrecondition(f"refusing to delete account {handle.host_identity}: it is not "
+                                            f"workspace {handle.workspace_id}'s")
+        self._scrub(pw, handle.workspace_id)
+        if pw is not None:
+            # 6: no such user (someone else removed it meanwhile); 12: home or mail spool not removable
+            r = run_account_tool(["userdel", "--remove", handle.host_identity], ok=(0, 6, 12))
+            if r.returncode == 12 and os.path.isdir(pw.pw_dir) and pw.pw_dir.startswith("/home/"):
+                shutil.rmtree(pw.pw_dir, ignore_errors=True)
+
+    def exists(self, handle: HostHandle) -> bool:
+        pw = getpw(handle.host_identity)
+        return pw is not None and self._ours(pw, handle.workspace_id)
+
+    def inventory(self) -> dict[str, str]:
+        return {pw.pw_name: pw.pw_gecos[len(self._gecos_prefix):] for pw in pwd.getpwall()
+                if pw.pw_gecos.startswith(self._gecos_prefix)}
+
+    def reclaim(self, host_identity: str) -> None:
+        pw = getpw(host_identity)
+        if pw is None:
+            return
+        if not pw.pw_gecos.startswith(self._gecos_prefix):
+            raise errors.FailedPrecondition(f"refusing to reclaim account {host_identity}: manager "
+                                            f"{self.manager_id} did not make it")
+        self.destroy(HostHandle(pw.pw_gecos[len(self._gecos_prefix):], host_identity))

@@ -1,0 +1,136 @@
+"""The manager's backend plug-in interface: how a workspace becomes something real on this
+host. The service layer (vws.manager.service) talks to the host only through a Backend."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+from vws.common import errors, model
+
+
+@dataclasses.dataclass(frozen=True)
+class HostHandle:
+    """What a backend needs to find a workspace on the host again."""
+    workspace_id: str
+    host_identity: str  # the Unix account name
+
+
+@dataclasses.dataclass
+class ExecOptions:
+    argv: list[str]
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    working_directory: str = ""
+
+
+SETUP_FIELD = "workspace.spec.software.setup_script"
+
+
+class SetupFailed(errors.InvalidArgument):
+    """The workspace's setup script exited non-zero; everything it did was undone."""
+
+    def __init__(self, status: int, output_tail: str):
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        text = f"the setup script {how}; nothing was kept"
+        if output_tail:
+            text += f"; the last lines of its output:\n{output_tail}"
+        super().__init__(text, SETUP_FIELD)
+        self.status = status
+        self.output_tail = output_tail
+
+
+@dataclasses.dataclass
+class BackendSettings:
+    kind: str  # "dynamic-accounts" | "account-pool"
+    manager_id: str
+    state_dir: Path
+    account_prefix: str = "vws-"
+    pool_prefix: str = "vwsp"
+    pool_size: int = 8
+    quarantine_seconds: float = 60.0
+    max_workspaces: int = 64
+    skeleton_dir: Path = Path("/etc/skel")
+    cgroup_root: Path = Path("/sys/fs/cgroup")  # ManagerSettings.cgroup_root is a str: coerced below
+    memory_bytes: int = 0  # 0: the host's total RAM
+    disk_bytes: int = 0  # 0: the free space of state_dir
+    cpu_millis: int = 0  # 0: every core
+    setup_timeout: float = 600.0  # a setup script still running after this is killed and fails
+
+    def __post_init__(self):
+        self.state_dir = Path(self.state_dir)
+        self.skeleton_dir = Path(self.skeleton_dir)
+        self.cgroup_root = Path(self.cgroup_root)
+
+
+def host_capacity(settings: BackendSettings, workspaces: int) -> model.Capacity:
+    """The capacity offered: the configured figures, or the host's own where they are 0."""
+    memory = settings.memory_bytes
+    if not memory:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemTotal:"):
+                        memory = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            memory = 0
+    disk = settings.disk_bytes
+    if not disk:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(settings.state_dir)
+        disk = st.f_bavail * st.f_frsize
+    cpu = settings.cpu_millis or (os.cpu_count() or 1) * 1000
+    return model.Capacity(workspaces=workspaces, memory_bytes=memory, disk_bytes=disk, cpu_millis=cpu)
+
+
+class Backend(abc.ABC):
+    name: str
+    kinds: frozenset[model.Kind]
+
+    @abc.abstractmethod
+    def capacity(self) -> model.Capacity: ...
+
+    @abc.abstractmethod
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+        """Makes the workspace exist, locked (nothing runs, nobody logs in) until start.
+        Idempotent on workspace_id; on failure nothing is left."""
+
+    @abc.abstractmethod
+    def start(self, handle: HostHandle) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, handle: HostHandle) -> None:
+        """Kills every process of the workspace and locks it."""
+
+    @abc.abstractmethod
+    def pause(self, handle: HostHandle) -> None: ...
+
+    @abc.abstractmethod
+    def resume(self, handle: HostHandle) -> None: ...
+
+    @abc.abstractmethod
+    def destroy(self, handle: HostHandle) -> None:
+        """Removes every trace of the workspace. Idempotent."""
+
+    @abc.abstractmethod
+    def spawn(self, handle: HostHandle, options: ExecOptions) -> subprocess.Popen:
+        """Starts a program in the workspace with piped standard streams, in a new session."""
+
+    @abc.abstractmethod
+    def exists(self, handle: HostHandle) -> bool: ...
+
+    @abc.abstractmethod
+    def inventory(self) -> dict[str, str]:
+        """host_identity -> workspace_id of everything this manager made or leased on the host."""
+
+    @abc.abstractmethod
+    def reclaim(self, host_identity: str) -> None:
+        """Destroys what inventory() lists under host_identity, with no workspace record."""
+
+    def maintain(self) -> None:
+        """Called about every second from a background thread."""
+
+    def close(self) -> None:
+        pass
