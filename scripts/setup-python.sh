@@ -20,12 +20,30 @@ py_ok() {  # usable interpreter, >= 3.11
   "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
+stubs_present() {  # x_pb2.py, x_pb2.pyi, x_pb2_grpc.py for every protos/vws/v1/x.proto
+  local proto name suffix
+  for proto in "$ROOT"/protos/vws/v1/*.proto; do
+    name="$(basename "$proto" .proto)"
+    for suffix in _pb2.py _pb2.pyi _pb2_grpc.py; do
+      [ -f "$ROOT/services/v1/$name$suffix" ] || return 1
+    done
+  done
+}
+
 command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON on PATH (run scripts/setup-system.sh)"
 py_ok "$PYTHON" || die "$PYTHON is $("$PYTHON" -V 2>&1); need Python >= 3.11 with venv"
 
 want="$(inputs_hash)"
 if py_ok "$VENV/bin/python" && [ -x "$VENV/bin/vws" ] && [ -f "$ROOT/services/v1/__init__.py" ] &&
    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  # Generated stubs edited or deleted since the install: regenerate them, nothing else.
+  if [ -n "$(find "$ROOT/services/v1" -maxdepth 1 -type f -newer "$STAMP" -print -quit)" ] || ! stubs_present; then
+    start="$(now)"
+    logged "$LOG" "$VENV/bin/python" "$ROOT/protos/generate.py"
+    touch "$STAMP"
+    step "python venv" "up to date; regenerated stubs in services/v1 ($(elapsed "$start"))"
+    exit 0
+  fi
   step "python venv" "up to date, $("$VENV/bin/python" -V 2>&1) (skip)"
   exit 0
 fi
