@@ -516,8 +516,15 @@ def cmd_status(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes end as one line too, with where to look."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vws", description="Virtual Workspaces: execution environments on demand.")
+    p = Parser(prog="vws", description="Virtual Workspaces: execution environments on demand.")
     p.add_argument("--endpoint", help="the factory, host:port (default: $VWS_ENDPOINT, the config file, "
                                       "then the stack `vws up` started)")
     p.add_argument("--data-dir", dest="global_data_dir", metavar="DIR", help="the stack's data directory (default: $VWS_DATA_DIR or "

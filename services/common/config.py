@@ -54,7 +54,7 @@ class FactorySettings:
     max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest lifetime one may ask for", "duration")
     default_memory: int = _field(512 * 1024**2, "memory of a workspace that asks for none", "size")
     default_disk: int = _field(1024**3, "disk of a workspace that asks for none", "size")
-    default_cpu: int = _field(1000, "CPU (millicores) of a workspace that asks for none", "cpu")
+    default_cpu: int = _field(250, "CPU (millicores) of a workspace that asks for none", "cpu")
     default_bandwidth: int = _field(100 * 1000**2, "bandwidth (bits/s) of a workspace that asks for none", "bandwidth")
     max_memory: int = _field(64 * 1024**3, "the most memory one workspace may ask for", "size")
     max_disk: int = _field(1024**4, "the most disk one workspace may ask for", "size")

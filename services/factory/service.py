@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import errors, model
+from vws.common import errors, model, names
 from vws.common.model import State
 from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id
 
@@ -100,7 +100,8 @@ class WorkspaceFactory:
         admitted = admit(workspace, self.limits, kind_known)
         request_id = request_id or f"auto-{uuid.uuid4()}"
         now = self._clock()
-        admitted = dataclasses.replace(admitted, state=State.PENDING, create_time=now,
+        admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
+                                       state=State.PENDING, create_time=now,
                                        termination_time=now + admitted.spec.lifetime, request_id=request_id)
         with self._lock("request:" + request_id):
             record, created = self.records.create_record(request_id, admitted)

@@ -1,0 +1,156 @@
+"""A real stack for integration tests: each service its own process (`python -m vws.cli.main
+<service>`), on ephemeral ports, with its own data directory, so that tests can kill -9 any of
+them and start it again. Managers make real accounts under a prefix unique to the test."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import pwd
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vws.common import clients
+
+PY = sys.executable
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Process:
+    def __init__(self, service: str, data_dir: pathlib.Path, flags: list[str], env: dict[str, str]):
+        self.service, self.data_dir, self.flags, self.env = service, data_dir, flags, env
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+        self.log_path = data_dir / f"{service}.log"
+
+    def start(self, timeout: float = 30.0) -> "Process":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        run = self.data_dir / "run" / f"{self.service}.json"
+        run.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PY, "-m", "vws.cli.main", self.service, "--data-dir", str(self.data_dir),
+                                      "--log-level", "DEBUG", *self.flags],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env)
+        log.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.service} exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                info = json.loads(run.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+            if info.get("pid") != self.proc.pid:
+                return False
+            try:
+                r = health_pb2_grpc.HealthStub(clients.channel(info["address"])).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+            return info["address"] if r.status == health_pb2.HealthCheckResponse.SERVING else False
+        self.address = wait_until(ready, timeout, what=f"{self.service} to serve")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.proc.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+
+class Stack:
+    """Repository + factory + any number of managers, each in its own process."""
+
+    def __init__(self, root: pathlib.Path, repository_flags=(), factory_flags=()):
+        self.root = root
+        self.tag = secrets.token_hex(2)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for k in list(self.env):
+            if k.startswith("VWS_"):
+                del self.env[k]
+        self.repository = Process("repository", root / "repository",
+                                  ["--listen", "127.0.0.1:0", "--heartbeat-timeout", "1.5s",
+                                   "--expiry-interval", "0.2s", *repository_flags], self.env)
+        self.factory: Process | None = None
+        self._factory_flags = list(factory_flags)
+        self.managers: dict[str, Process] = {}
+
+    @property
+    def prefix(self) -> str:
+        return f"vt{self.tag}-"
+
+    def start(self, managers: int = 1, **manager_options) -> "Stack":
+        self.repository.start()
+        self.factory = Process("factory", self.root / "factory",
+                               ["--listen", "127.0.0.1:0", "--repository", self.repository.address,
+                                "--resume-interval", "0.5s", *self._factory_flags], self.env).start()
+        for i in range(managers):
+            self.add_manager(f"m{i}", **manager_options)
+        return self
+
+    def add_manager(self, name: str, backend: str = "dynamic-accounts", **options) -> Process:
+        flags = ["--listen", "127.0.0.1:0", "--repository", self.repository.address, "--name",
+                 f"t{self.tag}-{name}", "--backend", backend, "--account-prefix", f"{self.prefix}{name}-",
+                 "--pool-prefix", f"vp{self.tag}{name}", "--heartbeat-interval", "0.2s", "--quarantine", "0s",
+                 "--cpu", "64"]  # CPU is not what these tests are about; admission by CPU is tested apart
+        for k, v in options.items():
+            flags += ["--" + k.replace("_", "-"), str(v)]
+        p = Process("manager", self.root / f"manager-{name}", flags, self.env).start()
+        self.managers[name] = p
+        return p
+
+    def manager_name(self, name: str) -> str:
+        return f"managers/t{self.tag}-{name}"
+
+    def accounts(self) -> list[str]:
+        """Every account on the host made by this stack's managers."""
+        return sorted(p.pw_name for p in pwd.getpwall()
+                      if p.pw_name.startswith(self.prefix) or p.pw_name.startswith(f"vp{self.tag}"))
+
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**self.env, "VWS_ENDPOINT": self.factory.address}
+        return subprocess.run([PY, "-m", "vws.cli.main", *args], capture_output=True, input=input, env=env,
+                              timeout=timeout)
+
+    def close(self) -> None:
+        for p in list(self.managers.values()):
+            p.stop()
+        for p in (self.factory, self.repository):
+            if p:
+                p.stop()
+        # Whatever a failed test left behind goes too, so that no account leaks from the suite.
+        for name in self.accounts():
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", "-r", "-f", name], capture_output=True)

@@ -1,0 +1,116 @@
+"""Nothing lost: kill -9 of any service, managers that vanish, two managers on one machine."""
+from __future__ import annotations
+
+import pwd
+import signal
+import subprocess
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from tests.integration.stack import wait_until
+from tests.integration.test_workspaces import create, get, repo, run
+from vws.common import clients
+from vws.v1 import manager_pb2, repository_pb2, workspace_pb2
+
+W = workspace_pb2.Workspace
+
+
+def managers(stack):
+    return {m.name: m for m in repo(stack).ListManagers(repository_pb2.ListManagersRequest(), timeout=10).managers}
+
+
+def test_two_managers_share_the_load_and_a_silent_one_gets_nothing_new(stack_factory):
+    stack = stack_factory(managers=2)
+    m0, m1 = stack.manager_name("m0"), stack.manager_name("m1")
+    placed = [create(stack).workspace.endpoint.manager for _ in range(4)]
+    assert placed.count(m0) == 2 and placed.count(m1) == 2
+    # m1 stops heartbeating (frozen, as a hung host would be): it becomes UNREACHABLE and gets nothing new
+    stack.managers["m1"].kill(signal.SIGSTOP)
+    wait_until(lambda: managers(stack)[m1].state == workspace_pb2.Manager.STATE_UNREACHABLE, timeout=10,
+               what="m1 UNREACHABLE")
+    assert all(create(stack).workspace.endpoint.manager == m0 for _ in range(3))
+    stack.managers["m1"].kill(signal.SIGCONT)
+    wait_until(lambda: managers(stack)[m1].state == workspace_pb2.Manager.STATE_AVAILABLE, timeout=10,
+               what="m1 AVAILABLE again")
+
+
+def test_kill_9_of_the_repository_loses_nothing_and_changes_made_meanwhile_arrive(stack):
+    ws = create(stack).workspace
+    stack.repository.kill(signal.SIGKILL)
+    m = clients.manager(ws.endpoint.manager_address)
+    # the manager still works while the repository is away, and remembers what to tell it
+    assert m.PauseWorkspace(manager_pb2.PauseWorkspaceRequest(name=ws.name), timeout=10).workspace.state == W.STATE_PAUSED
+    # back on the same address and data directory, as a restarted service would be
+    stack.repository.flags = ["--listen", stack.repository.address] + stack.repository.flags[2:]
+    stack.repository.start()
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_PAUSED, timeout=15, what="the PAUSED report")
+
+
+def test_kill_9_of_a_manager_then_reconcile_at_start(stack):
+    keep = create(stack).workspace
+    vanish = create(stack).workspace
+    manager = stack.managers["m0"]
+    manager.kill(signal.SIGKILL)
+    # behind its back: one account is removed, an orphan account appears that no workspace owns
+    subprocess.run(["userdel", "-r", vanish.endpoint.host_identity], check=True, capture_output=True)
+    manager_id = stack.manager_name("m0").split("/", 1)[1]
+    orphan = f"{stack.prefix}m0-worphanorphan"[:32]
+    subprocess.run(["useradd", "-m", "-c", f"vws/{manager_id}/worphanorpha", orphan], check=True)
+    address = manager.address
+    manager.flags = [f if f != "127.0.0.1:0" else address for f in manager.flags]
+    manager.start()
+    wait_until(lambda: get(stack, vanish.name).state == W.STATE_FAILED, timeout=15, what="vanished -> FAILED")
+    assert "vanished" in get(stack, vanish.name).state_message
+    with pytest.raises(KeyError):
+        pwd.getpwnam(orphan)
+    assert get(stack, keep.name).state == W.STATE_RUNNING
+    assert run(stack, keep, ["id", "-un"])[1].strip() == keep.endpoint.host_identity
+    # a FAILED workspace can still be destroyed
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=vanish.name), timeout=30)
+    wait_until(lambda: get(stack, vanish.name).state == W.STATE_TERMINATED, what="TERMINATED")
+
+
+def test_kill_9_of_the_factory_during_creates_leaves_every_record_whole(stack):
+    """Creates run while the factory is killed at arbitrary moments; each request is retried
+    with its id until it answers. Afterwards every request has exactly one workspace, each with
+    exactly one account, and nothing else is on the host."""
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    results: dict[str, str] = {}
+    failures: list[BaseException] = []
+
+    def client():
+        try:
+            create_all()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    def create_all():
+        for rid in ids:
+            while True:
+                try:
+                    results[rid] = create(stack, rid).workspace.name
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                          grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                        raise
+    t = threading.Thread(target=client)
+    address = stack.factory.address
+    stack.factory.flags = [f if f != "127.0.0.1:0" else address for f in stack.factory.flags]
+    t.start()
+    for delay in (0.05, 0.15, 0.3):
+        threading.Event().wait(delay)
+        stack.factory.kill(signal.SIGKILL)
+        stack.factory.start()
+    t.join(timeout=120)
+    assert not failures and not t.is_alive() and set(results) == set(ids)
+    assert len(set(results.values())) == len(ids)
+    everything = repo(stack).ListWorkspaces(repository_pb2.ListWorkspacesRequest(
+        states=[s for s in W.State.values() if s]), timeout=10).workspaces
+    live = [w for w in everything if w.state != W.STATE_TERMINATED]
+    assert sorted(w.name for w in live) == sorted(results.values())
+    assert all(w.state == W.STATE_RUNNING for w in live)
+    wait_until(lambda: len(stack.accounts()) == len(ids), timeout=15, what="one account per workspace")
