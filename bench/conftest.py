@@ -1,0 +1,72 @@
+"""Benchmarks: each target measured beside its anchor in the same run, reported as a ratio.
+
+Run with `make bench` (not part of `make test`). Needs root: the stacks make real accounts.
+The summary table is printed at the end and written to bench/results/summary.md."""
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+
+import pytest
+
+from tests.integration.stack import Stack
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.samples: dict[str, list[float]] = {}
+
+    def add_samples(self, name: str, seconds: list[float]) -> None:
+        self.samples[name] = sorted(seconds)
+
+    def pct(self, name: str, p: float) -> float:
+        data = self.samples[name]
+        return data[min(len(data) - 1, int(round(p / 100 * (len(data) - 1))))]
+
+    def row(self, what: str, measured: str, anchor: str, ratio: str, goal: str) -> None:
+        self.rows.append((what, measured, anchor, ratio, goal))
+
+    def render(self) -> str:
+        head = ("what", "measured", "anchor (same run)", "ratio", "goal")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
+        line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+        return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                          *(line(r) for r in self.rows)])
+
+
+@pytest.fixture(scope="session")
+def report():
+    r = Report()
+    yield r
+    if r.rows:
+        RESULTS.mkdir(exist_ok=True)
+        text = r.render()
+        (RESULTS / "summary.md").write_text(text + "\n")
+        print("\n\n" + text)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+@pytest.fixture(scope="module")
+def stack_factory(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("benchmarks make real accounts: run as root", pytrace=False)
+    made = []
+
+    def make(**manager_options):
+        s = Stack(tmp_path_factory.mktemp("stack"))
+        made.append(s)
+        return s.start(1, **manager_options)
+    yield make
+    for s in made:
+        s.close()
