@@ -38,15 +38,21 @@ class Report:
                           *(line(r) for r in self.rows)])
 
 
+_REPORT = Report()
+
+
 @pytest.fixture(scope="session")
 def report():
-    r = Report()
-    yield r
-    if r.rows:
+    return _REPORT
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT.rows:
         RESULTS.mkdir(exist_ok=True)
-        text = r.render()
+        text = _REPORT.render()
         (RESULTS / "summary.md").write_text(text + "\n")
-        print("\n\n" + text)
+        terminalreporter.write_sep("=", "targets beside their anchors (bench/results/summary.md)")
+        terminalreporter.write_line(text)
 
 
 def ms(seconds: float) -> str:
