@@ -248,7 +248,8 @@ def test_orphan_is_found_and_reclaimed_by_a_new_instance(backend):
     wid = _wid()
     h = backend.realise(wid, spec())
     backend.start(h)
-    p = backend.spawn(h, ExecOptions(["sleep", "100"], {}, ""))
+    p = backend.spawn(h, ExecOptions(["sh", "-c", "echo started; exec sleep 100"], {}, ""))
+    assert p.stdout.readline() == b"started\n"
     # the manager restarts with no record of the workspace
     backend.close()
     again = type(backend)(backend.settings)

@@ -14,7 +14,9 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
+import weakref
 import time
 from pathlib import Path
 
@@ -194,6 +196,11 @@ class AccountBackend(Backend):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.cgroups = cgroups or CgroupDriver(settings.cgroup_root, settings.manager_id)
         self._capacity: model.Capacity | None = None
+        # Programs this process started, per workspace: reaped after a kill so that no zombie keeps
+        # a cgroup busy or an account "in use" (the Exec servicer reaps them too, a moment later).
+        self._children: dict[str, weakref.WeakSet] = {}
+        self._children_lock = threading.Lock()
+        self._stale_cgroups: set[str] = set()
 
     # -------------------------------------------------------------- subclass hooks
     def _workspaces(self) -> int:
@@ -289,27 +296,35 @@ class AccountBackend(Backend):
         self._stage(pw, home, model.StagedFile(name, script.encode(), 0o700), "workspace.spec.software.setup_script")
         path = str(home / name)
         argv = [path] if script.startswith("#!") else ["/bin/bash", path]
-        try:
-            proc = self._popen(pw, workspace_id, ExecOptions(argv, dict(spec.software.environment), ""),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Output goes to a file, not a pipe: what the script leaves in the background would hold a
+        # pipe open and the wait would last as long as it does.
+        with tempfile.TemporaryFile(dir=self.settings.state_dir) as log_file:
             try:
-                out, _ = proc.communicate(timeout=self.settings.setup_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                out, _ = proc.communicate()
-                out += f"\n[vws: killed after {self.settings.setup_timeout:.0f}s]".encode()
-                proc.returncode = -signal.SIGKILL
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                proc = self._popen(pw, workspace_id, ExecOptions(argv, dict(spec.software.environment), ""),
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+                timed_out = False
+                try:
+                    proc.wait(timeout=self.settings.setup_timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                status = proc.returncode
+            finally:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 64 * 1024))
+            out = log_file.read()
         # A workspace that is READY runs nothing: what the script left in the background goes.
         self.cgroups.kill_all(workspace_id)
-        if proc.returncode != 0:
+        if status != 0:
             text = out.decode("utf-8", "replace").rstrip()
+            if timed_out:
+                text += f"\n[vws: killed after {self.settings.setup_timeout:.0f}s]"
             tail = "\n".join(text.splitlines()[-SETUP_TAIL_LINES:])[-SETUP_TAIL_CHARS:]
-            raise SetupFailed(proc.returncode, tail)
+            raise SetupFailed(status, tail)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, handle: HostHandle) -> None:
@@ -320,8 +335,7 @@ class AccountBackend(Backend):
 
     def stop(self, handle: HostHandle) -> None:
         pw = self._account(handle)
-        self.cgroups.kill_all(handle.workspace_id)
-        kill_uid(pw.pw_uid)
+        self._kill_all(handle.workspace_id, pw)
         self.lock(pw.pw_name)
 
     def pause(self, handle: HostHandle) -> None:
@@ -379,16 +393,62 @@ class AccountBackend(Backend):
                        f"--init-groups -- /bin/sh -c {shlex.quote(_DECODE)} vws-user {len(env)} \"$@\"")
         root_env = {"PATH": ROOT_PATH}
         root_env.update({f"VWSENV_{i}": f"{k}={v}" for i, (k, v) in enumerate(env.items())})
-        return subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
+        proc = subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
                                 stdout=stdout, stderr=stderr, cwd=cwd, env=root_env, start_new_session=True,
                                 close_fds=True)
+        with self._children_lock:
+            self._children.setdefault(workspace_id, weakref.WeakSet()).add(proc)
+        return proc
+
+    def _kill_all(self, workspace_id: str, pw: pwd.struct_passwd | None) -> None:
+        """Every process of the workspace: what this process started (it may not have joined the
+        cgroup or dropped to the account yet), its cgroup, then anything else running as the account."""
+        with self._children_lock:
+            children = list(self._children.pop(workspace_id, ()))
+        for proc in children:
+            if proc.returncode is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.cgroups.kill_all(workspace_id)
+        if pw is not None:
+            kill_uid(pw.pw_uid)
+        for proc in children:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                log.warning("process %d of %s did not exit after SIGKILL", proc.pid, workspace_id)
+
+    def _remove_cgroup(self, workspace_id: str) -> None:
+        try:
+            self.cgroups.remove(workspace_id, timeout=1.0)
+            self._stale_cgroups.discard(workspace_id)
+        except errors.BackendError as exc:
+            # A killed process not yet reaped by its parent keeps it busy: maintain() retries.
+            log.warning("%s; retrying in the background", exc)
+            self._stale_cgroups.add(workspace_id)
+
+    def close(self) -> None:
+        self.maintain_cgroups()
+        self.cgroups.remove_manager_dirs()
+
+    def maintain(self) -> None:
+        self.maintain_cgroups()
+
+    def maintain_cgroups(self) -> None:
+        for wid in list(self._stale_cgroups):
+            try:
+                self.cgroups.remove(wid, timeout=0.0)
+                self._stale_cgroups.discard(wid)
+            except errors.BackendError:
+                pass
 
     # ----------------------------------------------------------------- scrubbing
     def _scrub(self, pw: pwd.struct_passwd | None, workspace_id: str) -> None:
         """Kills every process and removes everything the account has outside its home."""
-        self.cgroups.kill_all(workspace_id)
+        self._kill_all(workspace_id, pw)
         if pw is not None:
-            kill_uid(pw.pw_uid)
             if (CRONTABS / pw.pw_name).exists():
                 if shutil.which("crontab", path=ROOT_PATH):
                     subprocess.run(["crontab", "-r", "-u", pw.pw_name], capture_output=True, env={"PATH": ROOT_PATH})
@@ -397,7 +457,7 @@ class AccountBackend(Backend):
                 _remove_owned(top, pw.pw_uid)
             _remove_ipc(pw.pw_uid)
             (MAIL_SPOOL / pw.pw_name).unlink(missing_ok=True)
-        self.cgroups.remove(workspace_id)
+        self._remove_cgroup(workspace_id)
 
 
 class DynamicAccounts(AccountBackend):
@@ -469,7 +529,8 @@ class DynamicAccounts(AccountBackend):
         self._scrub(pw, handle.workspace_id)
         if pw is not None:
             # 6: no such user (someone else removed it meanwhile); 12: home or mail spool not removable
-            r = run_account_tool(["userdel", "--remove", handle.host_identity], ok=(0, 6, 12))
+            # --force: a killed process its parent has not reaped yet still counts as "in use"
+            r = run_account_tool(["userdel", "--remove", "--force", handle.host_identity], ok=(0, 6, 12))
             if r.returncode == 12 and os.path.isdir(pw.pw_dir) and pw.pw_dir.startswith("/home/"):
                 shutil.rmtree(pw.pw_dir, ignore_errors=True)
 

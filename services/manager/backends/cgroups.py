@@ -92,11 +92,12 @@ class CgroupDriver:
         return found
 
     # ------------------------------------------------------------------ freezer
-    def _wait(self, what: str, done) -> None:
-        deadline = time.monotonic() + self.timeout
+    def _wait(self, what: str, done, timeout: float | None = None) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                raise errors.BackendError(f"cgroup {what} did not complete within {self.timeout:.1f}s")
+                raise errors.BackendError(f"cgroup {what} did not complete within {timeout:.1f}s")
             time.sleep(self.poll)
 
     def is_frozen(self, wid: str) -> bool:
@@ -108,14 +109,14 @@ class CgroupDriver:
         except FileNotFoundError:
             return False
 
-    def freeze(self, wid: str) -> None:
+    def freeze(self, wid: str, timeout: float | None = None) -> None:
         d = self._freezer_dir(wid)
         if self.version == 1:
             self._write(d / "freezer.state", "FROZEN")
         else:
             self._write(d / "cgroup.freeze", "1")
         try:
-            self._wait(f"freeze of {d}", lambda: self.is_frozen(wid))
+            self._wait(f"freeze of {d}", lambda: self.is_frozen(wid), timeout)
         except errors.BackendError:
             self.thaw(wid)  # a half-frozen workspace is worse than a running one
             raise
@@ -150,7 +151,7 @@ class CgroupDriver:
                 self._write(d / "cgroup.kill", "1")
             else:
                 try:
-                    self.freeze(wid)
+                    self.freeze(wid, timeout=min(self.timeout, 0.2))
                 except errors.BackendError:
                     pass  # kill what can be killed anyway
                 for pid in self.pids(wid):
@@ -161,10 +162,10 @@ class CgroupDriver:
                 self.thaw(wid)
             time.sleep(self.poll)
 
-    def remove(self, wid: str) -> None:
+    def remove(self, wid: str, timeout: float | None = None) -> None:
         """Removes the workspace's cgroup(s). Idempotent. Kill its processes first."""
         for p in self.paths(wid):
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
             while True:
                 try:
                     p.rmdir()
@@ -181,6 +182,16 @@ class CgroupDriver:
                     if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
                         raise errors.BackendError(f"cannot remove cgroup {p}: {exc}") from exc
                     time.sleep(self.poll)
+
+    def remove_manager_dirs(self) -> None:
+        """Best effort: the manager's own level, once it holds no workspace."""
+        tops = [self.root / "vws" / self.manager_id] if self.version == 2 else \
+            [self.root / c / "vws" / self.manager_id for c in V1_CONTROLLERS]
+        for p in tops:
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
     @staticmethod
     def _is_cgroupfs(p: Path) -> bool:

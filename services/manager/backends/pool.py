@@ -157,8 +157,8 @@ class AccountPool(AccountBackend):
             self._scrub_lease(handle.host_identity, handle.workspace_id)
         else:
             # Already returned (or leased to someone else since): only its cgroup may be left.
-            self.cgroups.kill_all(handle.workspace_id)
-            self.cgroups.remove(handle.workspace_id)
+            self._kill_all(handle.workspace_id, None)
+            self._remove_cgroup(handle.workspace_id)
 
     def exists(self, handle: HostHandle) -> bool:
         with self._lock:
@@ -178,12 +178,14 @@ class AccountPool(AccountBackend):
         self._scrub_lease(host_identity, row[0])
 
     def maintain(self) -> None:
+        super().maintain()
         with self._lock:
             self._db.execute("UPDATE lease SET state=?, workspace_id='', until=0 WHERE state=? AND until<=?",
                              (FREE, QUARANTINED, self.clock()))
         self._ensure_accounts()
 
     def close(self) -> None:
+        super().close()
         with self._lock:
             self._db.close()
 
@@ -200,4 +202,4 @@ class AccountPool(AccountBackend):
                 continue
             row = self.state_of(name)
             self._scrub(pw, row[0] if row and row[0] else f"pool-{name}")
-            run_account_tool(["userdel", "--remove", name], ok=(0, 6, 12))
+            run_account_tool(["userdel", "--remove", "--force", name], ok=(0, 6, 12))
