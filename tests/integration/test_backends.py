@@ -266,9 +266,8 @@ def test_orphan_is_found_and_reclaimed_by_a_new_instance(backend):
             backend.__init__(backend.settings, clock=backend.test_clock)  # reopen for the fixture's clean-up
 
 
+@pytest.mark.parametrize("backend", ["account-pool"], indirect=True)
 def test_pool_exhaustion_and_quarantine(backend):
-    if not isinstance(backend, AccountPool):
-        pytest.skip("pool only")
     h1 = backend.realise(_wid(), spec())
     backend.realise(_wid(), spec())
     with pytest.raises(errors.ResourceExhausted, match="no free pool account"):
@@ -284,9 +283,8 @@ def test_pool_exhaustion_and_quarantine(backend):
     assert backend.capacity().workspaces == 2
 
 
+@pytest.mark.parametrize("backend", ["account-pool"], indirect=True)
 def test_pool_recreates_missing_accounts(backend):
-    if not isinstance(backend, AccountPool):
-        pytest.skip("pool only")
     name = backend.accounts[1]
     subprocess.run(["userdel", "--remove", name], check=True, capture_output=True)
     backend.maintain()
