@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
 import uuid
 from typing import Callable, Protocol
 
@@ -89,6 +90,30 @@ class WorkspaceFactory:
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._registry: tuple[float, list[model.ManagerInfo]] = (-1e9, [])
+        self._registry_lock = threading.Lock()
+
+    # The registry is read once per REGISTRY_TTL, not once per create; between reads the factory
+    # counts its own placements into it, and a manager's own admission check has the last word.
+    REGISTRY_TTL = 1.0
+
+    def _managers(self, fresh: bool = False) -> list[model.ManagerInfo]:
+        with self._registry_lock:
+            at, cached = self._registry
+            if fresh or time.monotonic() - at > self.REGISTRY_TTL:
+                cached = self.records.managers()
+                self._registry = (time.monotonic(), cached)
+            return [dataclasses.replace(m, allocated=dataclasses.replace(m.allocated)) for m in cached]
+
+    def _count_placement(self, manager: str, spec: model.WorkspaceSpec) -> None:
+        with self._registry_lock:
+            for m in self._registry[1]:
+                if m.name == manager:
+                    a, r = m.allocated, spec.resources
+                    a.workspaces += 1
+                    a.memory_bytes += r.memory_bytes
+                    a.disk_bytes += r.disk_bytes
+                    a.cpu_millis += r.cpu_millis
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -103,6 +128,10 @@ class WorkspaceFactory:
         admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
                                        state=State.PENDING, create_time=now,
                                        termination_time=now + admitted.spec.lifetime, request_id=request_id)
+        # The first choice of manager travels with the record, saving a round trip to assign it.
+        first = next(iter(self._candidates(admitted, self._managers())[0]), None)
+        if first is not None:
+            admitted.endpoint = model.Endpoint(admitted.name, first.name, first.address)
         with self._lock("request:" + request_id):
             record, created = self.records.create_record(request_id, admitted)
             if not created and record.state is not State.PENDING:
@@ -122,26 +151,35 @@ class WorkspaceFactory:
                     log.exception("could not remove the record of failed create %s", record.name)
                 raise
 
-    def _place(self, record: model.Workspace) -> model.Workspace:
+    @staticmethod
+    def _candidates(record: model.Workspace, managers: list[model.ManagerInfo]
+                    ) -> tuple[list[model.ManagerInfo], list[Refusal]]:
         refusals: list[Refusal] = []
-        managers = self.records.managers()
-        # A record already assigned (a retried or resumed create) goes back to its manager first.
-        if record.endpoint.manager:
-            managers.sort(key=lambda m: m.name != record.endpoint.manager)
+        held = [m for m in managers if m.name == record.endpoint.manager]
         candidates = []
         for m in managers:
+            if m.name == record.endpoint.manager:
+                continue
             why = shortfall(m, record.spec)
-            if why and m.name != record.endpoint.manager:
+            if why:
                 refusals.append(Refusal(m.name, why))
             else:
                 candidates.append(m)
-        if record.endpoint.manager:
-            candidates = candidates[:1] + rank(candidates[1:])
-        else:
-            candidates = rank(candidates)
+        # A record already assigned (a retried or resumed create) goes back to its manager first.
+        return held + rank(candidates), refusals
+
+    def _place(self, record: model.Workspace) -> model.Workspace:
+        managers = self._managers()
+        candidates, refusals = self._candidates(record, managers)
+        if not candidates:
+            managers = self._managers(fresh=True)  # the cached view may be stale: look again
+            candidates, refusals = self._candidates(record, managers)
         for m in candidates:
             endpoint = model.Endpoint(record.name, m.name, m.address)
-            assigned = self.records.assign(record.name, endpoint)
+            if (record.endpoint.manager, record.endpoint.manager_address) == (m.name, m.address):
+                assigned = record
+            else:
+                assigned = self.records.assign(record.name, endpoint)
             try:
                 deployed = self.managers.deploy(m.address, assigned)
             except grpc.RpcError as exc:
@@ -151,6 +189,7 @@ class WorkspaceFactory:
                     log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
                     continue
                 raise
+            self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
                                        endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
         if not managers:
@@ -202,7 +241,7 @@ class WorkspaceFactory:
 
     # ------------------------------------------------------------------ info
     def site_info(self) -> dict:
-        managers = self.records.managers()
+        managers = self._managers(fresh=True)
         available = [m for m in managers if m.state is model.ManagerState.AVAILABLE]
         kinds = []
         for kind in model.Kind:

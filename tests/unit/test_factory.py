@@ -236,3 +236,10 @@ def test_shortfall_and_rank():
     assert "in use" in shortfall(m, model.WorkspaceSpec())
     assert shortfall(manager("b"), model.WorkspaceSpec(kind=model.Kind.SANDBOX)).startswith("does not offer")
     assert [x.name for x in rank([manager("x", free=1), manager("y", free=5)])] == ["managers/y", "managers/x"]
+
+
+def test_placements_between_registry_reads_are_counted_so_load_still_spreads(limits):
+    f, records, mgrs = make(limits, [manager("a", free=4), manager("b", free=4)])
+    for i in range(4):
+        f.create(f"r{i}", ws())
+    assert sorted(mgrs.calls) == ["a:1", "a:1", "b:1", "b:1"]
