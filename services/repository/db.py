@@ -129,7 +129,7 @@ def default_url(data_dir: pathlib.Path) -> str:
     return f"sqlite:///{pathlib.Path(data_dir) / 'repository.db'}"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, autocommit: bool = False) -> Engine:
     """SQLite: WAL, a busy timeout, foreign keys on, and write transactions that take the write
     lock up front (BEGIN IMMEDIATE) so that two writers never deadlock on a lock upgrade."""
     if url.startswith("sqlite"):
@@ -151,10 +151,14 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn):
-            mode = conn.get_execution_options().get("vws_write")
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if mode else "BEGIN")
+            options = conn.get_execution_options()
+            if options.get("vws_autocommit"):
+                return  # a lone SELECT: no transaction needed
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("vws_write") else "BEGIN")
         return engine
-    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    # No pre-ping: it would cost every GetWorkspace a round trip. Connections are recycled instead.
+    return sa.create_engine(url, pool_size=16, max_overflow=16, pool_recycle=1800,
+                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
 
 
 def alembic_config(engine: Engine | None = None, connection: sa.Connection | None = None):
@@ -182,9 +186,30 @@ class UnitOfWork:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._writer = engine.execution_options(vws_write=True)
+        if engine.dialect.name == "sqlite":
+            self._reader = engine.execution_options(vws_autocommit=True)
+        else:
+            # Its own pool, always in autocommit: switching a pooled connection back and forth
+            # would cost round trips on every read.
+            self._reader = make_engine(engine.url.render_as_string(hide_password=False), autocommit=True)
+
+    def dispose(self) -> None:
+        if self._reader.engine is not self.engine:
+            self._reader.dispose()
+        self.engine.dispose()
 
     def __call__(self, write: bool = False) -> "_Transaction":
         return _Transaction(Session(bind=self._writer if write else self.engine, expire_on_commit=False))
+
+    def raw_read(self):
+        """A pooled DBAPI connection in autocommit, for the hottest point reads (GetWorkspace);
+        close() returns it to the pool."""
+        return self._reader.raw_connection()
+
+    def read(self) -> sa.Connection:
+        """`with uow.read() as conn:` a connection for one lone statement (a point read), without
+        the cost of a transaction or an ORM session."""
+        return self._reader.connect()
 
 
 class _Transaction:

@@ -43,7 +43,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
 
     def on_stop():
         service.stop_expiry()
-        service.uow.engine.dispose()
+        service.uow.dispose()
 
     def before_stop():
         service.hub.close()  # open WatchWorkspace streams end, so the drain is not held up
@@ -51,7 +51,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
     try:
         server = create_server(settings.listen, register, on_stop=on_stop)
     except Exception:
-        service.uow.engine.dispose()
+        service.uow.dispose()
         raise
     _close_watches_first(server, before_stop)
     service.start_expiry()

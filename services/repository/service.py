@@ -235,11 +235,14 @@ class RepositoryService:
     # ------------------------------------------------------------------ reads
     def get(self, name: str) -> model.Workspace:
         names.parse_workspace_name(name)
-        with self.uow() as session:
-            row = store.get_row(session, name)
-            if row is None:
-                raise errors.NotFound(f"workspace {name} does not exist")
-            return store.to_workspace(row)
+        connection = self.uow.raw_read()
+        try:
+            workspace = store.read_workspace(connection, self.uow.engine.dialect.name, name)
+        finally:
+            connection.close()
+        if workspace is None:
+            raise errors.NotFound(f"workspace {name} does not exist")
+        return workspace
 
     def list(self, page_size_: int = 0, page_token: str = "", states=(), owner: str = "",
              labels: dict[str, str] | None = None, manager: str = "") -> tuple[list[model.Workspace], str]:

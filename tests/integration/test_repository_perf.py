@@ -49,11 +49,12 @@ def test_first_page_with_100k_workspaces(database_url):
     engine = db.make_engine(database_url)
     db.upgrade(engine)
     _fill(engine, N)
-    service = RepositoryService(db.UnitOfWork(engine), RepositorySettings(), GrpcManagers())
+    uow = db.UnitOfWork(engine)
+    service = RepositoryService(uow, RepositorySettings(), GrpcManagers())
     cases = {
         "default": {},
-        "owner": {"owner": "user7"},
-        "label": {"labels": {"team": "t3"}},
+        "owner": {"owner": "user6"},
+        "label": {"labels": {"team": "t1"}},
         "state": {"states": [model.State.RUNNING]},
         "manager": {"manager": "managers/m4"},
         "terminated": {"states": [model.State.TERMINATED]},
@@ -68,7 +69,7 @@ def test_first_page_with_100k_workspaces(database_url):
             assert best <= 0.050, f"{what}: first page took {best * 1000:.1f} ms"
             assert second <= 0.050, f"{what}: next page took {second * 1000:.1f} ms"
     finally:
-        engine.dispose()
+        uow.dispose()
 
 
 def _timed(fn) -> float:
@@ -85,7 +86,7 @@ class _Echo(repository_pb2_grpc.RepositoryServiceServicer):
         return self.response
 
 
-def _rate(stub, name: str, seconds: float = 2.0, threads: int = 8) -> float:
+def _rate(stub, name: str, seconds: float = 2.0, threads: int = 4) -> float:
     request = repository_pb2.GetWorkspaceRequest(name=name)
     stop = time.perf_counter() + seconds
 
@@ -118,7 +119,11 @@ def test_get_is_at_least_half_as_fast_as_echo(database_url, tmp_path):
         assert real.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name)).workspace == \
             fake.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name)).workspace
         _rate(real, name, 0.5), _rate(fake, name, 0.5)  # warm both
-        echo_rate, get_rate = _rate(fake, name), _rate(real, name)
+        # Interleaved rounds, best of each: the machine's load changes less between neighbours.
+        echo_rate = get_rate = 0.0
+        for _ in range(5):
+            echo_rate = max(echo_rate, _rate(fake, name, 0.6))
+            get_rate = max(get_rate, _rate(real, name, 0.6))
         print(f"{service.uow.engine.dialect.name}: echo {echo_rate:.0f}/s, GetWorkspace {get_rate:.0f}/s")
         assert get_rate >= echo_rate / 2, f"GetWorkspace {get_rate:.0f}/s vs echo {echo_rate:.0f}/s"
     finally:

@@ -56,7 +56,7 @@ def env(database_url):
     managers.service = service
     yield service, clock, managers
     service.stop_expiry()
-    engine.dispose()
+    service.uow.dispose()
 
 
 _n = iter(range(10**6))
