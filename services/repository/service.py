@@ -32,7 +32,7 @@ SOURCE = "repository"
 LIFETIME_ENDED = "lifetime ended"
 
 
-def page_size(value: int, field: str = "page_size") -> int:
+def checked_page_size(value: int, field: str = "page_size") -> int:
     if value < 0:
         raise errors.InvalidArgument(f"is negative ({value}); give 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE}",
                                      field)
@@ -244,10 +244,10 @@ class RepositoryService:
             raise errors.NotFound(f"workspace {name} does not exist")
         return workspace
 
-    def list(self, page_size_: int = 0, page_token: str = "", states=(), owner: str = "",
+    def list(self, page_size: int = 0, page_token: str = "", states=(), owner: str = "",
              labels: dict[str, str] | None = None, manager: str = "") -> tuple[list[model.Workspace], str]:
         """Newest first. Empty states means every state but TERMINATED."""
-        size = page_size(page_size_)
+        size = checked_page_size(page_size)
         states = sorted(set(states), key=lambda s: s.value)
         if State.UNSPECIFIED in states:
             raise errors.InvalidArgument("holds STATE_UNSPECIFIED; list real states, or none for every state but "
@@ -274,9 +274,9 @@ class RepositoryService:
             token = _encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
         return out, token
 
-    def list_events(self, parent: str, page_size_: int = 0, page_token: str = "") -> tuple[list[model.Event], str]:
+    def list_events(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list[model.Event], str]:
         """A workspace's history, oldest first."""
-        size = page_size(page_size_)
+        size = checked_page_size(page_size)
         names.parse_workspace_name(parent, "parent")
         fp = _fingerprint(parent=parent)
         after = 0
@@ -469,8 +469,8 @@ class RepositoryService:
                 raise errors.NotFound(f"manager {name} is not registered; register it first")
             return store.to_manager(row, now, self.settings.heartbeat_timeout)
 
-    def list_managers(self, page_size_: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
-        size = page_size(page_size_)
+    def list_managers(self, page_size: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
+        size = checked_page_size(page_size)
         fp = _fingerprint(what="managers")
         after = ""
         if page_token:
