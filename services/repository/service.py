@@ -132,6 +132,16 @@ class RepositoryService:
                 store.set_labels(session, row, workspace.labels)
                 store.add_event(session, row, EventType.CREATED, State.UNSPECIFIED, State.PENDING,
                                 "recorded", source, now)
+                placed = workspace.endpoint
+                if placed.manager:
+                    # The factory's first choice of manager, recorded in the same transaction.
+                    names.parse_manager_name(placed.manager, "workspace.endpoint.manager")
+                    if not placed.manager_address:
+                        raise errors.InvalidArgument("is empty; give the manager's host:port",
+                                                     "workspace.endpoint.manager_address")
+                    row.manager_name, row.manager_address = placed.manager, placed.manager_address
+                    store.add_event(session, row, EventType.PLACED, State.PENDING, State.PENDING,
+                                    f"placed on {placed.manager} ({placed.manager_address})", source, now)
                 result = store.to_workspace(row)
         except sa.exc.IntegrityError:
             # A concurrent create with the same request id (or name) won the race.
