@@ -68,7 +68,7 @@ def populate(url: str, n: int) -> str:
                          state_message="", state_time=t, owner=f"user{i % 50}", manager_name="managers/bench",
                          manager_address="127.0.0.1:1", host_identity=f"vws-{i}", labels={},
                          request_id=str(uuid.uuid4()), request_digest="", create_time=t, update_time=t,
-                         termination_time=t + dt.timedelta(days=1)))
+                         termination_time=t + dt.timedelta(days=1), destroy_reason="", event_seq=0))
     with engine.begin() as conn:
         for start in range(0, n, 5000):
             conn.execute(sa.insert(db.WorkspaceRow), rows[start:start + 5000])

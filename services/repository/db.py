@@ -71,6 +71,8 @@ class WorkspaceRow(Base):
     termination_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # Destroy asked of the manager but not confirmed (it was unreachable): retried by the expiry loop.
     destroy_reason: Mapped[str] = mapped_column(sa.Text, default="")
+    # The last event's sequence number: the next one is numbered without a query.
+    event_seq: Mapped[int] = mapped_column(sa.Integer, default=0)
 
     __table_args__ = (
         # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.

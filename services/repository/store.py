@@ -143,8 +143,7 @@ def set_labels(session: Session, row: WorkspaceRow, labels: dict[str, str]) -> N
 
 def add_event(session: Session, row: WorkspaceRow, type: model.EventType, previous: model.State | str,
               state: model.State | str, message: str, source: str, time: dt.datetime) -> EventRow:
-    seq = session.execute(sa.select(sa.func.coalesce(sa.func.max(EventRow.seq), 0))
-                          .where(EventRow.workspace_id == row.id)).scalar_one() + 1
+    row.event_seq = seq = (row.event_seq or 0) + 1
     ev = EventRow(workspace_id=row.id, seq=seq, time=time, type=type.value,
                   previous_state=getattr(previous, "value", previous), state=getattr(state, "value", state),
                   message=message, source=source)

@@ -336,7 +336,7 @@ def test_watch_streams_changes_until_terminated(env):
     t.join(10)
     assert not t.is_alive()
     assert seen[0].state is State.RUNNING and seen[-1].state is State.TERMINATED
-    assert len(seen) >= 3
+    assert len(seen) >= 2  # changes close together may reach a watcher as one
     assert service.hub.watcher_count(ws.name) == 0
 
 
