@@ -3,6 +3,7 @@ List with 100,000 workspaces stored."""
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import subprocess
 import sys
 import threading
@@ -15,11 +16,12 @@ import sqlalchemy as sa
 
 from bench.conftest import ms
 from tests.integration.stack import Process
-from vws.common import clients, model, names
+from vws.common import clients, converters, model, names
 from vws.repository import db, store
 from vws.v1 import repository_pb2, workspace_pb2
 
-SECONDS = 3.0
+SECONDS = 2.0
+ROUNDS = 5
 CLIENTS = 4
 STORED = 100_000
 
@@ -54,26 +56,33 @@ def echo():
     proc.wait()
 
 
-def populate(url: str, n: int) -> str:
-    """Bulk-inserts n workspaces (as the repository stores them) and returns one name."""
+def populate(url: str, n: int) -> list[str]:
+    """Bulk-inserts n workspaces (as the repository stores them) and returns their names."""
     engine = db.make_engine(url)
     db.upgrade(engine)
     now = model.utcnow()
     spec = store.spec_to_json(model.WorkspaceSpec(resources=model.Resources(512 * 1024 ** 2, 1024 ** 3, 250, 10 ** 8)))
     rows = []
+    template = model.Workspace(name="", spec=store.spec_from_json(spec), owner="", labels={})
     for i in range(n):
         t = now - dt.timedelta(seconds=n - i)
-        rows.append(dict(name=names.workspace_name(names.new_workspace_id()), spec=spec,
-                         state=model.State.RUNNING.value if i % 10 else model.State.TERMINATED.value,
-                         state_message="", state_time=t, owner=f"user{i % 50}", manager_name="managers/bench",
-                         manager_address="127.0.0.1:1", host_identity=f"vws-{i}", labels={},
-                         request_id=str(uuid.uuid4()), request_digest="", create_time=t, update_time=t,
-                         termination_time=t + dt.timedelta(days=1), destroy_reason="", event_seq=0))
+        row = dict(name=names.workspace_name(names.new_workspace_id()), spec=spec,
+                   state=model.State.RUNNING.value if i % 10 else model.State.TERMINATED.value,
+                   state_message="", state_time=t, owner=f"user{i % 50}", manager_name="managers/bench",
+                   manager_address="127.0.0.1:1", host_identity=f"vws-{i}", labels={},
+                   request_id=str(uuid.uuid4()), request_digest="", create_time=t, update_time=t,
+                   termination_time=t + dt.timedelta(days=1), destroy_reason="", event_seq=0)
+        template.name, template.state, template.owner = row["name"], model.State(row["state"]), row["owner"]
+        template.endpoint = model.Endpoint(row["name"], "managers/bench", "127.0.0.1:1", row["host_identity"])
+        template.create_time = template.update_time = t
+        template.termination_time = row["termination_time"]
+        row["snapshot"] = converters.workspace_to_pb(template).SerializeToString(deterministic=True)
+        rows.append(row)
     with engine.begin() as conn:
         for start in range(0, n, 5000):
             conn.execute(sa.insert(db.WorkspaceRow), rows[start:start + 5000])
     engine.dispose()
-    return rows[-1]["name"]
+    return [r["name"] for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -81,30 +90,40 @@ def repository(tmp_path_factory):
     data = tmp_path_factory.mktemp("repo")
     url = db.default_url(data)
     t0 = time.perf_counter()
-    name = populate(url, STORED)
+    stored = populate(url, STORED)
     print(f"\nstored {STORED} workspaces in {time.perf_counter() - t0:.1f}s")
     p = Process("repository", data, ["--listen", "127.0.0.1:0"], None).start()
-    yield p, name
+    yield p, stored
     p.stop()
 
 
 @pytest.mark.benchmark(group="repository-get")
 def test_get_throughput_beside_echo(benchmark, repository, echo, report):
-    proc, name = repository
+    proc, stored = repository
     stub = clients.repository(proc.address)
-    req = repository_pb2.GetWorkspaceRequest(name=name)
+    req = repository_pb2.GetWorkspaceRequest(name=stored[-1])
     payload = req.SerializeToString()
     for _ in range(200):
         stub.GetWorkspace(req, timeout=10)
         echo(payload, timeout=10)
-    echo_rps = throughput(lambda: echo(payload, timeout=10))
-    get_rps = throughput(lambda: stub.GetWorkspace(req, timeout=10))
-    benchmark.extra_info.update(get_rps=get_rps, echo_rps=echo_rps)
+    # Two access patterns: one workspace polled (served from the read cache) and every call a
+    # different one of 20,000 (each read from the database).
+    spread = [repository_pb2.GetWorkspaceRequest(name=n) for n in stored[::STORED // 20_000]]
+    counter = iter(range(10 ** 9))
+    # Interleaved rounds, median of each: the machine's noise falls on all three alike.
+    rounds: dict[str, list[float]] = {"echo": [], "hot": [], "cold": []}
+    for _ in range(ROUNDS):
+        rounds["echo"].append(throughput(lambda: echo(payload, timeout=10)))
+        rounds["hot"].append(throughput(lambda: stub.GetWorkspace(req, timeout=10)))
+        rounds["cold"].append(throughput(lambda: stub.GetWorkspace(spread[next(counter) % len(spread)], timeout=10)))
+    echo_rps, hot_rps, cold_rps = (statistics.median(rounds[k]) for k in ("echo", "hot", "cold"))
+    benchmark.extra_info.update(hot_rps=hot_rps, cold_rps=cold_rps, echo_rps=echo_rps)
     benchmark.pedantic(lambda: stub.GetWorkspace(req, timeout=10), rounds=500, iterations=1)
-    ratio = get_rps / echo_rps
-    report.row(f"Repository Get, {CLIENTS} client threads, {STORED} stored", f"{get_rps:,.0f} req/s",
-               f"echo server {echo_rps:,.0f} req/s", f"{ratio:.2f}x",
-               ">= 0.5x" + (" (met)" if ratio >= 0.5 else " (MISSED)"))
+    for label, rps in (("one workspace polled", hot_rps), ("a different workspace each call", cold_rps)):
+        ratio = rps / echo_rps
+        report.row(f"Repository Get, {label}, {CLIENTS} client threads, {STORED} stored, median of {ROUNDS}x{SECONDS:g}s", f"{rps:,.0f} req/s",
+                   f"echo server {echo_rps:,.0f} req/s", f"{ratio:.2f}x",
+                   ">= 0.5x" + (" (met)" if ratio >= 0.5 else " (MISSED)"))
 
 
 @pytest.mark.benchmark(group="repository-list")

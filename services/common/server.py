@@ -59,11 +59,22 @@ class _PassThrough(grpc.Status):
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so that no traceback ever reaches a client."""
 
+    def __init__(self):
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        self._wrapped[method] = wrapped = self._wrap(handler, method)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler, method: str):
 
         def wrap_unary(behavior):
             def inner(request, context):

@@ -73,6 +73,9 @@ class WorkspaceRow(Base):
     destroy_reason: Mapped[str] = mapped_column(sa.Text, default="")
     # The last event's sequence number: the next one is numbered without a query.
     event_seq: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # The workspace as its wire message (vws.v1.Workspace), rewritten at every flush of the row:
+    # GetWorkspace answers with it after one indexed read, with no conversion.
+    snapshot: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
 
     __table_args__ = (
         # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.
@@ -149,6 +152,9 @@ def make_engine(url: str, autocommit: bool = False) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Point reads of a large table: map the file rather than copy pages through read().
+            cur.execute("PRAGMA mmap_size=1073741824")
+            cur.execute("PRAGMA cache_size=-16384")
             cur.close()
 
         @event.listens_for(engine, "begin")

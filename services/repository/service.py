@@ -23,6 +23,7 @@ from vws.repository import store
 from vws.repository.db import UnitOfWork, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
 from vws.repository.watch import WatchHub
+from vws.v1 import workspace_pb2
 
 log = logging.getLogger("vws.repository")
 
@@ -75,6 +76,39 @@ class _Outcome:
     changed: bool = True
 
 
+class ReadCache:
+    """Workspaces (their wire messages) as last read, for Get. Every write in this process invalidates its name after
+    commit; a read that raced with a write is not kept (the generation moved). Entries also age
+    out after MAX_AGE seconds, which bounds staleness should another process write the same
+    database."""
+    MAX_AGE = 1.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self):
+        self._entries: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def get(self, name: str) -> bytes | None:
+        entry = self._entries.get(name)
+        if entry is not None and time.monotonic() - entry[0] < self.MAX_AGE:
+            return entry[1]
+        return None
+
+    def put(self, name: str, workspace: bytes, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[name] = (time.monotonic(), workspace)
+
+    def invalidate(self, name: str) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.pop(name, None)
+
+
 class RepositoryService:
     def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
                  clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None):
@@ -83,6 +117,7 @@ class RepositoryService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at: dict[str, tuple[float, float]] = {}  # name -> (monotonic due, backoff)
+        self.cache = ReadCache()
 
     # ------------------------------------------------------------------ helpers
     def _load(self, session, name: str, field: str = "name", for_update: bool = False) -> WorkspaceRow:
@@ -101,6 +136,7 @@ class RepositoryService:
         store.add_event(session, row, event_type, previous, state, message, source, now)
 
     def _notify(self, name: str) -> None:
+        self.cache.invalidate(name)
         self.hub.notify(name)
 
     # ------------------------------------------------------------------ records (factory, managers)
@@ -243,16 +279,25 @@ class RepositoryService:
         self._notify(name)
 
     # ------------------------------------------------------------------ reads
-    def get(self, name: str) -> model.Workspace:
+    def get_snapshot(self, name: str) -> bytes:
+        """The workspace as its wire message (vws.v1.Workspace), as last written."""
+        cached = self.cache.get(name)
+        if cached is not None:
+            return cached
         names.parse_workspace_name(name)
+        generation = self.cache.generation
         connection = self.uow.raw_read()
         try:
-            workspace = store.read_workspace(connection, self.uow.engine.dialect.name, name)
+            snapshot = store.read_snapshot(connection, self.uow.engine.dialect.name, name)
         finally:
             connection.close()
-        if workspace is None:
+        if snapshot is None:
             raise errors.NotFound(f"workspace {name} does not exist")
-        return workspace
+        self.cache.put(name, snapshot, generation)
+        return snapshot
+
+    def get(self, name: str) -> model.Workspace:
+        return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(self.get_snapshot(name)))
 
     def list(self, page_size: int = 0, page_token: str = "", states=(), owner: str = "",
              labels: dict[str, str] | None = None, manager: str = "") -> tuple[list[model.Workspace], str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vws.common import converters, errors
 from vws.repository.service import RepositoryService
-from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc
+from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc, workspace_pb2
 
 ws_pb = converters.workspace_to_pb
 
@@ -14,7 +14,8 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
         self.service = service
 
     def GetWorkspace(self, request, context):
-        return repository_pb2.GetWorkspaceResponse(workspace=ws_pb(self.service.get(request.name)))
+        return repository_pb2.GetWorkspaceResponse(
+            workspace=workspace_pb2.Workspace.FromString(self.service.get_snapshot(request.name)))
 
     def ListWorkspaces(self, request, context):
         items, token = self.service.list(

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("termination_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("destroy_reason", sa.Text(), nullable=False),
         sa.Column("event_seq", sa.Integer(), nullable=False),
+        sa.Column("snapshot", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workspaces")),
         sa.UniqueConstraint("name", name=op.f("uq_workspaces_name")),
         sa.UniqueConstraint("request_id", name=op.f("uq_workspaces_request_id")),
