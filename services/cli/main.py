@@ -116,6 +116,17 @@ class Connection:
         return clients.manager(address), address
 
 
+def pairs(items: list[str], flag: str, form: str = "NAME=VALUE") -> dict[str, str]:
+    """Repeated `--flag KEY=VALUE` options as a dict."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"{flag} {item!r}: write it as {form}", 2)
+        out[key] = value
+    return out
+
+
 def state_name(value: int) -> str:
     return out.enum_name(W.State, value, "STATE_")
 
@@ -173,36 +184,24 @@ def cmd_create(args) -> int:
         res.network_bits_per_second = units.parse_bandwidth(args.bandwidth, "--bandwidth")
     if args.lifetime is not None:
         spec.lifetime.FromTimedelta(units.parse_duration(args.lifetime, "--lifetime"))
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--env {item!r}: write it as NAME=VALUE")
-        spec.software.environment[key] = value
+    spec.software.environment.update(pairs(args.env, "--env"))
     if args.setup_script:
         path = pathlib.Path(args.setup_script)
         try:
             spec.software.setup_script = path.read_text() if path.exists() else args.setup_script
         except OSError as exc:
             raise CliError(f"--setup-script {args.setup_script}: {exc.strerror}")
-    for item in args.file:
-        dest, sep, src = item.partition("=")
-        if not sep:
-            raise CliError(f"--file {item!r}: write it as PATH_IN_WORKSPACE=LOCAL_FILE")
+    for dest, src in pairs(args.file, "--file", "PATH_IN_WORKSPACE=LOCAL_FILE").items():
         try:
             st = os.stat(src)
             content = pathlib.Path(src).read_bytes()
         except OSError as exc:
-            raise CliError(f"--file {item}: {src}: {exc.strerror}")
+            raise CliError(f"--file {dest}={src}: {exc.strerror}")
         spec.software.files.add(path=dest, content=content, mode=st.st_mode & 0o777)
     if args.image:
         spec.software.image = args.image
     spec.start_on_create = not args.no_start
-    labels = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--label {item!r}: write it as KEY=VALUE")
-        labels[key] = value
+    labels = pairs(args.label, "--label", "KEY=VALUE")
     ws = W(spec=spec, labels=labels, owner=getpass.getuser())
     request_id = args.request_id or str(uuid.uuid4())
     try:
@@ -257,12 +256,7 @@ def cmd_list(args) -> int:
         states.append(W.State.Value(key))
     if args.all:
         states = [v for v in W.State.values() if v]
-    labels = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--label {item!r}: write it as KEY=VALUE")
-        labels[key] = value
+    labels = pairs(args.label, "--label", "KEY=VALUE")
     req = repository_pb2.ListWorkspacesRequest(page_size=args.limit if args.limit < 1000 else 1000,
                                                states=states, owner=args.owner or "", labels=labels,
                                                manager=(names.manager_name(args.manager) if args.manager and not
@@ -427,12 +421,7 @@ def cmd_exec(args) -> int:
         argv = argv[1:]
     if not argv:
         raise CliError("give the program to run: vws exec NAME -- CMD [ARGS...]", 2)
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--env {item!r}: write it as NAME=VALUE")
-        env[key] = value
+    env = pairs(args.env, "--env")
     ws = conn.get(name)
     stub, address = conn.manager_of(ws)
     first = manager_pb2.ExecRequest(name=name, argv=argv, environment=env, working_directory=args.workdir or "")
