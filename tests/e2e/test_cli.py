@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.integration.stack import remove_cgroups
+
 PY = sys.executable
 
 
@@ -43,6 +45,7 @@ heartbeat_interval = "0.5s"
     for p in pwd.getpwall():
         if p.pw_name.startswith(f"ve{tag}-"):
             subprocess.run(["userdel", "-r", "-f", p.pw_name], capture_output=True)
+    remove_cgroups(f"e2e-{tag}")
 
 
 def test_walk_through(cli):

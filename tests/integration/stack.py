@@ -3,6 +3,7 @@
 them and start it again. Managers make real accounts under a prefix unique to the test."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
@@ -154,3 +155,15 @@ class Stack:
         for name in self.accounts():
             subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+        for name in self.managers:
+            remove_cgroups(f"t{self.tag}-{name}")
+
+
+def remove_cgroups(manager_id: str) -> None:
+    """The cgroups a test's manager left for workspaces the test did not destroy."""
+    for top in glob.glob(f"/sys/fs/cgroup/*/vws/{manager_id}") + glob.glob(f"/sys/fs/cgroup/vws/{manager_id}"):
+        for root, dirs, _ in sorted(os.walk(top), key=lambda e: -e[0].count("/")):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
