@@ -150,10 +150,8 @@ class RepositoryService:
         if workspace.spec is None or workspace.spec.kind is None:
             raise errors.InvalidArgument("is missing", "workspace.spec.kind")
         digest = request_digest(workspace)
-        if request_id:
-            existing = self._by_request_id(request_id, digest)
-            if existing is not None:
-                return existing, False
+        # No look-up first: the unique request id answers a retry (IntegrityError below), and a
+        # first request, the common case, costs one transaction.
         now = self.clock()
         try:
             with self.uow(write=True) as session:

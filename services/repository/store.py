@@ -105,10 +105,25 @@ def snapshot_of(row: WorkspaceRow) -> bytes:
 
 
 @event.listens_for(Session, "before_flush")
-def _refresh_snapshots(session: Session, flush_context, instances) -> None:
-    for obj in list(session.new) + list(session.dirty):
-        if isinstance(obj, WorkspaceRow):
-            obj.snapshot = snapshot_of(obj)
+def _note_changed_workspaces(session: Session, flush_context, instances) -> None:
+    changed = session.info.setdefault("vws_changed", set())
+    changed.update(o for o in list(session.new) + list(session.dirty) if isinstance(o, WorkspaceRow))
+
+
+@event.listens_for(Session, "before_commit")
+def _refresh_snapshots(session: Session) -> None:
+    """Once per transaction, before its last flush: every workspace row it changed gets its
+    snapshot rewritten from what the row now holds."""
+    changed = session.info.pop("vws_changed", set())
+    changed.update(o for o in list(session.new) + list(session.dirty) if isinstance(o, WorkspaceRow))
+    for row in changed:
+        if row not in session.deleted:
+            row.snapshot = snapshot_of(row)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_changed(session: Session) -> None:
+    session.info.pop("vws_changed", None)
 
 
 def read_snapshot(dbapi_connection, dialect: str, name: str) -> bytes | None:

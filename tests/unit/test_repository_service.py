@@ -372,3 +372,27 @@ def test_managers_registry(env):
     assert rest[0].name == "managers/host-2" and rest[0].state is model.ManagerState.AVAILABLE and token == ""
     with pytest.raises(errors.InvalidArgument):
         service.register_manager(model.ManagerInfo(name="bad name", address="x:1"))
+
+
+def test_the_stored_snapshot_always_matches_the_row(env):
+    """Get answers from a snapshot rewritten at each commit; after every kind of write it must
+    say what the row says."""
+    service, clock, _ = env
+    from vws.repository import store
+
+    def agree(name):
+        service.cache.invalidate(name)
+        with service.uow() as session:
+            row = store.get_row(session, name)
+            from_row = store.to_workspace(row)
+        assert service.get(name) == from_row
+    ws = placed(service, clock, labels={"team": "a"})
+    agree(ws.name)
+    clock.advance(seconds=1)
+    service.update_termination_time(ws.name, extend_by=dt.timedelta(hours=1))
+    agree(ws.name)
+    clock.advance(seconds=1)
+    service.report_state(ws.name, MANAGER, State.PAUSED, "paused", clock(), "")
+    agree(ws.name)
+    service.delete(ws.name)
+    agree(ws.name)
