@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import errors, model, names
+from vws.common import errors, model, names, units
 from vws.common.model import State
 from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id
 
@@ -64,11 +64,13 @@ def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec) -> str:
     free, r = free_room(m), spec.resources
     if free.workspaces < 1:
         return f"all {m.capacity.workspaces} workspaces in use"
-    for what, need, have, total in (("memory", r.memory_bytes, free.memory_bytes, m.capacity.memory_bytes),
-                                    ("disk", r.disk_bytes, free.disk_bytes, m.capacity.disk_bytes),
-                                    ("cpu", r.cpu_millis, free.cpu_millis, m.capacity.cpu_millis)):
+    size, millis = units.format_size, (lambda v: f"{v}m")
+    for what, need, have, total, fmt in (
+            ("memory", r.memory_bytes, free.memory_bytes, m.capacity.memory_bytes, size),
+            ("disk", r.disk_bytes, free.disk_bytes, m.capacity.disk_bytes, size),
+            ("cpu", r.cpu_millis, free.cpu_millis, m.capacity.cpu_millis, millis)):
         if total and need > have:
-            return f"{what}: {need} wanted, {max(have, 0)} free of {total}"
+            return f"{what}: {fmt(need)} wanted, {fmt(max(have, 0))} free of {fmt(total)}"
     return ""
 
 

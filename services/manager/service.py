@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import errors, model, names
+from vws.common import errors, model, names, units
 from vws.common.model import Action, State
 from vws.manager.backends.base import Backend, ExecOptions, HostHandle
 from vws.manager.state import LocalState, LocalWorkspace, Report
@@ -110,12 +110,13 @@ class WorkspaceManager:
         short = []
         if used.workspaces + 1 > cap.workspaces:
             short.append(("workspaces", f"{used.workspaces} of {cap.workspaces} workspaces in use"))
-        for label, need, have, total in (
-                ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes),
-                ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes),
-                ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis)):
+        size, millis = units.format_size, (lambda v: f"{v}m")
+        for label, need, have, total, fmt in (
+                ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes, size),
+                ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes, size),
+                ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis, millis)):
             if total and need + have > total:
-                short.append((label, f"{need} wanted, {total - have} of {total} free"))
+                short.append((label, f"{label}: {fmt(need)} wanted, {fmt(max(total - have, 0))} of {fmt(total)} free"))
         if short:
             raise errors.ResourceExhausted(
                 f"manager {self.identity.name} has no room: " + "; ".join(d for _, d in short),
