@@ -1,6 +1,7 @@
 """The one place where protobuf messages become domain objects and back."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -70,13 +71,39 @@ def duration_from_pb(msg, field: str) -> dt.timedelta | None:
     return getattr(msg, field).ToTimedelta()
 
 
+def enforcement_to_pb(e: model.Enforcement) -> pb.Enforcement:
+    return pb.Enforcement(**dataclasses.asdict(e))
+
+
+def enforcement_from_pb(m: pb.Enforcement) -> model.Enforcement:
+    return model.Enforcement(**{f.name: getattr(m, f.name) for f in dataclasses.fields(model.Enforcement)})
+
+
+_USAGE_TIMES = ("start_time", "end_time")
+
+
+def usage_to_pb(u: model.Usage) -> pb.WorkspaceUsage:
+    values = {k: v for k, v in dataclasses.asdict(u).items() if k not in _USAGE_TIMES}
+    msg = pb.WorkspaceUsage(**values)
+    for field in _USAGE_TIMES:
+        if getattr(u, field) is not None:
+            getattr(msg, field).CopyFrom(ts_to_pb(getattr(u, field)))
+    return msg
+
+
+def usage_from_pb(m: pb.WorkspaceUsage) -> model.Usage:
+    values = {f.name: getattr(m, f.name) for f in dataclasses.fields(model.Usage) if f.name not in _USAGE_TIMES}
+    return model.Usage(**values, start_time=ts_from_pb(m, "start_time"), end_time=ts_from_pb(m, "end_time"))
+
+
 def resources_to_pb(r: model.Resources) -> pb.ResourceAllocation:
     return pb.ResourceAllocation(memory_bytes=r.memory_bytes, disk_bytes=r.disk_bytes,
-                                 cpu_millis=r.cpu_millis, network_bits_per_second=r.network_bits_per_second)
+                                 cpu_millis=r.cpu_millis, network_bits_per_second=r.network_bits_per_second,
+                                 max_processes=r.max_processes)
 
 
 def resources_from_pb(m: pb.ResourceAllocation) -> model.Resources:
-    return model.Resources(m.memory_bytes, m.disk_bytes, m.cpu_millis, m.network_bits_per_second)
+    return model.Resources(m.memory_bytes, m.disk_bytes, m.cpu_millis, m.network_bits_per_second, m.max_processes)
 
 
 def spec_to_pb(spec: model.WorkspaceSpec) -> pb.WorkspaceSpec:
@@ -128,6 +155,8 @@ def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
         state_message=w.state_message, endpoint=endpoint_to_pb(w.endpoint), owner=w.owner,
         labels=w.labels, request_id=w.request_id,
     )
+    if w.enforcement is not None:
+        msg.enforcement.CopyFrom(enforcement_to_pb(w.enforcement))
     for field in ("create_time", "update_time", "termination_time"):
         value = getattr(w, field)
         if value is not None:
@@ -142,6 +171,7 @@ def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
         create_time=ts_from_pb(msg, "create_time"), update_time=ts_from_pb(msg, "update_time"),
         termination_time=ts_from_pb(msg, "termination_time"), labels=dict(msg.labels),
         request_id=msg.request_id,
+        enforcement=enforcement_from_pb(msg.enforcement) if msg.HasField("enforcement") else None,
     )
 
 

@@ -74,6 +74,42 @@ class Resources:
     disk_bytes: int = 0
     cpu_millis: int = 0
     network_bits_per_second: int = 0
+    max_processes: int = 0
+
+
+@dataclasses.dataclass
+class Enforcement:
+    """The limits a manager put in place on its host for one workspace."""
+    mechanism: str = ""
+    memory_limit_bytes: int = 0
+    cpu_quota_micros: int = 0
+    cpu_period_micros: int = 0
+    disk_bytes: int = 0
+    disk_mount: str = ""
+    network_bits_per_second: int = 0
+    max_processes: int = 0
+    cgroup: str = ""
+
+
+@dataclasses.dataclass
+class Usage:
+    """What a workspace has used, from its manager's counter samples."""
+    name: str
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    cpu_seconds: float = 0.0
+    memory_current_bytes: int = 0
+    memory_peak_bytes: int = 0
+    memory_byte_seconds: float = 0.0
+    disk_used_bytes: int = 0
+    network_rx_bytes: int = 0
+    network_tx_bytes: int = 0
+    seconds_at_memory_limit: float = 0.0
+    seconds_at_cpu_limit: float = 0.0
+    oom_kills: int = 0
+    samples: int = 0
+    final: bool = False
+    wall_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -121,6 +157,7 @@ class Workspace:
     termination_time: dt.datetime | None = None
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     request_id: str = ""
+    enforcement: Enforcement | None = None
 
 
 @dataclasses.dataclass

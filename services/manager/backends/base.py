@@ -19,6 +19,22 @@ class HostHandle:
 
 
 @dataclasses.dataclass
+class Counters:
+    """One sample of a workspace's counters as the host keeps them. Cumulative counters restart
+    from zero when the workspace's cgroup is made again (a stop and start, a restart of the
+    host); the accounting core (vws.native.accounting) handles such resets."""
+    time: float                 # time.time() when sampled
+    cpu_ns: int = 0             # cumulative CPU time, user + system
+    cpu_throttled_ns: int = 0   # cumulative time throttled by the CPU quota
+    memory_current: int = 0
+    memory_limit: int = 0       # 0: none
+    oom_kills: int = 0          # cumulative
+    disk_used: int = 0
+    net_rx: int = 0             # cumulative bytes
+    net_tx: int = 0
+
+
+@dataclasses.dataclass
 class ExecOptions:
     argv: list[str]
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -128,6 +144,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def reclaim(self, host_identity: str) -> None:
         """Destroys what inventory() lists under host_identity, with no workspace record."""
+
+    def enforcement(self, handle: HostHandle) -> model.Enforcement | None:
+        """The limits in force for the workspace, as the host sees them."""
+        return None
+
+    def sample(self, handle: HostHandle) -> Counters | None:
+        """The workspace's counters now; None when it has none (not realised)."""
+        return None
 
     def maintain(self) -> None:
         """Called about every second from a background thread."""
