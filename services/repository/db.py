@@ -76,6 +76,8 @@ class WorkspaceRow(Base):
     # The workspace as its wire message (vws.v1.Workspace), rewritten at every flush of the row:
     # GetWorkspace answers with it after one indexed read, with no conversion.
     snapshot: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    # The limits its manager put in place (model.Enforcement as JSON); null until realised.
+    enforcement: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
 
     __table_args__ = (
         # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.
