@@ -150,6 +150,7 @@ def show_workspace(ws: W) -> None:
         ("manager address", ws.endpoint.manager_address or "-"), ("account", ws.endpoint.host_identity or "-"),
         ("owner", ws.owner or "-"), ("memory", out.size(r.memory_bytes)), ("disk", out.size(r.disk_bytes)),
         ("cpu", out.cpu(r.cpu_millis)), ("bandwidth", out.bandwidth(r.network_bits_per_second)),
+        ("processes", str(r.max_processes) if r.max_processes else "-"),
         ("created", out.when(ws.create_time)), ("updated", out.when(ws.update_time)),
         ("terminates", f"{out.when(ws.termination_time)} (in {out.remaining(ws.termination_time)})"
          if ws.termination_time.seconds else "-"),
@@ -157,6 +158,15 @@ def show_workspace(ws: W) -> None:
         ("environment", ", ".join(sorted(spec.software.environment)) or "-"),
         ("staged files", ", ".join(f.path for f in spec.software.files) or "-"),
     ]
+    if ws.HasField("enforcement"):
+        e = ws.enforcement
+        rows.append(("enforced by", f"{e.mechanism or '-'}{' in ' + e.cgroup if e.cgroup else ''}"))
+        rows += [(f"  {k}", v) for k, v in (
+            ("memory limit", out.size(e.memory_limit_bytes)),
+            ("cpu quota", f"{e.cpu_quota_micros}us per {e.cpu_period_micros}us" if e.cpu_period_micros else "-"),
+            ("disk", f"{out.size(e.disk_bytes)} at {e.disk_mount}" if e.disk_bytes else "-"),
+            ("bandwidth", out.bandwidth(e.network_bits_per_second)),
+            ("processes", str(e.max_processes) if e.max_processes else "-"))]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k + ':':<{width + 1}} {v}")
@@ -182,6 +192,8 @@ def cmd_create(args) -> int:
         res.cpu_millis = units.parse_cpu(args.cpu, "--cpu")
     if args.bandwidth is not None:
         res.network_bits_per_second = units.parse_bandwidth(args.bandwidth, "--bandwidth")
+    if args.processes is not None:
+        res.max_processes = args.processes
     if args.lifetime is not None:
         spec.lifetime.FromTimedelta(units.parse_duration(args.lifetime, "--lifetime"))
     spec.software.environment.update(pairs(args.env, "--env"))
@@ -554,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disk", help="at least this much disk, e.g. 10G")
     c.add_argument("--cpu", help="CPU in millicores (500m) or cores (2)")
     c.add_argument("--bandwidth", help="network bandwidth in bits/s, e.g. 100M")
+    c.add_argument("--processes", type=int, help="the most processes it may run at once")
     c.add_argument("--lifetime", help="how long it lives, e.g. 2h, 1d (default: the site's)")
     c.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable (repeat)")
     c.add_argument("--setup-script", help="a script (file, or the text itself) run inside the new workspace")

@@ -20,7 +20,8 @@ class GrpcRepository:
         self._records.ReportWorkspaceState(record_pb2.ReportWorkspaceStateRequest(
             name=report.name, manager=manager, state=converters.state_to_pb(report.state),
             message=report.message, change_time=converters.ts_to_pb(report.change_time),
-            host_identity=report.host_identity, event_type=converters.event_type_to_pb(report.event_type)),
+            host_identity=report.host_identity, event_type=converters.event_type_to_pb(report.event_type),
+            enforcement=converters.enforcement_to_pb(report.enforcement) if report.enforcement else None),
             timeout=TIMEOUT)
 
     def register(self, info: model.ManagerInfo) -> None:

@@ -83,15 +83,17 @@ class WorkspaceManager:
     def _handle(self, ws: LocalWorkspace) -> HostHandle:
         return HostHandle(ws.workspace_id, ws.host_identity)
 
-    def view(self, ws: LocalWorkspace) -> model.Workspace:
+    def view(self, ws: LocalWorkspace, enforcement: model.Enforcement | None = None) -> model.Workspace:
         return model.Workspace(
             name=ws.name, spec=ws.spec, state=ws.state, state_message=ws.state_message,
             endpoint=model.Endpoint(ws.name, self.identity.name, self.identity.address, ws.host_identity),
-            owner=ws.owner, termination_time=ws.termination_time, labels=ws.labels, create_time=ws.create_time)
+            owner=ws.owner, termination_time=ws.termination_time, labels=ws.labels, create_time=ws.create_time,
+            enforcement=enforcement)
 
     def _changed(self, ws: LocalWorkspace, state: State, message: str,
-                 event_type: model.EventType = model.EventType.STATE_CHANGED) -> None:
-        self.state.change(ws, state, message, event_type)
+                 event_type: model.EventType = model.EventType.STATE_CHANGED,
+                 enforcement: model.Enforcement | None = None) -> None:
+        self.state.change(ws, state, message, event_type, enforcement=enforcement)
         self.flush()
 
     # ------------------------------------------------------------- lifecycle
@@ -152,10 +154,12 @@ class WorkspaceManager:
                 except Exception:  # noqa: BLE001 - the original failure is what the caller needs
                     log.exception("undoing the failed deploy of %s", workspace.name)
                 raise
+            enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY
             self._changed(ws, final, f"{self.backend.name}: account {ws.host_identity}"
-                          + (" started" if final is State.RUNNING else " ready, not started"))
-            return self.view(ws)
+                          + (" started" if final is State.RUNNING else " ready, not started"),
+                          enforcement=enforcement)
+            return self.view(ws, enforcement)
 
     def transition(self, name: str, action: Action, reason: str = "") -> model.Workspace:
         """Start, stop, pause, resume or destroy, only along legal moves."""

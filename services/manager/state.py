@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     message TEXT NOT NULL,
     change_time TEXT NOT NULL,
     host_identity TEXT NOT NULL DEFAULT '',
-    event_type TEXT NOT NULL
+    event_type TEXT NOT NULL,
+    enforcement TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -64,6 +65,7 @@ class Report:
     change_time: dt.datetime
     host_identity: str
     event_type: model.EventType
+    enforcement: model.Enforcement | None = None
 
 
 def _t(value: dt.datetime | None) -> str | None:
@@ -81,6 +83,9 @@ class LocalState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "enforcement" not in columns:  # a state file from before limits were reported
+            self._db.execute("ALTER TABLE outbox ADD COLUMN enforcement TEXT NOT NULL DEFAULT ''")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -113,7 +118,8 @@ class LocalState:
                  _t(ws.create_time or model.utcnow())))
 
     def change(self, ws: LocalWorkspace, state: model.State, message: str,
-               event_type: model.EventType = model.EventType.STATE_CHANGED, *, report: bool = True) -> Report | None:
+               event_type: model.EventType = model.EventType.STATE_CHANGED, *, report: bool = True,
+               enforcement: model.Enforcement | None = None) -> Report | None:
         """Moves a workspace to a state and queues the report, in one local transaction.
         A TERMINATED workspace leaves the local table: only its report remains to deliver."""
         now = model.utcnow()
@@ -129,9 +135,10 @@ class LocalState:
                 seq = None
                 if report:
                     cur = self._db.execute(
-                        "INSERT INTO outbox (name, state, message, change_time, host_identity, event_type)"
-                        " VALUES (?,?,?,?,?,?)",
-                        (ws.name, state.value, message, now.isoformat(), ws.host_identity, event_type.value))
+                        "INSERT INTO outbox (name, state, message, change_time, host_identity, event_type,"
+                        " enforcement) VALUES (?,?,?,?,?,?,?)",
+                        (ws.name, state.value, message, now.isoformat(), ws.host_identity, event_type.value,
+                         json.dumps(dataclasses.asdict(enforcement)) if enforcement else ""))
                     seq = cur.lastrowid
                 self._db.execute("COMMIT")
             except BaseException:
@@ -140,7 +147,7 @@ class LocalState:
         ws.state, ws.state_message = state, message
         if seq is None:
             return None
-        return Report(seq, ws.name, state, message, now, ws.host_identity, event_type)
+        return Report(seq, ws.name, state, message, now, ws.host_identity, event_type, enforcement)
 
     def forget(self, name: str) -> None:
         """Drops a workspace whose deploy failed and was undone: nothing of it is left."""
@@ -151,7 +158,8 @@ class LocalState:
         with self._lock:
             rows = self._db.execute("SELECT * FROM outbox ORDER BY seq").fetchall()
         for r in rows:
-            yield Report(r[0], r[1], model.State(r[2]), r[3], _pt(r[4]), r[5], model.EventType(r[6]))
+            yield Report(r[0], r[1], model.State(r[2]), r[3], _pt(r[4]), r[5], model.EventType(r[6]),
+                         model.Enforcement(**json.loads(r[7])) if r[7] else None)
 
     def delivered(self, seq: int) -> None:
         with self._lock:

@@ -221,7 +221,8 @@ class RepositoryService:
 
     def report_state(self, name: str, manager: str, state: State, message: str = "",
                      change_time: dt.datetime | None = None, host_identity: str = "",
-                     event_type: EventType = EventType.STATE_CHANGED) -> model.Workspace:
+                     event_type: EventType = EventType.STATE_CHANGED,
+                     enforcement: model.Enforcement | None = None) -> model.Workspace:
         """A manager reports a change it made. Only the holding manager may; a report older than
         the last applied change is kept in the history but does not move the state; a
         TERMINATED record stays TERMINATED."""
@@ -240,6 +241,8 @@ class RepositoryService:
             current = State(row.state)
             if host_identity:
                 row.host_identity = host_identity
+            if enforcement is not None:
+                row.enforcement = dataclasses.asdict(enforcement)
             stale = change_time < row.state_time
             if current is State.TERMINATING and state is State.TERMINATED:
                 stale = False  # the destroy it was asked for is done: never stale

@@ -77,7 +77,8 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
         workspace = self.service.report_state(
             request.name, request.manager, converters.state_from_pb(request.state), request.message,
             converters.ts_from_pb(request, "change_time"), request.host_identity,
-            converters.event_type_from_pb(request.event_type))
+            converters.event_type_from_pb(request.event_type),
+            converters.enforcement_from_pb(request.enforcement) if request.HasField("enforcement") else None)
         return record_pb2.ReportWorkspaceStateResponse(workspace=ws_pb(workspace))
 
     def DeleteWorkspaceRecord(self, request, context):

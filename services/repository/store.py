@@ -56,7 +56,8 @@ def to_workspace(row: WorkspaceRow) -> model.Workspace:
         endpoint=model.Endpoint(row.name, row.manager_name or "", row.manager_address, row.host_identity)
         if row.manager_name else model.Endpoint(),
         owner=row.owner, create_time=row.create_time, update_time=row.update_time,
-        termination_time=row.termination_time, labels=dict(row.labels or {}), request_id=row.request_id or "")
+        termination_time=row.termination_time, labels=dict(row.labels or {}), request_id=row.request_id or "",
+        enforcement=model.Enforcement(**row.enforcement) if row.enforcement else None)
 
 
 def to_event(workspace_name: str, row: EventRow) -> model.Event:
