@@ -81,7 +81,7 @@ class WorkspaceManager:
         return ws
 
     def _handle(self, ws: LocalWorkspace) -> HostHandle:
-        return HostHandle(ws.workspace_id, ws.host_identity)
+        return HostHandle(ws.workspace_id, ws.host_identity, ws.spec.kind)
 
     def view(self, ws: LocalWorkspace, enforcement: model.Enforcement | None = None) -> model.Workspace:
         return model.Workspace(
@@ -150,7 +150,8 @@ class WorkspaceManager:
             except BaseException:
                 self.state.forget(workspace.name)
                 try:
-                    self.backend.destroy(HostHandle(wid, ws.host_identity)) if ws.host_identity else None
+                    self.backend.destroy(HostHandle(wid, ws.host_identity, workspace.spec.kind)) \
+                        if ws.host_identity else None
                 except Exception:  # noqa: BLE001 - the original failure is what the caller needs
                     log.exception("undoing the failed deploy of %s", workspace.name)
                 raise

@@ -16,6 +16,7 @@ class HostHandle:
     """What a backend needs to find a workspace on the host again."""
     workspace_id: str
     host_identity: str  # the Unix account name
+    kind: model.Kind = model.Kind.UNIX_ACCOUNT  # which plug-in holds it (see backends.router)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,92 @@
+"""One manager, several plug-ins: routes each call to the plug-in that realises the workspace's
+kind, so that the service layer never branches on the kind itself."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+
+from vws.common import errors, model
+from vws.manager.backends.base import Backend, Counters, ExecOptions, HostHandle
+
+log = logging.getLogger("vws.manager.backends")
+
+
+class KindRouter(Backend):
+    def __init__(self, backends: list[Backend]):
+        if not backends:
+            raise errors.InvalidArgument("no backend configured", "backend")
+        self.backends = list(backends)
+        self._by_kind: dict[model.Kind, Backend] = {}
+        for b in backends:
+            for k in b.kinds:
+                self._by_kind.setdefault(k, b)
+        self.kinds = frozenset(self._by_kind)
+        self.name = "+".join(b.name for b in backends)
+
+    def _for(self, kind: model.Kind | None) -> Backend:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise errors.Unimplemented(f"this manager ({self.name}) does not realise "
+                                       f"{kind.cli_name if kind else 'unspecified'} workspaces") from None
+
+    def capacity(self) -> model.Capacity:
+        # The plug-ins share one host: its figures, and the largest workspace count any offers.
+        caps = [b.capacity() for b in self.backends]
+        return model.Capacity(max(c.workspaces for c in caps), max(c.memory_bytes for c in caps),
+                              max(c.disk_bytes for c in caps), max(c.cpu_millis for c in caps))
+
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+        handle = self._for(spec.kind).realise(workspace_id, spec)
+        return dataclasses.replace(handle, kind=spec.kind)
+
+    def start(self, handle: HostHandle) -> None:
+        self._for(handle.kind).start(handle)
+
+    def stop(self, handle: HostHandle) -> None:
+        self._for(handle.kind).stop(handle)
+
+    def pause(self, handle: HostHandle) -> None:
+        self._for(handle.kind).pause(handle)
+
+    def resume(self, handle: HostHandle) -> None:
+        self._for(handle.kind).resume(handle)
+
+    def destroy(self, handle: HostHandle) -> None:
+        self._for(handle.kind).destroy(handle)
+
+    def spawn(self, handle: HostHandle, options: ExecOptions) -> subprocess.Popen:
+        return self._for(handle.kind).spawn(handle, options)
+
+    def exists(self, handle: HostHandle) -> bool:
+        return self._for(handle.kind).exists(handle)
+
+    def enforcement(self, handle: HostHandle) -> model.Enforcement | None:
+        return self._for(handle.kind).enforcement(handle)
+
+    def sample(self, handle: HostHandle) -> Counters | None:
+        return self._for(handle.kind).sample(handle)
+
+    def inventory(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for b in self.backends:
+            found.update(b.inventory())
+        return found
+
+    def reclaim(self, host_identity: str) -> None:
+        for b in self.backends:
+            if host_identity in b.inventory():
+                b.reclaim(host_identity)
+                return
+
+    def maintain(self) -> None:
+        for b in self.backends:
+            try:
+                b.maintain()
+            except Exception:  # noqa: BLE001 - one plug-in's trouble must not stop the others'
+                log.exception("maintenance of %s failed", b.name)
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
