@@ -81,6 +81,11 @@ class ManagerSettings:
     cpu: int = _field(0, "CPU offered (millicores); 0 means every core", "cpu")
     heartbeat_interval: dt.timedelta = _field(dt.timedelta(seconds=2), "how often it tells the repository it is alive", "duration")
     cgroup_root: str = _field("/sys/fs/cgroup", "where the cgroup hierarchy is mounted")
+    sandboxes: bool = _field(True, "also offer SANDBOX workspaces (bubblewrap namespaces), when the host can", "bool")
+    accounting_interval: dt.timedelta = _field(
+        dt.timedelta(seconds=10), "how often every workspace's counters (CPU, memory, disk, network) are sampled "
+        "for usage accounting; 0 turns sampling off (for comparison: Slurm samples every 30s, HTCondor every 300s)",
+        "duration")
 
 
 SECTIONS = {"repository": RepositorySettings, "factory": FactorySettings, "manager": ManagerSettings}
@@ -97,6 +102,15 @@ def _convert(value: Any, unit: str, field: str):
         return units.parse_cpu(value, field)
     if unit == "bandwidth":
         return units.parse_bandwidth(value, field)
+    if unit == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(f"{value!r} is not true or false", field)
     if unit == "int":
         try:
             return int(value)

@@ -8,6 +8,7 @@ from vws.common.config import ManagerSettings
 from vws.common.server import Service, create_server
 from vws.manager.backends import make_backend
 from vws.manager.backends.base import BackendSettings
+from vws.manager.backends.router import KindRouter
 from vws.manager.gateway import GrpcRepository
 from vws.manager.service import ManagerIdentity, WorkspaceManager
 from vws.manager.servicer import ManagerServicer
@@ -20,12 +21,21 @@ log = logging.getLogger("vws.manager")
 def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
     manager_id = names.parse_manager_name(names.manager_name(settings.name), "name")
     state_dir = settings.data_dir / "manager"
-    backend = make_backend(BackendSettings(
-        kind=settings.backend, manager_id=manager_id, state_dir=state_dir,
-        account_prefix=settings.account_prefix, pool_prefix=settings.pool_prefix, pool_size=settings.pool_size,
-        quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
-        cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
-        cpu_millis=settings.cpu))
+
+    def plug_in(kind: str):
+        return make_backend(BackendSettings(
+            kind=kind, manager_id=manager_id, state_dir=state_dir,
+            account_prefix=settings.account_prefix, pool_prefix=settings.pool_prefix, pool_size=settings.pool_size,
+            quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
+            cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
+            cpu_millis=settings.cpu))
+    plug_ins = [plug_in(settings.backend)]
+    if settings.sandboxes:
+        try:
+            plug_ins.append(plug_in("sandbox"))
+        except Exception as exc:  # noqa: BLE001 - accounts are still offered; the log says why not sandboxes
+            log.warning("not offering sandbox workspaces: %s", getattr(exc, "message", exc))
+    backend = plug_ins[0] if len(plug_ins) == 1 else KindRouter(plug_ins)
     return WorkspaceManager(
         ManagerIdentity(manager_id, settings.advertise or settings.listen,
                         settings.heartbeat_interval.total_seconds()),

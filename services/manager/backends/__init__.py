@@ -4,7 +4,7 @@ from __future__ import annotations
 from vws.common import errors
 from vws.manager.backends.base import Backend, BackendSettings
 
-KINDS = ("dynamic-accounts", "account-pool")
+KINDS = ("dynamic-accounts", "account-pool", "sandbox")
 
 
 def make_backend(settings: BackendSettings) -> Backend:
@@ -14,5 +14,11 @@ def make_backend(settings: BackendSettings) -> Backend:
     if settings.kind == "account-pool":
         from vws.manager.backends.pool import AccountPool
         return AccountPool(settings)
+    if settings.kind == "sandbox":
+        try:
+            from vws.manager.backends.sandbox import SandboxBackend
+        except ImportError:
+            raise errors.Unimplemented("the sandbox backend is not part of this build") from None
+        return SandboxBackend(settings)
     raise errors.InvalidArgument(
         f"{settings.kind!r} is not a backend; use one of: {', '.join(KINDS)}", "backend")
