@@ -11,6 +11,8 @@ PACKAGES=(
   cron                   # crontab
   procps                 # ps, pkill
   psmisc                 # fuser, killall (tests find what holds a port or mount)
+  e2fsprogs              # mkfs.ext4: workspaces' own filesystems (disk limits)
+  mount                  # mount, losetup: loop-mounting them
   postgresql             # server for the tests (throwaway clusters)
   protobuf-compiler      # protoc: contract tests generate stubs for another language
   protobuf-compiler-grpc # grpc_cpp_plugin

@@ -60,6 +60,8 @@ class FactorySettings:
     max_disk: int = _field(1024**4, "the most disk one workspace may ask for", "size")
     max_cpu: int = _field(64000, "the most CPU (millicores) one workspace may ask for", "cpu")
     max_bandwidth: int = _field(10 * 1000**3, "the most bandwidth (bits/s) one workspace may ask for", "bandwidth")
+    default_max_processes: int = _field(512, "process limit of a workspace that asks for none", "int")
+    max_max_processes: int = _field(32768, "the highest process limit one workspace may ask for", "int")
     resume_interval: dt.timedelta = _field(dt.timedelta(seconds=5), "how often unfinished creations are driven on", "duration")
 
 

@@ -36,8 +36,9 @@ class Limits:
 
     @classmethod
     def from_settings(cls, s: FactorySettings) -> "Limits":
-        return cls(model.Resources(s.default_memory, s.default_disk, s.default_cpu, s.default_bandwidth),
-                   model.Resources(s.max_memory, s.max_disk, s.max_cpu, s.max_bandwidth),
+        return cls(model.Resources(s.default_memory, s.default_disk, s.default_cpu, s.default_bandwidth,
+                                   s.default_max_processes),
+                   model.Resources(s.max_memory, s.max_disk, s.max_cpu, s.max_bandwidth, s.max_max_processes),
                    s.default_lifetime, s.max_lifetime)
 
 
@@ -46,6 +47,7 @@ _RESOURCES = (  # field, unit formatter, example
     ("disk_bytes", units.format_size, "10G"),
     ("cpu_millis", lambda v: f"{v}m", "500m"),
     ("network_bits_per_second", lambda v: f"{v} bit/s", "100M"),
+    ("max_processes", lambda v: f"{v} processes", "512"),
 )
 
 

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.common import clients
+from vws.manager.backends.disk import release_all_under
 
 PY = sys.executable
 
@@ -152,8 +153,11 @@ class Stack:
             if p:
                 p.stop()
         # Whatever a failed test left behind goes too, so that no account leaks from the suite.
-        for name in self.accounts():
+        accounts = self.accounts()
+        for name in accounts:
             subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        release_all_under(self.root)  # workspaces' own filesystems (mounted on their homes)
+        for name in accounts:
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
         for name in self.managers:
             remove_cgroups(f"t{self.tag}-{name}")

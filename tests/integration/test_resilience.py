@@ -55,7 +55,8 @@ def test_kill_9_of_a_manager_then_reconcile_at_start(stack):
     manager = stack.managers["m0"]
     manager.kill(signal.SIGKILL)
     # behind its back: one account is removed, an orphan account appears that no workspace owns
-    subprocess.run(["userdel", "-r", vanish.endpoint.host_identity], check=True, capture_output=True)
+    # 12: its home is the mount point of the workspace's own filesystem, which userdel cannot remove
+    assert subprocess.run(["userdel", "-r", vanish.endpoint.host_identity], capture_output=True).returncode in (0, 12)
     manager_id = stack.manager_name("m0").split("/", 1)[1]
     orphan = f"{stack.prefix}m0-worphanorphan"[:32]
     subprocess.run(["useradd", "-m", "-c", f"vws/{manager_id}/worphanorpha", orphan], check=True)

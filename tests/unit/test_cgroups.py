@@ -140,3 +140,103 @@ def test_kill_all_and_remove_are_idempotent(tmp_path):
     d.remove("w1")
     assert not d.paths("w1")[0].exists()
     d.remove("w1")
+
+
+def full_v1_root(tmp_path):
+    for c in ("freezer", "memory", "cpu", "cpuacct", "pids"):
+        (tmp_path / c).mkdir()
+    return tmp_path
+
+
+def test_v1_limits_are_written_per_controller_and_read_back(tmp_path):
+    d = CgroupDriver(full_v1_root(tmp_path), "m1")
+    d.create("w1")
+    assert {p.parent.parent.parent.name for p in d.paths("w1")} == {"freezer", "memory", "cpu", "cpuacct", "pids"}
+    mem = tmp_path / "memory/vws/m1/w1"
+    (mem / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
+    d.set_limits("w1", memory_bytes=64 << 20, cpu_millis=500, max_processes=100)
+    assert (mem / "memory.limit_in_bytes").read_text() == str(64 << 20)
+    assert (mem / "memory.memsw.limit_in_bytes").read_text() == str(64 << 20)  # no swap past it
+    assert (tmp_path / "cpu/vws/m1/w1/cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp_path / "cpu/vws/m1/w1/cpu.cfs_quota_us").read_text() == "50000"
+    assert (tmp_path / "pids/vws/m1/w1/pids.max").read_text() == "100"
+    lim = d.limits("w1")
+    assert (lim.memory_bytes, lim.cpu_quota_us, lim.cpu_period_us, lim.max_processes) == (64 << 20, 50000, 100000, 100)
+    # joining writes the pid into every controller's group
+    d.add("w1", 4242)
+    assert all(f.read_text() == "4242" for f in d.procs_files("w1")) and len(d.procs_files("w1")) == 5
+
+
+def test_v1_counters(tmp_path):
+    d = CgroupDriver(full_v1_root(tmp_path), "m1")
+    d.create("w1")
+    (tmp_path / "cpuacct/vws/m1/w1/cpuacct.usage").write_text("1500000000\n")
+    (tmp_path / "cpu/vws/m1/w1/cpu.stat").write_text("nr_periods 10\nnr_throttled 4\nthrottled_time 700000\n")
+    mem = tmp_path / "memory/vws/m1/w1"
+    (mem / "memory.usage_in_bytes").write_text("12345\n")
+    (mem / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    (mem / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    c = d.counters("w1")
+    assert (c.cpu_ns, c.cpu_throttled_ns, c.memory_current, c.memory_limit, c.oom_kills) == \
+        (1500000000, 700000, 12345, 0, 3)
+    assert d.counters("nope") is None and d.limits("nope") is None
+
+
+def test_v1_co_mounted_cpu_cpuacct_is_one_group(tmp_path):
+    (tmp_path / "freezer").mkdir()
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+    (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    d = CgroupDriver(tmp_path, "m1")
+    assert len(d.paths("w1")) == 2
+    assert d.missing(["memory", "cpu", "pids"]) == ["memory", "pids"]
+
+
+def test_limit_without_its_controller_is_refused(tmp_path):
+    d = CgroupDriver(v1_root(tmp_path), "m1")  # freezer only
+    d.create("w1")
+    with pytest.raises(errors.ResourceExhausted) as e:
+        d.set_limits("w1", memory_bytes=1 << 20)
+    assert e.value.violations[0][0] == "workspace.spec.resources.memory_bytes"
+    d.set_limits("w1")  # no limit asked: nothing needed
+
+
+def test_v2_limits_enable_controllers_and_are_read_back(tmp_path):
+    d = CgroupDriver(v2_root(tmp_path), "m1")
+    d.create("w1")
+    for level in (tmp_path, tmp_path / "vws", tmp_path / "vws/m1"):
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    cg = tmp_path / "vws/m1/w1"
+    d.set_limits("w1", memory_bytes=64 << 20, cpu_millis=1500, max_processes=512)
+    assert (cg / "memory.max").read_text() == str(64 << 20)
+    assert (cg / "memory.swap.max").read_text() == "0"
+    assert (cg / "cpu.max").read_text() == "150000 100000"
+    assert (cg / "pids.max").read_text() == "512"
+    lim = d.limits("w1")
+    assert (lim.memory_bytes, lim.cpu_quota_us, lim.cpu_period_us, lim.max_processes) == (64 << 20, 150000, 100000, 512)
+    (cg / "cpu.max").write_text("max 100000\n")
+    (cg / "pids.max").write_text("max\n")
+    assert (d.limits("w1").cpu_quota_us, d.limits("w1").max_processes) == (0, 0)
+    assert d.group("w1") == "/vws/m1/w1"
+
+
+def test_v2_counters(tmp_path):
+    d = CgroupDriver(v2_root(tmp_path), "m1")
+    d.create("w1")
+    cg = tmp_path / "vws/m1/w1"
+    (cg / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\nnr_periods 3\n"
+                                 "nr_throttled 1\nthrottled_usec 40\n")
+    (cg / "memory.current").write_text("4096\n")
+    (cg / "memory.max").write_text("67108864\n")
+    (cg / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n")
+    c = d.counters("w1")
+    assert (c.cpu_ns, c.cpu_throttled_ns, c.memory_current, c.memory_limit, c.oom_kills) == \
+        (2_500_000, 40_000, 4096, 64 << 20, 2)
+
+
+def test_v2_without_a_controller(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
+    d = CgroupDriver(tmp_path, "m1")
+    assert d.missing(["memory", "cpu"]) == ["memory"]
+    d.create("w1")
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +pids"

@@ -20,10 +20,11 @@ import weakref
 import time
 from pathlib import Path
 
-from vws.common import errors, model
+from vws.common import errors, model, units
 from vws.manager.backends.base import (
-    Backend, BackendSettings, ExecOptions, HostHandle, SetupFailed, host_capacity)
-from vws.manager.backends.cgroups import CgroupDriver, _alive
+    Backend, BackendSettings, Counters, ExecOptions, HostHandle, SetupFailed, host_capacity)
+from vws.manager.backends.cgroups import CPU_PERIOD_US, CgroupDriver, _alive
+from vws.manager.backends.disk import DiskImages, image_size
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -201,15 +202,114 @@ class AccountBackend(Backend):
         self._children: dict[str, weakref.WeakSet] = {}
         self._children_lock = threading.Lock()
         self._stale_cgroups: set[str] = set()
+        # Each plug-in its own directory of images: several share one state_dir (accounts, sandboxes).
+        self.disks = DiskImages(settings.state_dir / "disks" / self.name, settings.disk_stock_bytes,
+                                settings.disk_stock)
+        self._next_sweep = 0.0
 
     # -------------------------------------------------------------- subclass hooks
     def _workspaces(self) -> int:
         raise NotImplementedError
 
     def capacity(self) -> model.Capacity:
+        """The host's figures, less a reserve of memory for the host itself when not configured."""
         if self._capacity is None:
-            self._capacity = host_capacity(self.settings, self._workspaces())
+            cap = host_capacity(self.settings, self._workspaces())
+            if not self.settings.memory_bytes and cap.memory_bytes:
+                reserve = self.settings.memory_reserve_bytes
+                if reserve < 0:
+                    reserve = min(max(cap.memory_bytes // 16, 256 * 1024**2), 2 * 1024**3)
+                cap.memory_bytes = max(cap.memory_bytes - reserve, 0)
+            self._capacity = cap
         return self._capacity
+
+    # --------------------------------------------------------------- enforcement
+    def _check_admission(self, spec: model.WorkspaceSpec) -> None:
+        """Refuses (ResourceExhausted, naming each resource) a spec this host cannot enforce as
+        asked, before anything is made: a limit is never accepted and silently weakened."""
+        r = spec.resources
+        cap = self.capacity()
+        v: list[tuple[str, str]] = []
+        size = units.format_size
+        f = "workspace.spec.resources."
+        asked = [n for n, val in (("memory", r.memory_bytes), ("cpu", r.cpu_millis), ("pids", r.max_processes)) if val]
+        for n in self.cgroups.missing(asked):
+            field = {"memory": "memory_bytes", "cpu": "cpu_millis", "pids": "max_processes"}[n]
+            v.append((f + field, f"this host has no cgroup {n} controller (cgroup v{self.cgroups.version} at "
+                      f"{self.cgroups.root}) to enforce it"))
+        if cap.memory_bytes and r.memory_bytes > cap.memory_bytes:
+            v.append((f + "memory_bytes", f"memory: {size(r.memory_bytes)} wanted, this host offers at most "
+                      f"{size(cap.memory_bytes)} to one workspace"))
+        cores = (os.cpu_count() or 1) * 1000
+        if r.cpu_millis > min(cap.cpu_millis or cores, cores):
+            v.append((f + "cpu_millis", f"cpu: {r.cpu_millis}m wanted, this host has {min(cap.cpu_millis or cores, cores)}m"))
+        elif 0 < r.cpu_millis * CPU_PERIOD_US // 1000 < 1000:
+            v.append((f + "cpu_millis", f"cpu: {r.cpu_millis}m is under the smallest quota the kernel enforces (10m)"))
+        if r.disk_bytes:
+            if not shutil.which("mkfs.ext4", path=ROOT_PATH):
+                v.append((f + "disk_bytes", "this host cannot make disk images (no mkfs.ext4; install e2fsprogs)"))
+            else:
+                st = os.statvfs(self.disks.dir)
+                free = st.f_bavail * st.f_frsize
+                need = image_size(r.disk_bytes)[0]
+                ready = r.disk_bytes == self.disks.stock_bytes and self.disks.ready() > 0
+                if need > free and not ready:
+                    v.append((f + "disk_bytes", f"disk: {size(r.disk_bytes)} wanted, {size(free)} free for disk "
+                              f"images in {self.disks.dir}"))
+        if v:
+            raise errors.ResourceExhausted("this host cannot enforce the limits asked: " + "; ".join(d for _, d in v), v)
+
+    def _apply_limits(self, workspace_id: str, spec: model.WorkspaceSpec) -> None:
+        """Makes the workspace's cgroup(s) and writes its memory, CPU and process limits."""
+        self.cgroups.create(workspace_id)
+        r = spec.resources
+        self.cgroups.set_limits(workspace_id, memory_bytes=r.memory_bytes, cpu_millis=r.cpu_millis,
+                                max_processes=r.max_processes)
+
+    def _mount_disk(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec,
+                    home: Path | None = None) -> None:
+        """Gives the workspace a filesystem of its own of at least spec's disk size on its home
+        (or `home`), owned by the account, holding a copy of the skeleton. Nothing when 0."""
+        if spec.resources.disk_bytes:
+            self.disks.attach(workspace_id, spec.resources.disk_bytes, home or Path(pw.pw_dir), pw.pw_uid,
+                              pw.pw_gid, self.settings.skeleton_dir)
+
+    def _unmount_disk(self, workspace_id: str) -> None:
+        """Unmounts and deletes the workspace's filesystem, if any. Idempotent; kill first."""
+        self.disks.release(workspace_id)
+
+    def sweep_disks(self) -> list[str]:
+        """Removes disk images (and their mounts) no workspace of this backend owns: what a crash
+        between making and recording one left behind."""
+        images = self.disks.images()  # listed before the owners: an image is made after its owner
+        if not images:
+            return []
+        owned = set(self.inventory().values())
+        return self.disks.sweep(owned)
+
+    def enforcement(self, handle: HostHandle) -> model.Enforcement | None:
+        lim = self.cgroups.limits(handle.workspace_id)
+        disk = self.disks.usage(handle.workspace_id)
+        if lim is None and disk is None:
+            return None
+        e = model.Enforcement(mechanism=f"cgroup v{self.cgroups.version}", cgroup=self.cgroups.group(handle.workspace_id))
+        if lim is not None:
+            e.memory_limit_bytes, e.cpu_quota_micros = lim.memory_bytes, lim.cpu_quota_us
+            e.cpu_period_micros, e.max_processes = lim.cpu_period_us, lim.max_processes
+        if disk is not None:
+            e.disk_bytes, _, e.disk_mount = disk
+        return e
+
+    def sample(self, handle: HostHandle) -> Counters | None:
+        c = self.cgroups.counters(handle.workspace_id)
+        disk = self.disks.usage(handle.workspace_id)
+        if c is None:
+            if disk is None:
+                return None
+            c = Counters(time=time.time())
+        if disk is not None:
+            c.disk_used = disk[1]
+        return c
 
     def _account(self, handle: HostHandle) -> pwd.struct_passwd:
         """The handle's account, checked to be this manager's and this workspace's."""
@@ -230,7 +330,8 @@ class AccountBackend(Backend):
     def _prepare(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
         """Stages files and environment and runs the setup script. Raises on any failure;
         the caller undoes."""
-        self.cgroups.create(workspace_id)
+        self._apply_limits(workspace_id, spec)
+        self._mount_disk(pw, workspace_id, spec)
         home = Path(pw.pw_dir)
         for i, f in enumerate(spec.software.files):
             self._stage(pw, home, f, f"workspace.spec.software.files[{i}].path")
@@ -389,8 +490,8 @@ class AccountBackend(Backend):
                 if "/" not in program else f"{program!r} is not an executable file in the workspace", "argv")
         self.cgroups.create(workspace_id)
         joins = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in self.cgroups.procs_files(workspace_id))
-        root_script = (f"{joins} || exit 125; exec setpriv --reuid={pw.pw_uid} --regid={pw.pw_gid} "
-                       f"--init-groups -- /bin/sh -c {shlex.quote(_DECODE)} vws-user {len(env)} \"$@\"")
+        root_script = (f"{joins} || exit 125; exec {self._enter_prefix(workspace_id)}setpriv --reuid={pw.pw_uid} "
+                       f"--regid={pw.pw_gid} --init-groups -- /bin/sh -c {shlex.quote(_DECODE)} vws-user {len(env)} \"$@\"")
         root_env = {"PATH": ROOT_PATH}
         root_env.update({f"VWSENV_{i}": f"{k}={v}" for i, (k, v) in enumerate(env.items())})
         proc = subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
@@ -399,6 +500,12 @@ class AccountBackend(Backend):
         with self._children_lock:
             self._children.setdefault(workspace_id, weakref.WeakSet()).add(proc)
         return proc
+
+    def _enter_prefix(self, workspace_id: str) -> str:
+        """Shell words run as root, already in the workspace's cgroups, between joining them and
+        setpriv (a sandbox backend enters its namespaces here; the working directory is $PWD).
+        Empty, or ending with a space."""
+        return ""
 
     def _kill_all(self, workspace_id: str, pw: pwd.struct_passwd | None) -> None:
         """Every process of the workspace: what this process started (it may not have joined the
@@ -432,9 +539,13 @@ class AccountBackend(Backend):
     def close(self) -> None:
         self.maintain_cgroups()
         self.cgroups.remove_manager_dirs()
+        self.disks.close()
 
     def maintain(self) -> None:
         self.maintain_cgroups()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + 60
+            self.sweep_disks()
 
     def maintain_cgroups(self) -> None:
         for wid in list(self._stale_cgroups):
@@ -446,8 +557,10 @@ class AccountBackend(Backend):
 
     # ----------------------------------------------------------------- scrubbing
     def _scrub(self, pw: pwd.struct_passwd | None, workspace_id: str) -> None:
-        """Kills every process and removes everything the account has outside its home."""
+        """Kills every process, unmounts the workspace's own filesystem and removes everything
+        the account has outside its home."""
         self._kill_all(workspace_id, pw)
+        self._unmount_disk(workspace_id)
         if pw is not None:
             if (CRONTABS / pw.pw_name).exists():
                 if shutil.which("crontab", path=ROOT_PATH):
@@ -505,6 +618,7 @@ class DynamicAccounts(AccountBackend):
                 return HostHandle(workspace_id, name)
             raise errors.FailedPrecondition(f"account {name} already exists on the host and is not "
                                             f"workspace {workspace_id}'s")
+        self._check_admission(spec)
         run_account_tool(["useradd", "--create-home", "--skel", str(self.settings.skeleton_dir),
                           "--shell", "/bin/bash", "--comment", self._gecos(workspace_id),
                           "--expiredate", "1", "--user-group", name])

@@ -74,6 +74,9 @@ class BackendSettings:
     disk_bytes: int = 0  # 0: the free space of state_dir
     cpu_millis: int = 0  # 0: every core
     setup_timeout: float = 600.0  # a setup script still running after this is killed and fails
+    disk_stock_bytes: int = 1024**3  # the size of the ready disk images (the site's default disk)
+    disk_stock: int = 2  # how many are kept ready, once a workspace has asked for that size
+    memory_reserve_bytes: int = -1  # kept for the host when memory_bytes is 0; -1: 1/16 of it, 256M-2G
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)

@@ -1,12 +1,16 @@
-"""One cgroup per workspace, for freezing (pause) and for finding and killing every process
-(stop, destroy). Works on cgroup v1 (one hierarchy per controller, <root>/<controller>/...) and
-v2 (one unified hierarchy, detected by <root>/cgroup.controllers).
+"""One cgroup per workspace: freezing (pause), finding and killing every process (stop,
+destroy), and the workspace's limits (memory, CPU quota, process count) and counters. Works on
+cgroup v1 (one hierarchy per controller, <root>/<controller>/...) and v2 (one unified
+hierarchy, detected by <root>/cgroup.controllers).
 
-Layout: v1 <root>/freezer/vws/<manager_id>/<workspace_id>, v2 <root>/vws/<manager_id>/<workspace_id>.
-No controller is enabled in v2's cgroup.subtree_control, so the "no internal processes" rule
-never applies; limits come later."""
+Layout: v1 <root>/<controller>/vws/<manager_id>/<workspace_id> for each mounted controller of
+V1_CONTROLLERS (freezer is required, the others are needed only by a workspace that asks for
+their limit); v2 <root>/vws/<manager_id>/<workspace_id>, with memory, cpu and pids enabled in
+cgroup.subtree_control of <root>, <root>/vws and <root>/vws/<manager_id> (which hold no
+process, so the "no internal processes" rule never bites)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -14,8 +18,27 @@ import time
 from pathlib import Path
 
 from vws.common import errors
+from vws.manager.backends.base import Counters
 
-V1_CONTROLLERS = ("freezer",)
+V1_CONTROLLERS = ("freezer", "memory", "cpu", "cpuacct", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+UNLIMITED_V1 = 1 << 62  # memory.limit_in_bytes reads back as PAGE_COUNTER_MAX pages: "no limit" above this
+
+# resource -> (v1 controller, v2 controller)
+NEEDS = {"memory": ("memory", "memory"), "cpu": ("cpu", "cpu"), "pids": ("pids", "pids")}
+
+
+@dataclasses.dataclass
+class Limits:
+    """What one workspace's cgroup holds (0: no limit)."""
+    memory_bytes: int = 0
+    cpu_quota_us: int = 0
+    cpu_period_us: int = 0
+    max_processes: int = 0
+
+
+_FIELD = {"memory": "memory_bytes", "cpu": "cpu_millis", "pids": "max_processes"}
 
 
 def _alive(pid: int) -> bool:
@@ -36,19 +59,54 @@ class CgroupDriver:
         self.timeout = timeout
         self.poll = poll
         self.version = 2 if (self.root / "cgroup.controllers").exists() else 1
+        self._v2_enabled = False
         if self.version == 1:
-            missing = [c for c in V1_CONTROLLERS if not (self.root / c).is_dir()]
-            if missing:
+            if not (self.root / "freezer").is_dir():
                 raise errors.FailedPrecondition(
-                    f"cgroup v1 controller(s) {', '.join(missing)} not mounted under {self.root}; mount "
-                    f"them (mount -t cgroup -o freezer cgroup {self.root}/freezer) or point cgroup_root "
-                    "at a cgroup v2 mount")
+                    f"cgroup v1 controller freezer not mounted under {self.root}; mount it (mount -t cgroup "
+                    f"-o freezer cgroup {self.root}/freezer) or point cgroup_root at a cgroup v2 mount")
+            # Controllers mounted together (cpu,cpuacct) share one directory: each is listed once.
+            self.v1: dict[str, Path] = {}
+            seen: dict[str, Path] = {}
+            for c in V1_CONTROLLERS:
+                d = self.root / c
+                if d.is_dir():
+                    real = os.path.realpath(d)
+                    self.v1[c] = seen.setdefault(real, d)
+            self._v1_dirs = list(dict.fromkeys(self.v1.values()))
+        else:
+            try:
+                offered = set(self._read(self.root / "cgroup.controllers").split())
+            except OSError:
+                offered = set()
+            self.v2 = [c for c in V2_CONTROLLERS if c in offered]
 
     # ------------------------------------------------------------------ paths
     def paths(self, wid: str) -> list[Path]:
         if self.version == 2:
             return [self.root / "vws" / self.manager_id / wid]
-        return [self.root / c / "vws" / self.manager_id / wid for c in V1_CONTROLLERS]
+        return [d / "vws" / self.manager_id / wid for d in self._v1_dirs]
+
+    def group(self, wid: str) -> str:
+        """The workspace's cgroup as /proc/<pid>/cgroup names it."""
+        return f"/vws/{self.manager_id}/{wid}"
+
+    def _dir(self, controller: str, wid: str) -> Path | None:
+        """The directory holding controller's files for wid; None when the controller is absent."""
+        if self.version == 2:
+            return self.root / "vws" / self.manager_id / wid if controller in self.v2 else None
+        d = self.v1.get(controller)
+        return None if d is None else d / "vws" / self.manager_id / wid
+
+    def missing(self, resources: list[str]) -> list[str]:
+        """Of "memory", "cpu", "pids": those whose controller this host does not offer."""
+        out = []
+        for r in resources:
+            v1c, v2c = NEEDS[r]
+            ok = (v2c in self.v2) if self.version == 2 else (v1c in self.v1)
+            if not ok:
+                out.append(r)
+        return out
 
     @property
     def _freezer(self) -> Path:
@@ -72,8 +130,148 @@ class CgroupDriver:
 
     # --------------------------------------------------------------- membership
     def create(self, wid: str) -> None:
+        if self.version == 2 and not self._v2_enabled:
+            self._enable_v2()
         for p in self.paths(wid):
             p.mkdir(parents=True, exist_ok=True)
+
+    def _enable_v2(self) -> None:
+        """Enables the limit controllers down to the manager's level (the workspace groups are leaves)."""
+        if not self.v2:
+            self._v2_enabled = True
+            return
+        top = self.root / "vws" / self.manager_id
+        top.mkdir(parents=True, exist_ok=True)
+        text = " ".join(f"+{c}" for c in self.v2)
+        for level in (self.root, self.root / "vws", top):
+            try:
+                self._write(level / "cgroup.subtree_control", text)
+            except OSError as exc:
+                raise errors.FailedPrecondition(
+                    f"cannot enable the {', '.join(self.v2)} controller(s) in {level}/cgroup.subtree_control "
+                    f"({exc.strerror or exc}); point cgroup_root at a cgroup the manager may delegate from "
+                    "(one holding no process itself)") from exc
+        self._v2_enabled = True
+
+    # ------------------------------------------------------------------ limits
+    def set_limits(self, wid: str, memory_bytes: int = 0, cpu_millis: int = 0, max_processes: int = 0) -> None:
+        """Writes the workspace's limits (0: none) into its existing cgroup. A limit asked of a
+        controller the host does not offer raises ResourceExhausted (check missing() first)."""
+        asked = [r for r, v in (("memory", memory_bytes), ("cpu", cpu_millis), ("pids", max_processes)) if v]
+        gone = self.missing(asked)
+        if gone:
+            raise errors.ResourceExhausted(
+                f"this host's cgroups offer no {', '.join(gone)} controller to enforce the limit",
+                [(f"workspace.spec.resources.{_FIELD[r]}", f"no {r} controller on this host") for r in gone])
+        if self.version == 1:
+            if memory_bytes:
+                d = self._dir("memory", wid)
+                # memsw (memory + swap) >= memory at all times: order the writes accordingly.
+                memsw = d / "memory.memsw.limit_in_bytes"
+                has_memsw = memsw.exists()
+                current = self._read_int(d / "memory.limit_in_bytes")
+                if has_memsw and current and memory_bytes > current:
+                    self._write(memsw, str(memory_bytes))
+                    self._write(d / "memory.limit_in_bytes", str(memory_bytes))
+                else:
+                    self._write(d / "memory.limit_in_bytes", str(memory_bytes))
+                    if has_memsw:
+                        self._write(memsw, str(memory_bytes))
+            if cpu_millis:
+                d = self._dir("cpu", wid)
+                self._write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                self._write(d / "cpu.cfs_quota_us", str(cpu_millis * CPU_PERIOD_US // 1000))
+            if max_processes:
+                self._write(self._dir("pids", wid) / "pids.max", str(max_processes))
+        else:
+            d = self.paths(wid)[0]
+            if memory_bytes:
+                self._write(d / "memory.max", str(memory_bytes))
+                swap = d / "memory.swap.max"
+                if swap.exists() or not self._is_cgroupfs(d):
+                    self._write(swap, "0")
+            if cpu_millis:
+                self._write(d / "cpu.max", f"{cpu_millis * CPU_PERIOD_US // 1000} {CPU_PERIOD_US}")
+            if max_processes:
+                self._write(d / "pids.max", str(max_processes))
+
+    def limits(self, wid: str) -> Limits | None:
+        """The limits in force, read back from the host; None when the cgroup does not exist."""
+        if not self.paths(wid)[0].is_dir():
+            return None
+        out = Limits()
+        if self.version == 1:
+            d = self._dir("memory", wid)
+            if d is not None:
+                v = self._read_int(d / "memory.limit_in_bytes")
+                out.memory_bytes = v if 0 < v < UNLIMITED_V1 else 0
+            d = self._dir("cpu", wid)
+            if d is not None:
+                quota = self._read_int(d / "cpu.cfs_quota_us", -1)
+                if quota > 0:
+                    out.cpu_quota_us = quota
+                    out.cpu_period_us = self._read_int(d / "cpu.cfs_period_us")
+            d = self._dir("pids", wid)
+            if d is not None:
+                out.max_processes = self._read_int(d / "pids.max")
+        else:
+            d = self.paths(wid)[0]
+            out.memory_bytes = self._read_int(d / "memory.max")
+            parts = self._read_text(d / "cpu.max").split()
+            if len(parts) == 2 and parts[0] != "max":
+                out.cpu_quota_us, out.cpu_period_us = int(parts[0]), int(parts[1])
+            out.max_processes = self._read_int(d / "pids.max")
+        return out
+
+    def counters(self, wid: str) -> Counters | None:
+        """CPU time, throttled time, memory and OOM kills of the workspace's cgroup now."""
+        if not self.paths(wid)[0].is_dir():
+            return None
+        c = Counters(time=time.time())
+        if self.version == 1:
+            d = self._dir("cpuacct", wid)
+            if d is not None:
+                c.cpu_ns = self._read_int(d / "cpuacct.usage")
+            d = self._dir("cpu", wid)
+            if d is not None:
+                c.cpu_throttled_ns = self._keyed(d / "cpu.stat").get("throttled_time", 0)
+            d = self._dir("memory", wid)
+            if d is not None:
+                c.memory_current = self._read_int(d / "memory.usage_in_bytes")
+                limit = self._read_int(d / "memory.limit_in_bytes")
+                c.memory_limit = limit if 0 < limit < UNLIMITED_V1 else 0
+                # oom_kill is there from Linux 4.13; memory.failcnt counts reclaim hits, not kills.
+                c.oom_kills = self._keyed(d / "memory.oom_control").get("oom_kill", 0)
+        else:
+            d = self.paths(wid)[0]
+            stat = self._keyed(d / "cpu.stat")
+            c.cpu_ns = stat.get("usage_usec", 0) * 1000
+            c.cpu_throttled_ns = stat.get("throttled_usec", 0) * 1000
+            c.memory_current = self._read_int(d / "memory.current")
+            c.memory_limit = self._read_int(d / "memory.max")
+            c.oom_kills = self._keyed(d / "memory.events").get("oom_kill", 0)
+        return c
+
+    def _read_text(self, path: Path) -> str:
+        try:
+            return self._read(path)
+        except OSError:
+            return ""
+
+    def _read_int(self, path: Path, default: int = 0) -> int:
+        text = self._read_text(path).strip()
+        try:
+            return int(text)
+        except ValueError:
+            return default  # "max", empty or missing
+
+    def _keyed(self, path: Path) -> dict[str, int]:
+        out = {}
+        for line in self._read_text(path).splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                out[parts[0]] = int(parts[1])
+        return out
 
     def exists(self, wid: str) -> bool:
         return all(p.is_dir() for p in self.paths(wid))
@@ -186,7 +384,7 @@ class CgroupDriver:
     def remove_manager_dirs(self) -> None:
         """Best effort: the manager's own level, once it holds no workspace."""
         tops = [self.root / "vws" / self.manager_id] if self.version == 2 else \
-            [self.root / c / "vws" / self.manager_id for c in V1_CONTROLLERS]
+            [d / "vws" / self.manager_id for d in self._v1_dirs]
         for p in tops:
             try:
                 p.rmdir()

@@ -97,6 +97,7 @@ class AccountPool(AccountBackend):
             account = self._leased_to(workspace_id)
             if account is not None:
                 return HostHandle(workspace_id, account)
+            self._check_admission(spec)
             now = self.clock()
             rows = self._db.execute("SELECT account, state, until FROM lease ORDER BY account").fetchall()
             wanted = set(self.accounts) - self._foreign
@@ -158,6 +159,7 @@ class AccountPool(AccountBackend):
         else:
             # Already returned (or leased to someone else since): only its cgroup may be left.
             self._kill_all(handle.workspace_id, None)
+            self._unmount_disk(handle.workspace_id)
             self._remove_cgroup(handle.workspace_id)
 
     def exists(self, handle: HostHandle) -> bool:
