@@ -130,6 +130,39 @@ class ManagerRow(Base):
     heartbeat_interval: Mapped[float] = mapped_column(sa.Float)
 
 
+class UsageRow(Base):
+    """A workspace's usage as its manager last reported it (cumulative figures). The owner,
+    manager and account are copied here so that exports by owner and period read one table."""
+    __tablename__ = "workspace_usage"
+
+    workspace_id: Mapped[int] = mapped_column(sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(256), default="")
+    manager_name: Mapped[str] = mapped_column(sa.String(64), default="")
+    host_identity: Mapped[str] = mapped_column(sa.String(128), default="")
+    start_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cpu_seconds: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    memory_current_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    memory_peak_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    memory_byte_seconds: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    disk_used_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    network_rx_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    network_tx_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    seconds_at_memory_limit: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    seconds_at_cpu_limit: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    oom_kills: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    samples: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    wall_seconds: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    # The workspace ended and these are its final figures: later non-final reports do not replace them.
+    final: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    update_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.Index("ix_workspace_usage_owner_period", "owner", "end_time"),
+        sa.Index("ix_workspace_usage_period", "end_time"),
+    )
+
+
 # ----------------------------------------------------------------------------- engine
 
 def default_url(data_dir: pathlib.Path) -> str:

@@ -57,6 +57,14 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
         return repository_pb2.ListManagersResponse(managers=[converters.manager_to_pb(m) for m in items],
                                                    next_page_token=token)
 
+    def GetUsage(self, request, context):
+        return repository_pb2.GetUsageResponse(usage=converters.usage_to_pb(self.service.get_usage(request.name)))
+
+    def ExportUsageRecords(self, request, context):
+        xml, count = self.service.export_usage_records(
+            request.owner, converters.ts_from_pb(request, "start_time"), converters.ts_from_pb(request, "end_time"))
+        return repository_pb2.ExportUsageRecordsResponse(usage_records_xml=xml, record_count=count)
+
 
 class RecordServicer(record_pb2_grpc.RecordServiceServicer):
     def __init__(self, service: RepositoryService):
@@ -84,3 +92,7 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
     def DeleteWorkspaceRecord(self, request, context):
         self.service.delete_record(request.name, request.reason)
         return record_pb2.DeleteWorkspaceRecordResponse()
+
+    def ReportUsage(self, request, context):
+        accepted = self.service.report_usage(request.manager, [converters.usage_from_pb(u) for u in request.usage])
+        return record_pb2.ReportUsageResponse(accepted=accepted)
