@@ -9,10 +9,12 @@ PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.vws-setup-stamp"
 LOG="${TMPDIR:-/tmp}/vws-setup-python.log"
 
-# What the install depends on: build config and every input of the stub generation.
+# What the install depends on: build config, every input of the stub generation and the
+# Cython sources (a changed .pyx is rebuilt).
 inputs_hash() {
-  (cd "$ROOT" && find pyproject.toml setup.py protos -type f \( -name '*.toml' -o -name '*.py' \
-      -o -name '*.proto' -o -name '*.yaml' \) -not -path '*/__pycache__/*' -print | LC_ALL=C sort |
+  (cd "$ROOT" && { find pyproject.toml setup.py protos -type f \( -name '*.toml' -o -name '*.py' \
+      -o -name '*.proto' -o -name '*.yaml' \) -not -path '*/__pycache__/*' -print
+      find native -type f \( -name '*.pyx' -o -name '*.pxd' \) -print; } | LC_ALL=C sort |
     while read -r f; do printf '%s\n' "$f"; sha256sum <"$f"; done) | sha256sum | cut -d' ' -f1
 }
 
@@ -30,12 +32,20 @@ stubs_present() {  # x_pb2.py, x_pb2.pyi, x_pb2_grpc.py for every protos/vws/v1/
   done
 }
 
+extensions_built() {  # native/x.*.so beside every native/x.pyx (built in place by pip install -e)
+  local pyx
+  for pyx in "$ROOT"/native/*.pyx; do
+    [ -e "$pyx" ] || continue
+    compgen -G "${pyx%.pyx}.*.so" >/dev/null || return 1
+  done
+}
+
 command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON on PATH (run scripts/setup-system.sh)"
 py_ok "$PYTHON" || die "$PYTHON is $("$PYTHON" -V 2>&1); need Python >= 3.11 with venv"
 
 want="$(inputs_hash)"
 if py_ok "$VENV/bin/python" && [ -x "$VENV/bin/vws" ] && [ -f "$ROOT/services/v1/__init__.py" ] &&
-   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && extensions_built; then
   # Generated stubs edited or deleted since the install: regenerate them, nothing else.
   if [ -n "$(find "$ROOT/services/v1" -maxdepth 1 -type f -newer "$STAMP" -print -quit)" ] || ! stubs_present; then
     start="$(now)"
