@@ -24,6 +24,10 @@ class GrpcRepository:
             enforcement=converters.enforcement_to_pb(report.enforcement) if report.enforcement else None),
             timeout=TIMEOUT)
 
+    def report_usage(self, manager: str, usages: list[model.Usage]) -> int:
+        return self._records.ReportUsage(record_pb2.ReportUsageRequest(
+            manager=manager, usage=[converters.usage_to_pb(u) for u in usages]), timeout=TIMEOUT).accepted
+
     def register(self, info: model.ManagerInfo) -> None:
         self._repo.RegisterManager(repository_pb2.RegisterManagerRequest(manager=converters.manager_to_pb(info)),
                                    timeout=TIMEOUT)

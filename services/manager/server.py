@@ -6,6 +6,7 @@ import logging
 from vws.common import config, names
 from vws.common.config import ManagerSettings
 from vws.common.server import Service, create_server
+from vws.manager.accounting import UsageAccounting
 from vws.manager.backends import make_backend
 from vws.manager.backends.base import BackendSettings
 from vws.manager.backends.router import KindRouter
@@ -36,10 +37,12 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
         except Exception as exc:  # noqa: BLE001 - accounts are still offered; the log says why not sandboxes
             log.warning("not offering sandbox workspaces: %s", getattr(exc, "message", exc))
     backend = plug_ins[0] if len(plug_ins) == 1 else KindRouter(plug_ins)
-    return WorkspaceManager(
+    manager = WorkspaceManager(
         ManagerIdentity(manager_id, settings.advertise or settings.listen,
                         settings.heartbeat_interval.total_seconds()),
         backend, LocalState(state_dir / "state.db"), repository or GrpcRepository(settings.repository))
+    manager.accounting = UsageAccounting(manager, state_dir / "state.db", settings.accounting_interval.total_seconds())
+    return manager
 
 
 def serve(settings: ManagerSettings, repository=None) -> tuple[Service, WorkspaceManager]:
@@ -53,6 +56,7 @@ def serve(settings: ManagerSettings, repository=None) -> tuple[Service, Workspac
 
     def on_stop():
         manager.stop_background()
+        manager.accounting.close()
         manager.backend.close()
         manager.state.close()
     service = create_server(settings.listen, register, on_stop=on_stop)

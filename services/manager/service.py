@@ -67,6 +67,8 @@ class WorkspaceManager:
         self._registered = False
         self._reconciled_with_repository = False
         self._clock = clock
+        # Usage accounting (vws.manager.accounting.UsageAccounting), attached by server.build().
+        self.accounting = None
 
     # ----------------------------------------------------------------- helpers
     def _lock(self, name: str) -> threading.Lock:
@@ -174,6 +176,7 @@ class WorkspaceManager:
             handle = self._handle(ws)
             if action is Action.DESTROY:
                 self.state.change(ws, State.TERMINATING, reason or "destroy requested")
+                self._final_usage(ws)
                 self.backend.destroy(handle)
                 self._changed(ws, State.TERMINATED, reason or "destroyed")
                 return self.view(ws)
@@ -201,6 +204,11 @@ class WorkspaceManager:
             raise errors.FailedPrecondition(f"cannot exec in {name}: it is {ws.state.value}; exec needs RUNNING")
         env = {**ws.spec.software.environment, **environment}
         return self.backend.spawn(self._handle(ws), ExecOptions(list(argv), env, working_directory))
+
+    def _final_usage(self, ws: LocalWorkspace, locked: bool = True) -> None:
+        """The workspace ends: its usage is sampled once more and reported as final."""
+        if self.accounting is not None:
+            self.accounting.finalise(ws, locked)
 
     # ------------------------------------------------------------- delivery
     def flush(self) -> int:
@@ -253,6 +261,7 @@ class WorkspaceManager:
                 if r is None or r.state in (State.TERMINATED, State.TERMINATING):
                     why = "its record is gone" if r is None else f"the repository says {r.state.value}"
                     with self._lock(name):
+                        self._final_usage(ws)
                         self.backend.destroy(self._handle(ws))
                         self._changed(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
                                       model.EventType.RECONCILED)
@@ -289,6 +298,7 @@ class WorkspaceManager:
             if not self.backend.exists(self._handle(ws)):
                 self.state.change(ws, State.FAILED, f"its account {ws.host_identity} vanished from the host "
                                   "while the manager was not watching", model.EventType.RECONCILED)
+                self._final_usage(ws, locked=False)
                 done["vanished"].append(ws.name)
         self.flush()
         if any(done.values()):
@@ -329,8 +339,11 @@ class WorkspaceManager:
                 log.exception("%s failed; retrying in %.1fs", what, interval)
 
     def start_background(self) -> None:
-        for interval, body, what in ((self.identity.heartbeat_interval, self.heartbeat_once, "heartbeat"),
-                                     (1.0, self.backend.maintain, "backend maintenance")):
+        loops = [(self.identity.heartbeat_interval, self.heartbeat_once, "heartbeat"),
+                 (1.0, self.backend.maintain, "backend maintenance")]
+        if self.accounting is not None and self.accounting.interval > 0:
+            loops.append((self.accounting.interval, self.accounting.run_once, "usage accounting"))
+        for interval, body, what in loops:
             t = threading.Thread(target=self._loop, args=(interval, body, what), daemon=True, name=what)
             t.start()
             self._threads.append(t)

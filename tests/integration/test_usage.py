@@ -1,0 +1,59 @@
+"""Usage accounting with real servers and a real account: the manager samples the workspace's
+counters, the repository keeps them (GetUsage, `vws usage`), a destroy records the final
+figures, and the export as OGF Usage Records holds them."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from tests.integration.stack import wait_until
+from tests.integration.test_workspaces import create, repo, run
+from vws.v1 import repository_pb2, workspace_pb2
+
+URF = {"urf": "http://schema.ogf.org/urf/2003/09/urf"}
+
+
+def usage(stack, name):
+    return repo(stack).GetUsage(repository_pb2.GetUsageRequest(name=name), timeout=10).usage
+
+
+def test_usage_from_sampling_to_final_and_export(stack_factory):
+    stack = stack_factory(accounting_interval="0.5s")
+    # A whole core: the site's default CPU (250m) would throttle the busy loop to a quarter.
+    ws = create(stack, resources=workspace_pb2.ResourceAllocation(cpu_millis=1000)).workspace
+    wait_until(lambda: usage(stack, ws.name).samples >= 1, 20, what="the first sample to reach the repository")
+
+    # About 2 s of CPU time, however busy the host is (a wall-clock loop gets less on a loaded one).
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 2.0: pass\n"
+    code, _, _ = run(stack, ws, ["timeout", "60", "/usr/bin/python3", "-c", burn])
+    assert code == 0
+    u = wait_until(lambda: (lambda u: u if u.cpu_seconds >= 1.0 else None)(usage(stack, ws.name)), 20,
+                   what="usage to show the CPU-busy program")
+    assert u.cpu_seconds < 10 and u.memory_peak_bytes > 0 and not u.final
+    assert u.end_time.ToDatetime() >= u.start_time.ToDatetime() and u.wall_seconds > 0
+
+    r = stack.cli("usage", ws.name, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert float(json.loads(r.stdout)["cpu_seconds"]) >= 1.0
+    r = stack.cli("usage", ws.name)
+    assert r.returncode == 0 and "cpu seconds:" in r.stdout.decode() and "final:" in r.stdout.decode()
+
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=60)
+    final = wait_until(lambda: (lambda u: u if u.final else None)(usage(stack, ws.name)), 20,
+                       what="the final usage")
+    assert final.cpu_seconds >= u.cpu_seconds
+
+    x = repo(stack).ExportUsageRecords(repository_pb2.ExportUsageRecordsRequest(owner="alice"), timeout=10)
+    assert x.record_count == 1
+    root = ET.fromstring(x.usage_records_xml.encode())
+    rec = root.find("urf:UsageRecord", URF)
+    assert rec.find("urf:JobIdentity/urf:LocalJobId", URF).text == ws.name.split("/")[1]
+    assert rec.find("urf:UserIdentity/urf:LocalUserId", URF).text == ws.endpoint.host_identity
+    assert rec.find("urf:Status", URF).text == "completed"
+    assert rec.find("urf:CpuDuration", URF).text.startswith("PT")
+
+    r = stack.cli("usage", "--export", "--owner", "alice", "--since", "1h")
+    assert r.returncode == 0, r.stderr
+    assert ws.name.split("/")[1] in r.stdout.decode()
+    r = stack.cli("usage", "--export", "--owner", "nobody-here")
+    assert r.returncode == 0 and ET.fromstring(r.stdout.split(b"\n", 1)[1]).find("urf:UsageRecord", URF) is None
