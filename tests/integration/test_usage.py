@@ -57,3 +57,20 @@ def test_usage_from_sampling_to_final_and_export(stack_factory):
     assert ws.name.split("/")[1] in r.stdout.decode()
     r = stack.cli("usage", "--export", "--owner", "nobody-here")
     assert r.returncode == 0 and ET.fromstring(r.stdout.split(b"\n", 1)[1]).find("urf:UsageRecord", URF) is None
+
+
+def test_an_out_of_memory_kill_is_in_the_history_and_the_usage(stack_factory):
+    stack = stack_factory(accounting_interval="0.5s")
+    ws = create(stack, resources=workspace_pb2.ResourceAllocation(memory_bytes=64 * 1024 ** 2)).workspace
+    wait_until(lambda: usage(stack, ws.name).samples >= 1, 20, what="the first sample to reach the repository")
+    code, _, _ = run(stack, ws, ["/usr/bin/python3", "-c", "b = bytearray(300 * 1024 * 1024)"])
+    assert code != 0  # killed
+    wait_until(lambda: usage(stack, ws.name).oom_kills >= 1, 20, what="the kill to be counted")
+
+    def limit_events():
+        events = repo(stack).ListWorkspaceEvents(repository_pb2.ListWorkspaceEventsRequest(parent=ws.name),
+                                                 timeout=10).events
+        return [e for e in events if e.type == workspace_pb2.WorkspaceEvent.TYPE_LIMIT_REACHED]
+    (event,) = wait_until(limit_events, 20, what="a LIMIT_REACHED event")
+    assert event.message == "1 program killed for going past the memory limit of 64M"
+    assert event.source == stack.manager_name("m0")
