@@ -7,7 +7,9 @@ set -euo pipefail
 
 PACKAGES=(
   passwd                 # useradd/userdel: workspace accounts
-  util-linux             # setpriv, runuser
+  util-linux             # setpriv, runuser, nsenter (sandbox workspaces)
+  bubblewrap             # bwrap: sandbox workspaces' namespaces
+  iproute2               # ip, tc: sandbox workspaces' veth pairs and bandwidth shaping
   cron                   # crontab
   procps                 # ps, pkill
   psmisc                 # fuser, killall (tests find what holds a port or mount)
