@@ -119,6 +119,7 @@ class DiskImages:
         self._thread: threading.Thread | None = None
         self.timings: dict[str, list[float]] = {"fallocate": [], "mkfs": [], "mount": [], "take": [], "release": []}
         self._bound = False
+        self._where: dict[str, str] = {}  # wid -> mount point, as attached by this process
         self._discard_old_stock()
 
     def _start_stock(self) -> None:
@@ -283,10 +284,14 @@ class DiskImages:
         except BaseException:
             self.release(wid)
             raise
+        self._where[wid] = str(home)
         self._note("take", time.perf_counter() - t0)
 
     def mount_point(self, wid: str) -> str | None:
         """Where wid's image is mounted (None: nowhere)."""
+        known = self._where.get(wid)
+        if known is not None and os.path.ismount(known):
+            return known
         image = str(self.image(wid))
         for target, source, _ in mounts():
             if source.startswith("/dev/loop") and loop_backing(source) == image:
@@ -314,11 +319,14 @@ class DiskImages:
         t0 = time.perf_counter()
         image = self.image(wid)
         if not image.exists():
+            self._where.pop(wid, None)
             return
         if self._recycle(wid, image):
+            self._where.pop(wid, None)
             self._note("release", time.perf_counter() - t0)
             return
         self._unmount_image(image)
+        self._where.pop(wid, None)
         image.unlink(missing_ok=True)
         self._note("release", time.perf_counter() - t0)
 
