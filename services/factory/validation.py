@@ -22,9 +22,8 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
-IMPLEMENTED = frozenset({model.Kind.UNIX_ACCOUNT})
-NOT_YET = {model.Kind.SANDBOX: "sandbox workspaces are not implemented at this site yet",
-           model.Kind.VIRTUAL_MACHINE: "virtual-machine workspaces are not implemented at this site yet"}
+IMPLEMENTED = frozenset({model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX})
+NOT_YET = {model.Kind.VIRTUAL_MACHINE: "virtual-machine workspaces are not implemented at this site yet"}
 
 
 @dataclasses.dataclass
@@ -142,7 +141,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if v:
         raise errors.InvalidArgument(v)
     if spec.kind not in IMPLEMENTED:
-        raise errors.Unimplemented(NOT_YET[spec.kind] + "; ask for kind account (UNIX_ACCOUNT)")
+        raise errors.Unimplemented(NOT_YET[spec.kind] + "; ask for kind account or sandbox")
     new_spec = dataclasses.replace(spec, resources=res, lifetime=lifetime,
                                    software=dataclasses.replace(sw, files=list(sw.files)))
     return dataclasses.replace(workspace, spec=new_spec, labels=dict(workspace.labels))

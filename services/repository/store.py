@@ -3,6 +3,7 @@ works inside a session the caller's unit of work owns."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 from typing import Any, Iterable
@@ -26,8 +27,7 @@ def spec_to_json(spec: model.WorkspaceSpec) -> dict[str, Any]:
             "files": [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode}
                       for f in sw.files],
         },
-        "resources": {"memory_bytes": r.memory_bytes, "disk_bytes": r.disk_bytes, "cpu_millis": r.cpu_millis,
-                      "network_bits_per_second": r.network_bits_per_second},
+        "resources": dataclasses.asdict(r),
         "lifetime": spec.lifetime.total_seconds() if spec.lifetime is not None else None,
         "start_on_create": spec.start_on_create,
     }
@@ -42,8 +42,7 @@ def spec_from_json(doc: dict[str, Any]) -> model.WorkspaceSpec:
             files=[model.StagedFile(f["path"], base64.b64decode(f.get("content", "")), f.get("mode", 0o644))
                    for f in sw.get("files") or []],
             image=sw.get("image", "")),
-        resources=model.Resources(r.get("memory_bytes", 0), r.get("disk_bytes", 0), r.get("cpu_millis", 0),
-                                  r.get("network_bits_per_second", 0)),
+        resources=model.Resources(**{f.name: r.get(f.name, 0) for f in dataclasses.fields(model.Resources)}),
         lifetime=dt.timedelta(seconds=doc["lifetime"]) if doc.get("lifetime") is not None else None,
         start_on_create=doc.get("start_on_create", True),
     )

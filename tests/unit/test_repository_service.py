@@ -396,3 +396,12 @@ def test_the_stored_snapshot_always_matches_the_row(env):
     agree(ws.name)
     service.delete(ws.name)
     agree(ws.name)
+
+
+def test_spec_survives_the_round_trip_through_the_database():
+    from vws.repository import store
+    spec = model.WorkspaceSpec(kind=model.Kind.SANDBOX, resources=model.Resources(1, 2, 3, 4, 5),
+                               software=model.Software(environment={"A": "b"}, setup_script="true",
+                                                       files=[model.StagedFile("f", b"\0x", 0o600)]),
+                               lifetime=dt.timedelta(hours=2), start_on_create=False)
+    assert store.spec_from_json(store.spec_to_json(spec)) == spec
