@@ -321,3 +321,31 @@ def test_beside_dynamic_accounts_of_the_same_manager(backend):
     finally:
         for hid in list(accounts.inventory()):
             accounts.reclaim(hid)
+
+
+def test_bandwidth_into_the_sandbox(backend):
+    bits = 20_000_000
+    h = backend.realise(_wid(), spec(bits=bits))
+    backend.start(h)
+    link = backend.link(h)
+    receiver = ("import socket, time\n"
+                "s = socket.socket(); s.bind(('0.0.0.0', 5001)); s.listen(1); print('up', flush=True)\n"
+                "c, _ = s.accept(); n = 0; first = last = None\n"
+                "while (d := c.recv(1 << 20)):\n"
+                "    last = time.perf_counter(); first = first or last; n += len(d)\n"
+                "print(n * 8 / (last - first))\n")
+    p = backend.spawn(h, ExecOptions(["python3", "-c", receiver]))
+    try:
+        assert p.stdout.readline() == b"up\n"
+        s = socket.create_connection((link.inner_addr, 5001), timeout=30)
+        end, buf = time.monotonic() + 5, bytes(64 * 1024)
+        while time.monotonic() < end:
+            s.sendall(buf)
+        s.close()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    measured = float(out.decode().strip())
+    print(f"into the sandbox: asked {bits / 1e6:.1f} Mbit/s, measured {measured / 1e6:.2f} Mbit/s")
+    assert abs(measured - bits) <= 0.15 * bits, (measured, bits, err)
