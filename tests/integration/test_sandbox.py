@@ -349,3 +349,16 @@ def test_bandwidth_into_the_sandbox(backend):
     measured = float(out.decode().strip())
     print(f"into the sandbox: asked {bits / 1e6:.1f} Mbit/s, measured {measured / 1e6:.2f} Mbit/s")
     assert abs(measured - bits) <= 0.15 * bits, (measured, bits, err)
+
+
+def test_reap_all_under_removes_what_a_stopped_manager_left(backend):
+    from vws.manager.backends.sandbox import reap_all_under
+    h = running(backend, _wid())
+    init, link = backend.sandbox_pid(h), backend.link(h)
+    reap_all_under(backend.settings.state_dir.parent)
+    deadline = time.monotonic() + 5
+    while _alive(init) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(init)
+    assert not (Path("/sys/class/net") / link.host_if).exists()
+    assert not (netshape.RESERVATIONS / str(link.index)).exists()

@@ -368,3 +368,21 @@ class SandboxBackend(DynamicAccounts):
         if st is not None:
             c.net_rx, c.net_tx = netshape.counters(st.link)
         return c
+
+
+def reap_all_under(root: Path | str) -> None:
+    """Kills the sandbox and removes the veth and network reservation of every sandbox state file
+    under root: for tests that stop a manager without destroying its workspaces (the inits run as
+    root in their own sessions, so killing the accounts' processes leaves them)."""
+    for path in Path(root).rglob("sandboxes/*.json"):
+        try:
+            st = SandboxState(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if st.pid and _start_time(st.pid) == st.start_time:
+            try:
+                os.kill(st.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        netshape.teardown(st.link)
+        netshape.release(st.link, path)
