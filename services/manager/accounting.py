@@ -171,6 +171,8 @@ class UsageAccounting:
         self.core.accumulate(self._acc, idx, column("time", np.float64), column("cpu_ns"),
                              column("cpu_throttled_ns"), column("memory_current"), column("memory_limit"),
                              column("oom_kills"), column("disk_used"), column("net_rx"), column("net_tx"))
+        # The group's own high-water mark catches a peak between two samples.
+        np.maximum.at(self._acc.memory_peak, idx, column("memory_peak"))
         grown = self._acc.oom_kills[idx] - before
         for _, name, _ in batch:
             self._changed(name)

@@ -66,6 +66,8 @@ def test_an_out_of_memory_kill_is_in_the_history_and_the_usage(stack_factory):
     code, _, _ = run(stack, ws, ["/usr/bin/python3", "-c", "b = bytearray(300 * 1024 * 1024)"])
     assert code != 0  # killed
     wait_until(lambda: usage(stack, ws.name).oom_kills >= 1, 20, what="the kill to be counted")
+    # the peak is the group's own high-water mark, not just what a sample happened to see
+    assert usage(stack, ws.name).memory_peak_bytes >= 48 * 1024 ** 2
 
     def limit_events():
         events = repo(stack).ListWorkspaceEvents(repository_pb2.ListWorkspaceEventsRequest(parent=ws.name),

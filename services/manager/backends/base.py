@@ -28,6 +28,7 @@ class Counters:
     cpu_ns: int = 0             # cumulative CPU time, user + system
     cpu_throttled_ns: int = 0   # cumulative time throttled by the CPU quota
     memory_current: int = 0
+    memory_peak: int = 0        # the most the group has used since it was made, where the host keeps it
     memory_limit: int = 0       # 0: none
     oom_kills: int = 0          # cumulative
     disk_used: int = 0

@@ -238,6 +238,7 @@ class CgroupDriver:
             d = self._dir("memory", wid)
             if d is not None:
                 c.memory_current = self._read_int(d / "memory.usage_in_bytes")
+                c.memory_peak = self._read_int(d / "memory.max_usage_in_bytes")
                 limit = self._read_int(d / "memory.limit_in_bytes")
                 c.memory_limit = limit if 0 < limit < UNLIMITED_V1 else 0
                 # oom_kill is there from Linux 4.13; memory.failcnt counts reclaim hits, not kills.
@@ -248,6 +249,7 @@ class CgroupDriver:
             c.cpu_ns = stat.get("usage_usec", 0) * 1000
             c.cpu_throttled_ns = stat.get("throttled_usec", 0) * 1000
             c.memory_current = self._read_int(d / "memory.current")
+            c.memory_peak = self._read_int(d / "memory.peak")  # Linux 5.19 and later; else 0
             c.memory_limit = self._read_int(d / "memory.max")
             c.oom_kills = self._keyed(d / "memory.events").get("oom_kill", 0)
         return c
