@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.common import clients
+from vws.manager.backends.sandbox import reap_all_under
 from vws.manager.backends.disk import release_all_under
 
 PY = sys.executable
@@ -153,6 +154,7 @@ class Stack:
             if p:
                 p.stop()
         # Whatever a failed test left behind goes too, so that no account leaks from the suite.
+        reap_all_under(self.root)  # sandbox inits (root, own sessions), their veths and addresses
         accounts = self.accounts()
         for name in accounts:
             subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
