@@ -82,9 +82,11 @@ def enforcement_from_pb(m: pb.Enforcement) -> model.Enforcement:
 _USAGE_TIMES = ("start_time", "end_time")
 
 
+_USAGE_VALUES = tuple(f.name for f in dataclasses.fields(model.Usage) if f.name not in _USAGE_TIMES)
+
+
 def usage_to_pb(u: model.Usage) -> pb.WorkspaceUsage:
-    values = {k: v for k, v in dataclasses.asdict(u).items() if k not in _USAGE_TIMES}
-    msg = pb.WorkspaceUsage(**values)
+    msg = pb.WorkspaceUsage(**{k: getattr(u, k) for k in _USAGE_VALUES})
     for field in _USAGE_TIMES:
         if getattr(u, field) is not None:
             getattr(msg, field).CopyFrom(ts_to_pb(getattr(u, field)))

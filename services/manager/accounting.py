@@ -20,6 +20,7 @@ import logging
 import pathlib
 import sqlite3
 import threading
+import time
 import datetime as dt
 from typing import TYPE_CHECKING, Protocol
 
@@ -61,6 +62,10 @@ def _time(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
+# How often the book is written to the local database (and at every final figure, and at close).
+PERSIST_EVERY = 30.0
+
+
 class UsageAccounting:
     """The usage book: workspace name -> index in the accumulators, which grow as needed."""
 
@@ -79,6 +84,8 @@ class UsageAccounting:
         self._ended: set[str] = set()
         self._version: dict[str, int] = {}  # bumped at every change: what a report carried is known
         self._reported: dict[str, int] = {}
+        self._unsaved: set[str] = set()
+        self._saved_at = -1e9
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -229,7 +236,13 @@ class UsageAccounting:
                     self._final.add(name)
                     self._changed(name)
                     touched.append(name)
-            self._persist(touched)
+            # Totals survive a restart without a write every round: the host's counters are
+            # cumulative, so a book reloaded from an older write folds the difference in.
+            self._unsaved.update(touched)
+            if time.monotonic() - self._saved_at >= PERSIST_EVERY or any(n in self._final for n in touched):
+                self._persist(sorted(self._unsaved & set(self._index)))
+                self._unsaved.clear()
+                self._saved_at = time.monotonic()
         for name, kills, limit in oom:
             self._limit_reached(name, kills, limit)
         self.deliver()
@@ -298,4 +311,8 @@ class UsageAccounting:
 
     def close(self) -> None:
         with self._lock:
+            pending = sorted(self._unsaved & set(self._index))
+            if pending:
+                self._persist(pending)
+                self._unsaved.clear()
             self._db.close()

@@ -87,15 +87,21 @@ class LocalState:
         if "enforcement" not in columns:  # a state file from before limits were reported
             self._db.execute("ALTER TABLE outbox ADD COLUMN enforcement TEXT NOT NULL DEFAULT ''")
         self._lock = threading.RLock()
+        self._specs: dict[str, tuple[bytes, model.WorkspaceSpec]] = {}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def _row(self, r) -> LocalWorkspace:
-        spec = workspace_pb2.WorkspaceSpec.FromString(r[1])
+        # A spec never changes after creation: parsed once per name and blob.
+        cached = self._specs.get(r[0])
+        if cached is None or cached[0] != r[1]:
+            cached = (r[1], converters.spec_from_pb(workspace_pb2.WorkspaceSpec.FromString(r[1])))
+            self._specs[r[0]] = cached
         return LocalWorkspace(
-            name=r[0], spec=converters.spec_from_pb(spec), state=model.State(r[2]), state_message=r[3],
+            # the spec is shared: callers treat a workspace's spec as read-only
+            name=r[0], spec=cached[1], state=model.State(r[2]), state_message=r[3],
             host_identity=r[4], owner=r[5], labels=json.loads(r[6]), termination_time=_pt(r[7]),
             create_time=_pt(r[8]))
 
@@ -128,6 +134,7 @@ class LocalState:
             try:
                 if state is model.State.TERMINATED:
                     self._db.execute("DELETE FROM workspaces WHERE name = ?", (ws.name,))
+                    self._specs.pop(ws.name, None)
                 else:
                     self._db.execute(
                         "UPDATE workspaces SET state = ?, state_message = ?, host_identity = ? WHERE name = ?",
@@ -153,6 +160,7 @@ class LocalState:
         """Drops a workspace whose deploy failed and was undone: nothing of it is left."""
         with self._lock:
             self._db.execute("DELETE FROM workspaces WHERE name = ?", (name,))
+            self._specs.pop(name, None)
 
     def pending_reports(self) -> Iterator[Report]:
         with self._lock:

@@ -539,6 +539,7 @@ class AccountBackend(Backend):
     def close(self) -> None:
         self.maintain_cgroups()
         self.cgroups.remove_manager_dirs()
+        self.cgroups.close()
         self.disks.close()
 
     def maintain(self) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import resource
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +62,11 @@ class CgroupDriver:
         self.poll = poll
         self.version = 2 if (self.root / "cgroup.controllers").exists() else 1
         self._v2_enabled = False
+        self._files: dict[str, tuple[str, ...]] = {}
+        self._fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._fd_budget = min(8192, max(soft // 4, 0)) if soft != resource.RLIM_INFINITY else 8192
         if self.version == 1:
             if not (self.root / "freezer").is_dir():
                 raise errors.FailedPrecondition(
@@ -223,35 +230,110 @@ class CgroupDriver:
             out.max_processes = self._read_int(d / "pids.max")
         return out
 
+    def _counter_files(self, wid: str) -> tuple[str, ...]:
+        """The files counters() reads, as plain strings, made once per workspace: sampling every
+        workspace every few seconds must stay cheap (bench/test_sampling.py)."""
+        files = self._files.get(wid)
+        if files is None:
+            def at(controller: str, name: str) -> str:
+                d = self._dir(controller, wid)
+                return "" if d is None else str(d / name)
+            if self.version == 1:
+                files = (at("cpuacct", "cpuacct.usage"), at("cpu", "cpu.stat"), at("memory", "memory.usage_in_bytes"),
+                         at("memory", "memory.max_usage_in_bytes"), at("memory", "memory.limit_in_bytes"),
+                         at("memory", "memory.oom_control"))
+            else:
+                d = str(self.paths(wid)[0])
+                files = tuple(f"{d}/{n}" for n in ("cpu.stat", "memory.current", "memory.peak", "memory.max",
+                                                     "memory.events"))
+            self._files[wid] = files
+        return files
+
+    def _slurp(self, path: str) -> bytes:
+        """A counter file's content. The files stay open between samples (a pread costs a tenth
+        of an open, read and close) up to a budget of descriptors; remove() closes them."""
+        if not path:
+            return b""
+        with self._fd_lock:
+            fd = self._fds.get(path)
+            if fd is not None:
+                try:
+                    return os.pread(fd, 8192, 0)
+                except OSError:
+                    del self._fds[path]
+                    os.close(fd)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return b""
+            try:
+                data = os.pread(fd, 8192, 0)
+            except OSError:
+                os.close(fd)
+                return b""
+            if len(self._fds) < self._fd_budget:
+                self._fds[path] = fd
+            else:
+                os.close(fd)
+            return data
+
+    def _forget_files(self, wid: str) -> None:
+        files = self._files.pop(wid, ())
+        with self._fd_lock:
+            for path in files:
+                fd = self._fds.pop(path, None)
+                if fd is not None:
+                    os.close(fd)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    @staticmethod
+    def _int(raw: bytes, default: int = 0) -> int:
+        try:
+            return int(raw)
+        except ValueError:
+            return default  # "max", empty or missing
+
+    @staticmethod
+    def _pairs(raw: bytes) -> dict[bytes, int]:
+        out = {}
+        for line in raw.splitlines():
+            key, _, value = line.partition(b" ")
+            if value.lstrip(b"-").isdigit():
+                out[key] = int(value)
+        return out
+
     def counters(self, wid: str) -> Counters | None:
         """CPU time, throttled time, memory and OOM kills of the workspace's cgroup now."""
-        if not self.paths(wid)[0].is_dir():
+        files = self._counter_files(wid)
+        first = self._slurp(files[0])
+        if not first and not os.path.isdir(self.paths(wid)[0]):
+            self._forget_files(wid)
             return None
         c = Counters(time=time.time())
         if self.version == 1:
-            d = self._dir("cpuacct", wid)
-            if d is not None:
-                c.cpu_ns = self._read_int(d / "cpuacct.usage")
-            d = self._dir("cpu", wid)
-            if d is not None:
-                c.cpu_throttled_ns = self._keyed(d / "cpu.stat").get("throttled_time", 0)
-            d = self._dir("memory", wid)
-            if d is not None:
-                c.memory_current = self._read_int(d / "memory.usage_in_bytes")
-                c.memory_peak = self._read_int(d / "memory.max_usage_in_bytes")
-                limit = self._read_int(d / "memory.limit_in_bytes")
-                c.memory_limit = limit if 0 < limit < UNLIMITED_V1 else 0
-                # oom_kill is there from Linux 4.13; memory.failcnt counts reclaim hits, not kills.
-                c.oom_kills = self._keyed(d / "memory.oom_control").get("oom_kill", 0)
+            usage, stat, current, peak, limit, oom = first, *(self._slurp(f) for f in files[1:])
+            c.cpu_ns = self._int(usage)
+            c.cpu_throttled_ns = self._pairs(stat).get(b"throttled_time", 0)
+            c.memory_current = self._int(current)
+            c.memory_peak = self._int(peak)
+            lim = self._int(limit)
+            c.memory_limit = lim if 0 < lim < UNLIMITED_V1 else 0
+            # oom_kill is there from Linux 4.13; memory.failcnt counts reclaim hits, not kills.
+            c.oom_kills = self._pairs(oom).get(b"oom_kill", 0)
         else:
-            d = self.paths(wid)[0]
-            stat = self._keyed(d / "cpu.stat")
-            c.cpu_ns = stat.get("usage_usec", 0) * 1000
-            c.cpu_throttled_ns = stat.get("throttled_usec", 0) * 1000
-            c.memory_current = self._read_int(d / "memory.current")
-            c.memory_peak = self._read_int(d / "memory.peak")  # Linux 5.19 and later; else 0
-            c.memory_limit = self._read_int(d / "memory.max")
-            c.oom_kills = self._keyed(d / "memory.events").get("oom_kill", 0)
+            stat, current, peak, limit, events = first, *(self._slurp(f) for f in files[1:])
+            st = self._pairs(stat)
+            c.cpu_ns = st.get(b"usage_usec", 0) * 1000
+            c.cpu_throttled_ns = st.get(b"throttled_usec", 0) * 1000
+            c.memory_current = self._int(current)
+            c.memory_peak = self._int(peak)  # Linux 5.19 and later; else 0
+            c.memory_limit = self._int(limit)
+            c.oom_kills = self._pairs(events).get(b"oom_kill", 0)
         return c
 
     def _read_text(self, path: Path) -> str:
@@ -364,6 +446,7 @@ class CgroupDriver:
 
     def remove(self, wid: str, timeout: float | None = None) -> None:
         """Removes the workspace's cgroup(s). Idempotent. Kill its processes first."""
+        self._forget_files(wid)
         for p in self.paths(wid):
             deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
             while True:
