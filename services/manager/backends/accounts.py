@@ -287,9 +287,13 @@ class AccountBackend(Backend):
         owned = set(self.inventory().values())
         return self.disks.sweep(owned)
 
+    def _disk_key(self, handle: HostHandle) -> str:
+        """Whose name the workspace's disk image bears: the workspace's (the pool: its account's)."""
+        return handle.workspace_id
+
     def enforcement(self, handle: HostHandle) -> model.Enforcement | None:
         lim = self.cgroups.limits(handle.workspace_id)
-        disk = self.disks.usage(handle.workspace_id)
+        disk = self.disks.usage(self._disk_key(handle))
         if lim is None and disk is None:
             return None
         e = model.Enforcement(mechanism=f"cgroup v{self.cgroups.version}", cgroup=self.cgroups.group(handle.workspace_id))
@@ -302,7 +306,7 @@ class AccountBackend(Backend):
 
     def sample(self, handle: HostHandle) -> Counters | None:
         c = self.cgroups.counters(handle.workspace_id)
-        disk = self.disks.usage(handle.workspace_id)
+        disk = self.disks.usage(self._disk_key(handle))
         if c is None:
             if disk is None:
                 return None

@@ -142,6 +142,32 @@ class AccountPool(AccountBackend):
         os.chown(home, pw.pw_uid, pw.pw_gid)
         os.chmod(home, 0o700)
 
+    # Each pool account keeps a filesystem of its own on its home across leases (made at its
+    # first lease, emptied back to the skeleton at every return), so a lease formats nothing.
+    def _disk_key(self, handle: HostHandle) -> str:
+        return handle.host_identity
+
+    def _mount_disk(self, pw, workspace_id, spec, home=None) -> None:
+        want = spec.resources.disk_bytes
+        if not want:
+            return
+        have = self.disks.usage(pw.pw_name)
+        if have is not None and have[0] >= want and have[2] == pw.pw_dir:
+            return  # at least what is asked, already on the home
+        if have is not None:
+            self.disks.release(pw.pw_name)  # too small: a bigger one replaces it
+        self.disks.attach(pw.pw_name, want, home or Path(pw.pw_dir), pw.pw_uid, pw.pw_gid,
+                          self.settings.skeleton_dir)
+
+    def _unmount_disk(self, workspace_id: str) -> None:
+        """The account's filesystem stays with the account (see _mount_disk)."""
+
+    def sweep_disks(self) -> list[str]:
+        images = self.disks.images()
+        if not images:
+            return []
+        return self.disks.sweep(set(self.accounts))
+
     def _scrub_lease(self, account: str, workspace_id: str) -> None:
         pw = getpw(account)
         self._scrub(pw, workspace_id)
@@ -204,4 +230,5 @@ class AccountPool(AccountBackend):
                 continue
             row = self.state_of(name)
             self._scrub(pw, row[0] if row and row[0] else f"pool-{name}")
+            self.disks.release(name)
             run_account_tool(["userdel", "--remove", "--force", name], ok=(0, 6, 12))
