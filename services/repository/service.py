@@ -7,6 +7,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from vws.common.config import RepositorySettings
 from vws.common.model import EventType, State
 from vws.repository import store
 from vws.repository import usage as usage_store
-from vws.repository.db import EventRow, UnitOfWork, WorkspaceRow
+from vws.repository.db import EventRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
 from vws.repository.watch import WatchHub
 from vws.v1 import workspace_pb2
@@ -75,6 +76,18 @@ class _Outcome:
     """What a write transaction leaves for after its commit."""
     workspace: model.Workspace
     changed: bool = True
+
+
+# Statements built once (their compiled form is cached by SQLAlchemy): values travel as parameters.
+_INSERT_WORKSPACE = WorkspaceRow.__table__.insert().returning(WorkspaceRow.__table__.c.id)
+_INSERT_EVENT = EventRow.__table__.insert()
+
+
+@functools.lru_cache(maxsize=64)
+def _update_workspace(columns: tuple[str, ...]):
+    t = WorkspaceRow.__table__
+    return t.update().where(t.c.id == sa.bindparam("row_id")).values(
+        {c: sa.bindparam(c) for c in columns})
 
 
 class ReadCache:
@@ -153,31 +166,43 @@ class RepositoryService:
         digest = request_digest(workspace)
         # No look-up first: the unique request id answers a retry (IntegrityError below), and a
         # first request, the common case, costs one transaction.
+        placed = workspace.endpoint
+        if placed.manager:
+            # The factory's first choice of manager, recorded in the same transaction.
+            names.parse_manager_name(placed.manager, "workspace.endpoint.manager")
+            if not placed.manager_address:
+                raise errors.InvalidArgument("is empty; give the manager's host:port",
+                                             "workspace.endpoint.manager_address")
         now = self.clock()
+        result = model.Workspace(
+            name=workspace.name, spec=workspace.spec, state=State.PENDING, state_message="accepted; not yet placed",
+            endpoint=model.Endpoint(workspace.name, placed.manager, placed.manager_address) if placed.manager
+            else model.Endpoint(), owner=workspace.owner, create_time=now, update_time=now,
+            termination_time=workspace.termination_time, labels=dict(workspace.labels), request_id=request_id)
+        events = [(EventType.CREATED, State.UNSPECIFIED, "recorded")]
+        if placed.manager:
+            events.append((EventType.PLACED, State.PENDING, f"placed on {placed.manager} ({placed.manager_address})"))
+        t = WorkspaceRow.__table__
         try:
+            # Plain statements rather than the ORM's unit of work: every create passes here.
             with self.uow(write=True) as session:
-                row = WorkspaceRow(
+                conn = session.connection()
+                wid = conn.execute(_INSERT_WORKSPACE, dict(
                     name=workspace.name, spec=store.spec_to_json(workspace.spec), state=State.PENDING.value,
-                    state_message="accepted; not yet placed", state_time=now, owner=workspace.owner,
-                    manager_name=None, manager_address="", host_identity="", labels=dict(workspace.labels),
-                    request_id=request_id or None, request_digest=digest, create_time=now, update_time=now,
-                    termination_time=workspace.termination_time, destroy_reason="")
-                session.add(row)
-                session.flush()
-                store.set_labels(session, row, workspace.labels)
-                store.add_event(session, row, EventType.CREATED, State.UNSPECIFIED, State.PENDING,
-                                "recorded", source, now)
-                placed = workspace.endpoint
-                if placed.manager:
-                    # The factory's first choice of manager, recorded in the same transaction.
-                    names.parse_manager_name(placed.manager, "workspace.endpoint.manager")
-                    if not placed.manager_address:
-                        raise errors.InvalidArgument("is empty; give the manager's host:port",
-                                                     "workspace.endpoint.manager_address")
-                    row.manager_name, row.manager_address = placed.manager, placed.manager_address
-                    store.add_event(session, row, EventType.PLACED, State.PENDING, State.PENDING,
-                                    f"placed on {placed.manager} ({placed.manager_address})", source, now)
-                result = store.to_workspace(row)
+                    state_message=result.state_message, state_time=now, owner=workspace.owner,
+                    manager_name=placed.manager or None, manager_address=placed.manager_address if placed.manager
+                    else "", host_identity="", labels=dict(workspace.labels), request_id=request_id or None,
+                    request_digest=digest, create_time=now, update_time=now,
+                    termination_time=workspace.termination_time, destroy_reason="", event_seq=len(events),
+                    snapshot=converters.workspace_to_pb(result).SerializeToString(deterministic=True),
+                    enforcement=None)).scalar_one()
+                if workspace.labels:
+                    conn.execute(WorkspaceLabelRow.__table__.insert(),
+                                 [{"workspace_id": wid, "key": k, "value": v} for k, v in workspace.labels.items()])
+                conn.execute(_INSERT_EVENT, [
+                    {"workspace_id": wid, "seq": seq, "time": now, "type": kind.value, "previous_state": before.value,
+                     "state": State.PENDING.value, "message": text, "source": source}
+                    for seq, (kind, before, text) in enumerate(events, 1)])
         except sa.exc.IntegrityError:
             # A concurrent create with the same request id (or name) won the race.
             existing = self._by_request_id(request_id, digest) if request_id else None
@@ -274,8 +299,8 @@ class RepositoryService:
                     values["destroy_reason"] = ""
             wire.update_time.CopyFrom(converters.ts_to_pb(now))
             values["snapshot"] = wire.SerializeToString(deterministic=True)
-            conn.execute(t.update().where(t.c.id == r.id).values(**values))
-            conn.execute(events.insert().values(
+            conn.execute(_update_workspace(tuple(sorted(values))), {**values, "row_id": r.id})
+            conn.execute(_INSERT_EVENT, dict(
                 workspace_id=r.id, seq=seq, time=now, type=event_type.value, previous_state=current.value,
                 state=state.value, message=message + why, source=manager))
             result = converters.workspace_from_pb(wire)
