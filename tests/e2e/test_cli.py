@@ -122,3 +122,21 @@ def test_errors_are_one_line_with_the_field(cli):
 def test_commands_say_how_to_start_the_stack_when_none_runs(cli):
     r = cli("list")
     assert r.returncode == 3 and "vws up" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sandbox_limits_and_usage(cli):
+    cli("up", "--repository-listen", "127.0.0.1:0", "--factory-listen", "127.0.0.1:0",
+        "--manager-listen", "127.0.0.1:0", check=0)
+    created = json.loads(cli("create", "--kind", "sandbox", "--memory", "128M", "--cpu", "500m", "--disk", "64M",
+                             "--bandwidth", "10M", "--processes", "64", "--wait", "-o", "json", check=0).stdout)
+    short = created["workspace"]["name"].split("/", 1)[1]
+    assert cli("exec", short, "--", "hostname", check=0).stdout.strip() == short
+    shown = cli("show", short, check=0).stdout
+    for needle in ("enforced by", "bubblewrap", "memory limit", "128M", "50000us per 100000us", "processes"):
+        assert needle in shown, (needle, shown)
+    usage = json.loads(cli("usage", short, "-o", "json", check=0).stdout)
+    assert usage["name"] == created["workspace"]["name"]
+    assert "usage" in cli("usage", "--help", check=0).stdout.lower()
+    cli("destroy", short, "--wait", check=0)
+    final = json.loads(cli("usage", short, "-o", "json", check=0).stdout)
+    assert final.get("final") is True
