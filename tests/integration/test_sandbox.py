@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.stack import remove_cgroups
+
 from vws.common import model
 from vws.manager.backends import netshape
 from vws.manager.backends.accounts import getpw, is_locked, uid_pids
@@ -61,6 +63,7 @@ def backend(tmp_path):
                 if pw.pw_name.startswith(settings.account_prefix):
                     subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
                     subprocess.run(["userdel", "--remove", "--force", pw.pw_name], capture_output=True)
+            remove_cgroups(settings.manager_id)
 
 
 def spec(bits: int = 0, setup: str = "") -> model.WorkspaceSpec:
