@@ -39,6 +39,12 @@ class Kind(enum.Enum):
     def cli_name(self) -> str:
         return {"UNIX_ACCOUNT": "account", "SANDBOX": "sandbox", "VIRTUAL_MACHINE": "vm"}[self.value]
 
+    @property
+    def has_own_network(self) -> bool:
+        """Whether it has a network interface of its own (whose bandwidth can be shaped); a
+        Unix account shares the host's."""
+        return self is not Kind.UNIX_ACCOUNT
+
 
 class EventType(enum.Enum):
     UNSPECIFIED = "UNSPECIFIED"

@@ -79,7 +79,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
-        elif value == 0:
+        elif value == 0 and (field != "network_bits_per_second" or (spec.kind and spec.kind.has_own_network)):
+            # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)
             setattr(res, field, getattr(limits.defaults, field))
 
     lifetime = spec.lifetime

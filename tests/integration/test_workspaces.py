@@ -243,3 +243,11 @@ def _try_create(stack):
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return None
         raise
+
+
+def test_bandwidth_asked_of_an_account_is_refused_not_ignored(stack):
+    with pytest.raises(grpc.RpcError) as e:
+        create(stack, resources=workspace_pb2.ResourceAllocation(network_bits_per_second=10 ** 7))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "sandbox" in e.value.details()
+    assert stack.accounts() == []

@@ -244,3 +244,10 @@ def test_placements_between_registry_reads_are_counted_so_load_still_spreads(lim
     for i in range(4):
         f.create(f"r{i}", ws())
     assert sorted(mgrs.calls) == ["a:1", "a:1", "b:1", "b:1"]
+
+
+def test_no_default_bandwidth_where_nothing_could_shape_it(limits):
+    account = admit(ws(kind=model.Kind.UNIX_ACCOUNT), limits)
+    sandbox = admit(ws(kind=model.Kind.SANDBOX), limits)
+    assert account.spec.resources.network_bits_per_second == 0
+    assert sandbox.spec.resources.network_bits_per_second == limits.defaults.network_bits_per_second

@@ -190,6 +190,7 @@ _DECODE = (r'__vws_n=$1; shift; __vws_i=0; '
 
 class AccountBackend(Backend):
     kinds = frozenset({model.Kind.UNIX_ACCOUNT})
+    shapes_network = False  # its workspaces use the host's network: no bandwidth can be enforced
 
     def __init__(self, settings: BackendSettings, cgroups: CgroupDriver | None = None):
         self.settings = settings
@@ -237,6 +238,9 @@ class AccountBackend(Backend):
             field = {"memory": "memory_bytes", "cpu": "cpu_millis", "pids": "max_processes"}[n]
             v.append((f + field, f"this host has no cgroup {n} controller (cgroup v{self.cgroups.version} at "
                       f"{self.cgroups.root}) to enforce it"))
+        if r.network_bits_per_second and not self.shapes_network:
+            v.append((f + "network_bits_per_second", "network: this kind of workspace shares the host's network, "
+                      "so no bandwidth can be enforced for it; ask for none, or use kind sandbox"))
         if cap.memory_bytes and r.memory_bytes > cap.memory_bytes:
             v.append((f + "memory_bytes", f"memory: {size(r.memory_bytes)} wanted, this host offers at most "
                       f"{size(cap.memory_bytes)} to one workspace"))

@@ -86,6 +86,7 @@ class SandboxState:
 class SandboxBackend(DynamicAccounts):
     name = "sandbox"
     kinds = frozenset({model.Kind.SANDBOX})
+    shapes_network = True  # a veth of its own, shaped with tc
 
     def __init__(self, settings: BackendSettings, cgroups: CgroupDriver | None = None):
         super().__init__(settings, cgroups)
