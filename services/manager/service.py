@@ -300,6 +300,21 @@ class WorkspaceManager:
                                   "while the manager was not watching", model.EventType.RECONCILED)
                 self._final_usage(ws, locked=False)
                 done["vanished"].append(ws.name)
+                continue
+            # After a host restart its cgroups, filesystem mount and sandbox are gone: put them back.
+            running = ws.state in (State.RUNNING, State.PAUSED)
+            try:
+                restored = self.backend.restore(self._handle(ws), ws.spec, running)
+            except errors.VwsError as exc:
+                self.state.change(ws, State.FAILED, f"could not be restored on the host: {exc.message}",
+                                  model.EventType.RECONCILED)
+                self._final_usage(ws, locked=False)
+                done["vanished"].append(ws.name)
+                continue
+            if restored:
+                self.state.change(ws, ws.state, "restored on the host after it restarted: " + ", ".join(restored),
+                                  model.EventType.RECONCILED)
+                done.setdefault("restored", []).append(ws.name)
         self.flush()
         if any(done.values()):
             log.info("reconciled: %s", {k: v for k, v in done.items() if v})

@@ -1,10 +1,12 @@
 """Nothing lost: kill -9 of any service, managers that vanish, two managers on one machine."""
 from __future__ import annotations
 
+import pathlib
 import pwd
 import signal
 import subprocess
 import threading
+import time
 import uuid
 
 import grpc
@@ -115,3 +117,52 @@ def test_kill_9_of_the_factory_during_creates_leaves_every_record_whole(stack):
     assert sorted(w.name for w in live) == sorted(results.values())
     assert all(w.state == W.STATE_RUNNING for w in live)
     wait_until(lambda: len(stack.accounts()) == len(ids), timeout=15, what="one account per workspace")
+
+
+def test_after_a_host_restart_the_manager_puts_limits_filesystems_and_sandboxes_back(stack):
+    """A host restart takes the cgroups, the loop mounts and the sandbox inits, and keeps the
+    accounts, the images and the manager's state. At its next start the manager restores them."""
+    from tests.integration.stack import remove_cgroups
+    from vws.manager.backends.disk import mounts
+    from vws.manager.backends.sandbox import reap_all_under
+    account = create(stack, resources=workspace_pb2.ResourceAllocation(memory_bytes=96 * 2 ** 20,
+                                                                       disk_bytes=64 * 2 ** 20)).workspace
+    sandbox = create(stack, kind=workspace_pb2.WorkspaceSpec.KIND_SANDBOX,
+                     resources=workspace_pb2.ResourceAllocation(disk_bytes=64 * 2 ** 20)).workspace
+    for ws in (account, sandbox):
+        assert run(stack, ws, ["sh", "-c", "echo kept > ~/data"])[0] == 0
+    manager = stack.managers["m0"]
+    manager.kill(signal.SIGKILL)
+    # the "restart": every process, sandbox, mount and cgroup of the workspaces goes
+    reap_all_under(stack.root)
+    for ws in (account, sandbox):
+        subprocess.run(["pkill", "-KILL", "-u", ws.endpoint.host_identity], capture_output=True)
+    homes = {pwd.getpwnam(ws.endpoint.host_identity).pw_dir for ws in (account, sandbox)}
+    for target, _, _ in mounts():
+        if target in homes:
+            subprocess.run(["umount", target], check=True)
+    remove_cgroups(stack.manager_name("m0").split("/", 1)[1])
+    address = manager.address
+    manager.flags = [f if f != "127.0.0.1:0" else address for f in manager.flags]
+    manager.start()
+
+    def restored(ws):
+        events = repo(stack).ListWorkspaceEvents(repository_pb2.ListWorkspaceEventsRequest(parent=ws.name),
+                                                 timeout=10).events
+        return [e.message for e in events if "restored on the host" in e.message]
+    for ws in (account, sandbox):
+        (message,) = wait_until(lambda: restored(ws), timeout=20, what=f"{ws.name} restored")
+        assert "limits" in message and "filesystem" in message
+        assert get(stack, ws.name).state == W.STATE_RUNNING
+        assert run(stack, ws, ["cat", "data"])[1] == "kept\n"  # its files came back with its filesystem
+    assert "sandbox" in restored(sandbox)[0]
+    assert run(stack, sandbox, ["hostname"])[1].strip() == sandbox.name.split("/", 1)[1]
+    limit = pathlib.Path(f"/sys/fs/cgroup/memory/vws/{stack.manager_name('m0').split('/', 1)[1]}/"
+                         f"{account.name.split('/', 1)[1]}/memory.limit_in_bytes")
+    assert int(limit.read_text()) == 96 * 2 ** 20
+    # a plain restart (nothing lost) restores nothing
+    manager.kill(signal.SIGKILL)
+    manager.start()
+    wait_until(lambda: get(stack, account.name).state == W.STATE_RUNNING, what="manager back")
+    time.sleep(1)
+    assert len(restored(account)) == 1 and len(restored(sandbox)) == 1

@@ -291,6 +291,20 @@ class AccountBackend(Backend):
         owned = set(self.inventory().values())
         return self.disks.sweep(owned)
 
+    def restore(self, handle: HostHandle, spec: model.WorkspaceSpec, running: bool) -> list[str]:
+        done = []
+        if not self.cgroups.exists(handle.workspace_id):
+            self._apply_limits(handle.workspace_id, spec)
+            done.append("limits")
+        key = self._disk_key(handle)
+        if spec.resources.disk_bytes and self.disks.mount_point(key) is None:
+            pw = getpw(handle.host_identity)
+            if pw is None or not self.disks.image(key).exists():
+                raise errors.BackendError(f"its filesystem (image {self.disks.image(key)}) is gone")
+            self.disks.remount(key, Path(pw.pw_dir))
+            done.append("filesystem")
+        return done
+
     def _disk_key(self, handle: HostHandle) -> str:
         """Whose name the workspace's disk image bears: the workspace's (the pool: its account's)."""
         return handle.workspace_id

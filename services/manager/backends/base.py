@@ -158,6 +158,12 @@ class Backend(abc.ABC):
         """The workspace's counters now; None when it has none (not realised)."""
         return None
 
+    def restore(self, handle: HostHandle, spec: model.WorkspaceSpec, running: bool) -> list[str]:
+        """Puts back what a restart of the host took from a workspace that still exists (its
+        limits, its filesystem, its sandbox when it is running). Returns what was restored;
+        raises a VwsError when it cannot be."""
+        return []
+
     def maintain(self) -> None:
         """Called about every second from a background thread."""
 

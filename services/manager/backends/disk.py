@@ -294,6 +294,12 @@ class DiskImages:
         self._where[wid] = str(home)
         self._note("take", time.perf_counter() - t0)
 
+    def remount(self, wid: str, home: Path) -> None:
+        """Mounts wid's existing image on home again (after the host restarted), its files intact."""
+        self._run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev", str(self.image(wid)), str(home)],
+                  f"mounting {self.image(wid)} on {home}")
+        self._where[wid] = str(home)
+
     def mount_point(self, wid: str) -> str | None:
         """Where wid's image is mounted (None: nowhere)."""
         known = self._where.get(wid)

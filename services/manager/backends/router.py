@@ -68,6 +68,9 @@ class KindRouter(Backend):
     def sample(self, handle: HostHandle) -> Counters | None:
         return self._for(handle.kind).sample(handle)
 
+    def restore(self, handle: HostHandle, spec: model.WorkspaceSpec, running: bool) -> list[str]:
+        return self._for(handle.kind).restore(handle, spec, running)
+
     def inventory(self) -> dict[str, str]:
         found: dict[str, str] = {}
         for b in self.backends:

@@ -301,6 +301,15 @@ class SandboxBackend(DynamicAccounts):
         self._ensure(handle.workspace_id)
         super().start(handle)
 
+    def restore(self, handle: HostHandle, spec: model.WorkspaceSpec, running: bool) -> list[str]:
+        done = super().restore(handle, spec, running)
+        if running:
+            st = self._load(handle.workspace_id)
+            if st is None or not self._running_pid(st):
+                self._ensure(handle.workspace_id)
+                done.append("sandbox")
+        return done
+
     def stop(self, handle: HostHandle) -> None:
         self._account(handle)
         with self._lock(handle.workspace_id):
