@@ -7,6 +7,13 @@ import grpc
 
 from vws.v1 import factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
 
+# Reconnect within a second of a peer coming back (a restarted service, a reused port) rather
+# than after gRPC's default backoff, which grows to two minutes.
+OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+           ("grpc.initial_reconnect_backoff_ms", 100),
+           ("grpc.min_reconnect_backoff_ms", 100),
+           ("grpc.max_reconnect_backoff_ms", 1000)]
+
 _channels: dict[str, grpc.Channel] = {}
 _lock = threading.Lock()
 
@@ -15,7 +22,7 @@ def channel(address: str) -> grpc.Channel:
     with _lock:
         ch = _channels.get(address)
         if ch is None:
-            ch = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+            ch = grpc.insecure_channel(address, options=OPTIONS)
             _channels[address] = ch
         return ch
 

@@ -60,11 +60,13 @@ class Process:
                 return False
             if info.get("pid") != self.proc.pid:
                 return False
-            try:
-                r = health_pb2_grpc.HealthStub(clients.channel(info["address"])).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
+            # a channel of its own: a cached one to a port an earlier test's server used may
+            # still be backing off
+            with grpc.insecure_channel(info["address"], options=clients.OPTIONS) as channel:
+                try:
+                    r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.RpcError:
+                    return False
             return info["address"] if r.status == health_pb2.HealthCheckResponse.SERVING else False
         self.address = wait_until(ready, timeout, what=f"{self.service} to serve")
         return self
