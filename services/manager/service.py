@@ -159,8 +159,8 @@ class WorkspaceManager:
                 raise
             enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY
-            self._changed(ws, final, f"{self.backend.name}: account {ws.host_identity}"
-                          + (" started" if final is State.RUNNING else " ready, not started"),
+            self._changed(ws, final, f"{workspace.spec.kind.cli_name} workspace on account {ws.host_identity}"
+                          + (", started" if final is State.RUNNING else ", ready, not started"),
                           enforcement=enforcement)
             return self.view(ws, enforcement)
 
