@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import json
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -136,44 +135,6 @@ def read_snapshot(dbapi_connection, dialect: str, name: str) -> bytes | None:
     finally:
         cursor.close()
     return None if r is None else bytes(r[0])
-
-
-_GET_COLUMNS = ("name, spec, state, state_message, owner, manager_name, manager_address, host_identity, labels, "
-                "request_id, create_time, update_time, termination_time")
-_GET_SQL = {"sqlite": f"SELECT {_GET_COLUMNS} FROM workspaces WHERE name = ?",
-            "postgresql": f"SELECT {_GET_COLUMNS} FROM workspaces WHERE name = %s"}
-
-
-def _json(value):
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
-def _time(value) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
-
-def read_workspace(dbapi_connection, dialect: str, name: str) -> model.Workspace | None:
-    """The fast path of GetWorkspace: one statement on the unique index of name, straight on the
-    DBAPI connection (SQLAlchemy's execution machinery costs more than the query itself)."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(_GET_SQL[dialect], (name,))
-        r = cursor.fetchone()
-    finally:
-        cursor.close()
-    if r is None:
-        return None
-    (name, spec, state, message, owner, manager, address, host_identity, labels, request_id,
-     create_time, update_time, termination_time) = r
-    return model.Workspace(
-        name=name, spec=spec_from_json(_json(spec)), state=model.State(state), state_message=message,
-        endpoint=model.Endpoint(name, manager, address, host_identity) if manager else model.Endpoint(),
-        owner=owner, create_time=_time(create_time), update_time=_time(update_time),
-        termination_time=_time(termination_time), labels=dict(_json(labels) or {}), request_id=request_id or "")
 
 
 def get_by_request_id(session: Session, request_id: str) -> WorkspaceRow | None:

@@ -23,7 +23,7 @@ from vws.manager.backends import netshape
 from vws.manager.backends.accounts import getpw, is_locked, uid_pids
 from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle
 from vws.manager.backends.cgroups import _alive
-from vws.manager.backends.sandbox import SandboxBackend
+from vws.manager.backends.sandbox import SandboxBackend, reap_all_under
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes real Unix accounts"),
@@ -49,16 +49,7 @@ def backend(tmp_path):
         finally:
             b.close()
             # whatever survived a failure: sandboxes, interfaces, reservations, accounts
-            for path in (settings.state_dir / "sandboxes").glob("*.json"):
-                st = b._load(path.stem)
-                if st is not None:
-                    if st.pid:
-                        try:
-                            os.kill(st.pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    netshape.teardown(st.link)
-                    netshape.release(st.link, path)
+            reap_all_under(settings.state_dir)
             for pw in pwd.getpwall():
                 if pw.pw_name.startswith(settings.account_prefix):
                     subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
@@ -355,7 +346,6 @@ def test_bandwidth_into_the_sandbox(backend):
 
 
 def test_reap_all_under_removes_what_a_stopped_manager_left(backend):
-    from vws.manager.backends.sandbox import reap_all_under
     h = running(backend, _wid())
     init, link = backend.sandbox_pid(h), backend.link(h)
     reap_all_under(backend.settings.state_dir.parent)

@@ -349,6 +349,24 @@ class AccountBackend(Backend):
             run_account_tool(["usermod", "--expiredate", "", name])
 
     # ------------------------------------------------------------------ staging
+    def _prepare_or_undo(self, account: str, workspace_id: str, spec: model.WorkspaceSpec,
+                         private_home: bool = False) -> HostHandle:
+        """_prepare the workspace on its account; on any failure destroy what realise made and
+        raise the failure."""
+        handle = HostHandle(workspace_id, account)
+        try:
+            pw = pwd.getpwnam(account)
+            if private_home:
+                os.chmod(pw.pw_dir, 0o700)  # other workspaces' accounts on this host must not read it
+            self._prepare(pw, workspace_id, spec)
+        except BaseException:
+            try:
+                self.destroy(handle)
+            except Exception:  # noqa: BLE001 - the original failure is what the caller needs
+                log.exception("undoing the failed realise of %s", workspace_id)
+            raise
+        return handle
+
     def _prepare(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
         """Stages files and environment and runs the setup script. Raises on any failure;
         the caller undoes."""
@@ -645,18 +663,7 @@ class DynamicAccounts(AccountBackend):
         run_account_tool(["useradd", "--create-home", "--skel", str(self.settings.skeleton_dir),
                           "--shell", "/bin/bash", "--comment", self._gecos(workspace_id),
                           "--expiredate", "1", "--user-group", name])
-        handle = HostHandle(workspace_id, name)
-        try:
-            pw = pwd.getpwnam(name)
-            os.chmod(pw.pw_dir, 0o700)  # other workspaces' accounts on this host must not read it
-            self._prepare(pw, workspace_id, spec)
-        except BaseException:
-            try:
-                self.destroy(handle)
-            except Exception:  # noqa: BLE001 - the original failure is what the caller needs
-                log.exception("undoing the failed realise of %s", workspace_id)
-            raise
-        return handle
+        return self._prepare_or_undo(name, workspace_id, spec, private_home=True)
 
     def destroy(self, handle: HostHandle) -> None:
         pw = getpw(handle.host_identity)

@@ -112,16 +112,7 @@ class AccountPool(AccountBackend):
                 raise errors.ResourceExhausted(f"manager {self.manager_id} has no free pool account: {detail}",
                                                [(f"managers/{self.manager_id}/accounts", detail)])
             self._set(pick, workspace_id, LEASED)
-        handle = HostHandle(workspace_id, pick)
-        try:
-            self._prepare(pwd.getpwnam(pick), workspace_id, spec)
-        except BaseException:
-            try:
-                self.destroy(handle)
-            except Exception:  # noqa: BLE001 - the original failure is what the caller needs
-                log.exception("undoing the failed realise of %s", workspace_id)
-            raise
-        return handle
+        return self._prepare_or_undo(pick, workspace_id, spec)
 
     def _restore_home(self, pw: pwd.struct_passwd) -> None:
         home = Path(pw.pw_dir)
