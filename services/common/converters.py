@@ -7,6 +7,7 @@ import datetime as dt
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from vws.common import model
+from vws.v1 import image_pb2
 from vws.v1 import workspace_pb2 as pb
 
 _STATE_TO_PB = {s: pb.Workspace.State.Value(f"STATE_{s.value}") for s in model.State}
@@ -159,6 +160,8 @@ def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
     )
     if w.enforcement is not None:
         msg.enforcement.CopyFrom(enforcement_to_pb(w.enforcement))
+    if w.progress is not None:
+        msg.progress.CopyFrom(progress_to_pb(w.progress))
     for field in ("create_time", "update_time", "termination_time"):
         value = getattr(w, field)
         if value is not None:
@@ -174,7 +177,56 @@ def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
         termination_time=ts_from_pb(msg, "termination_time"), labels=dict(msg.labels),
         request_id=msg.request_id,
         enforcement=enforcement_from_pb(msg.enforcement) if msg.HasField("enforcement") else None,
+        progress=progress_from_pb(msg.progress) if msg.HasField("progress") else None,
     )
+
+
+def progress_to_pb(p: model.Progress) -> pb.Progress:
+    msg = pb.Progress(activity=p.activity, done_bytes=p.done_bytes, total_bytes=p.total_bytes,
+                      bytes_per_second=p.bytes_per_second)
+    if p.update_time is not None:
+        msg.update_time.CopyFrom(ts_to_pb(p.update_time))
+    return msg
+
+
+def progress_from_pb(m: pb.Progress) -> model.Progress:
+    return model.Progress(m.activity, m.done_bytes, m.total_bytes, m.bytes_per_second,
+                          ts_from_pb(m, "update_time"))
+
+
+_BOOT_TO_PB = {b: image_pb2.Image.Boot.Value(f"BOOT_{b.value}") for b in model.ImageBoot}
+_BOOT_FROM_PB = {v: k for k, v in _BOOT_TO_PB.items()}
+_VIS_TO_PB = {b: image_pb2.Image.Visibility.Value(f"VISIBILITY_{b.value}") for b in model.ImageVisibility}
+_VIS_FROM_PB = {v: k for k, v in _VIS_TO_PB.items()}
+_ROLE_TO_PB = {b: image_pb2.ImageFile.Role.Value(f"ROLE_{b.value}") for b in model.FileRole}
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
+_FORMAT_TO_PB = {b: image_pb2.ImageFile.Format.Value(f"FORMAT_{b.value}") for b in model.FileFormat}
+_FORMAT_FROM_PB = {v: k for k, v in _FORMAT_TO_PB.items()}
+
+
+def image_to_pb(i: model.Image) -> image_pb2.Image:
+    msg = image_pb2.Image(
+        name=i.name, boot=_BOOT_TO_PB[i.boot], size_bytes=i.size_bytes, owner=i.owner,
+        visibility=_VIS_TO_PB[i.visibility], kernel_args=i.kernel_args, description=i.description,
+        guest_agent=i.guest_agent,
+        files=[image_pb2.ImageFile(role=_ROLE_TO_PB[f.role], format=_FORMAT_TO_PB[f.format],
+                                   size_bytes=f.size_bytes, digest=f.digest, location=f.location)
+               for f in i.files])
+    if i.create_time is not None:
+        msg.create_time.CopyFrom(ts_to_pb(i.create_time))
+    return msg
+
+
+def image_from_pb(m: image_pb2.Image) -> model.Image:
+    return model.Image(
+        name=m.name, boot=_BOOT_FROM_PB.get(m.boot, model.ImageBoot.UNSPECIFIED),
+        files=[model.ImageFile(_ROLE_FROM_PB.get(f.role, model.FileRole.UNSPECIFIED),
+                               _FORMAT_FROM_PB.get(f.format, model.FileFormat.UNSPECIFIED),
+                               f.size_bytes, f.digest, f.location) for f in m.files],
+        size_bytes=m.size_bytes, owner=m.owner,
+        visibility=_VIS_FROM_PB.get(m.visibility, model.ImageVisibility.UNSPECIFIED),
+        kernel_args=m.kernel_args, description=m.description, create_time=ts_from_pb(m, "create_time"),
+        guest_agent=m.guest_agent)
 
 
 def event_to_pb(e: model.Event) -> pb.WorkspaceEvent:

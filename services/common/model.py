@@ -62,15 +62,19 @@ class Action(enum.Enum):
     STOP = "stop"
     PAUSE = "pause"
     RESUME = "resume"
+    SUSPEND = "suspend"
+    REBOOT = "reboot"
     DESTROY = "destroy"
 
 
 # action -> (states it may start from, state it ends in)
 TRANSITIONS: dict[Action, tuple[frozenset[State], State]] = {
     Action.START: (frozenset({State.READY}), State.RUNNING),
-    Action.STOP: (frozenset({State.RUNNING, State.PAUSED}), State.READY),
+    Action.STOP: (frozenset({State.RUNNING, State.PAUSED, State.SUSPENDED}), State.READY),
     Action.PAUSE: (frozenset({State.RUNNING}), State.PAUSED),
-    Action.RESUME: (frozenset({State.PAUSED}), State.RUNNING),
+    Action.RESUME: (frozenset({State.PAUSED, State.SUSPENDED}), State.RUNNING),
+    Action.SUSPEND: (frozenset({State.RUNNING, State.PAUSED}), State.SUSPENDED),
+    Action.REBOOT: (frozenset({State.RUNNING}), State.RUNNING),
     Action.DESTROY: (frozenset(set(State) - {State.TERMINATED, State.UNSPECIFIED}), State.TERMINATED),
 }
 
@@ -152,6 +156,16 @@ class Endpoint:
 
 
 @dataclasses.dataclass
+class Progress:
+    """How far a long piece of work (an image copy) has got."""
+    activity: str = ""
+    done_bytes: int = 0
+    total_bytes: int = 0
+    bytes_per_second: float = 0.0
+    update_time: dt.datetime | None = None
+
+
+@dataclasses.dataclass
 class Workspace:
     name: str
     spec: WorkspaceSpec
@@ -165,6 +179,7 @@ class Workspace:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     request_id: str = ""
     enforcement: Enforcement | None = None
+    progress: Progress | None = None
 
 
 @dataclasses.dataclass
@@ -208,3 +223,58 @@ class ManagerInfo:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class ImageBoot(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    KERNEL = "KERNEL"
+    DISK = "DISK"
+
+
+class ImageVisibility(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    PRIVATE = "PRIVATE"
+    PUBLIC = "PUBLIC"
+
+
+class FileRole(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    KERNEL = "KERNEL"
+    INITRD = "INITRD"
+    DISK = "DISK"
+
+
+class FileFormat(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    RAW = "RAW"
+    QCOW2 = "QCOW2"
+
+
+@dataclasses.dataclass
+class ImageFile:
+    role: FileRole
+    format: FileFormat = FileFormat.RAW
+    size_bytes: int = 0
+    digest: str = ""      # blake3-4m:<hex> (vws.native.copysum)
+    location: str = ""    # in the repository's image store (a source path on creation)
+
+
+@dataclasses.dataclass
+class Image:
+    name: str             # images/{id}
+    boot: ImageBoot = ImageBoot.UNSPECIFIED
+    files: list[ImageFile] = dataclasses.field(default_factory=list)
+    size_bytes: int = 0
+    owner: str = ""
+    visibility: ImageVisibility = ImageVisibility.PRIVATE
+    kernel_args: str = ""
+    description: str = ""
+    create_time: dt.datetime | None = None
+    guest_agent: bool = True
+
+    def file(self, role: FileRole) -> ImageFile | None:
+        return next((f for f in self.files if f.role is role), None)
+
+    @property
+    def image_id(self) -> str:
+        return self.name.split("/", 1)[1] if "/" in self.name else self.name

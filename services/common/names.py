@@ -9,6 +9,7 @@ from vws.common.errors import InvalidArgument
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9]{3,30}$")
 MANAGER_ID = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+IMAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 
 
 def new_workspace_id() -> str:
@@ -47,3 +48,20 @@ def parse_manager_name(name: str, field: str = "name") -> str:
 def normalise_workspace_name(text: str) -> str:
     """CLI convenience: accepts `wabc...` or `workspaces/wabc...`."""
     return text if text.startswith("workspaces/") else f"workspaces/{text}"
+
+
+def image_name(image_id: str) -> str:
+    return f"images/{image_id}"
+
+
+def parse_image_name(name: str, field: str = "name") -> str:
+    """Returns the id of `images/{id}`; a bare id is accepted too (`busybox`)."""
+    image_id = name[len("images/"):] if name.startswith("images/") else name
+    if not image_id:
+        raise InvalidArgument("is empty; give an image name like images/busybox (`vws image list` shows them)",
+                              field)
+    if not IMAGE_ID.match(image_id):
+        raise InvalidArgument(
+            f"{name!r} is not an image name; use images/{{id}} with an id of lower case letters, digits and "
+            "'-' (2 to 63, starting with a letter), e.g. images/busybox", field)
+    return image_id
