@@ -43,6 +43,9 @@ class RepositorySettings:
     heartbeat_timeout: dt.timedelta = _field(dt.timedelta(seconds=10), "a manager silent this long gets no new workspaces", "duration")
     max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest a workspace may live", "duration")
     expiry_interval: dt.timedelta = _field(dt.timedelta(seconds=1), "how often expired workspaces are looked for", "duration")
+    image_store: pathlib.Path = _field(None, "where image files are kept (every manager must be able to read it: "
+                                       "local disk on one host, a shared filesystem across hosts); empty means "
+                                       "DATA_DIR/images", "path")
 
 
 @dataclasses.dataclass
@@ -88,6 +91,14 @@ class ManagerSettings:
         dt.timedelta(seconds=10), "how often every workspace's counters (CPU, memory, disk, network) are sampled "
         "for usage accounting; 0 turns sampling off (for comparison: Slurm samples every 30s, HTCondor every 300s)",
         "duration")
+    vms: bool = _field(True, "also offer VIRTUAL_MACHINE workspaces (libvirt), when libvirtd answers", "bool")
+    libvirt_uri: str = _field("qemu:///system", "libvirt connection URI (xen:///system on Xen hosts)")
+    vm_domain_type: str = _field("auto", "kvm, qemu (no acceleration) or xen; auto probes whether KVM really runs guests")
+    vm_orphans: str = _field("destroy", "what to do with a domain of this manager that no workspace owns: destroy or report")
+    vm_shutdown_timeout: dt.timedelta = _field(dt.timedelta(seconds=20), "how long a guest has to power off on ACPI "
+                                               "before it is forced off", "duration")
+    vm_agent_timeout: dt.timedelta = _field(dt.timedelta(seconds=60), "how long after boot Exec waits for the "
+                                            "guest agent", "duration")
 
 
 SECTIONS = {"repository": RepositorySettings, "factory": FactorySettings, "manager": ManagerSettings}
