@@ -29,6 +29,7 @@ class RepositoryGateway(Protocol):
     def heartbeat(self, manager: str, allocated: model.Capacity) -> bool: ...  # False: not registered
     def workspaces_on(self, manager: str) -> list[model.Workspace]: ...
     def get(self, name: str) -> model.Workspace | None: ...
+    def progress(self, manager: str, name: str, progress: model.Progress | None) -> None: ...
 
 
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
@@ -52,7 +53,9 @@ class ManagerIdentity:
 
 
 _DONE = {Action.START: "started", Action.STOP: "stopped: every process killed, account locked",
-         Action.PAUSE: "paused: processes frozen", Action.RESUME: "resumed"}
+         Action.PAUSE: "paused: processes frozen", Action.RESUME: "resumed", Action.SUSPEND: "suspended",
+         Action.REBOOT: "rebooted"}
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the repository
 
 
 class WorkspaceManager:
@@ -145,7 +148,7 @@ class WorkspaceManager:
             # The intent is on disk before the host changes, so a crash mid-deploy is found and undone.
             self.state.insert(ws)
             try:
-                handle = self.backend.realise(wid, workspace.spec)
+                handle = self.backend.realise(wid, workspace.spec, self._progress_reporter(ws))
                 ws.host_identity = handle.host_identity
                 if workspace.spec.start_on_create:
                     self.backend.start(handle)
@@ -159,13 +162,37 @@ class WorkspaceManager:
                 raise
             enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY
-            self._changed(ws, final, f"{workspace.spec.kind.cli_name} workspace on account {ws.host_identity}"
+            self._changed(ws, final, f"{workspace.spec.kind.cli_name} workspace on {self.backend.describe(handle)}"
                           + (", started" if final is State.RUNNING else ", ready, not started"),
                           enforcement=enforcement)
             return self.view(ws, enforcement)
 
-    def transition(self, name: str, action: Action, reason: str = "") -> model.Workspace:
-        """Start, stop, pause, resume or destroy, only along legal moves."""
+    def _progress_reporter(self, ws: LocalWorkspace):
+        """The progress callback handed to realise: the first call moves the workspace to
+        PROPAGATING (on record, so a crash in the middle is undone at the next start); then the
+        repository hears how far the copy has got, at most every PROGRESS_INTERVAL seconds."""
+        last = {"sent": 0.0, "done": 0, "time": self._clock(), "rate": 0.0}
+
+        def report(activity: str, done: int, total: int) -> None:
+            now = self._clock()
+            if ws.state is State.PENDING:
+                self._changed(ws, State.PROPAGATING, activity)
+            elapsed = now - last["time"]
+            if elapsed > 0.2:
+                last["rate"] = (done - last["done"]) / elapsed if done >= last["done"] else 0.0
+                last["time"], last["done"] = now, done
+            if now - last["sent"] < PROGRESS_INTERVAL and done < total:
+                return
+            last["sent"] = now
+            try:
+                self.repository.progress(self.identity.name, ws.name, model.Progress(
+                    activity, done, total, last["rate"], model.utcnow()))
+            except Exception as exc:  # noqa: BLE001 - progress is best effort
+                log.debug("progress report on %s not delivered: %s", ws.name, exc)
+        return report
+
+    def transition(self, name: str, action: Action, reason: str = "", force: bool = False) -> model.Workspace:
+        """Start, stop, pause, resume, suspend, reboot or destroy, only along legal moves."""
         with self._lock(name):
             ws = self._require(name)
             allowed, target = model.TRANSITIONS[action]
@@ -180,8 +207,11 @@ class WorkspaceManager:
                 self.backend.destroy(handle)
                 self._changed(ws, State.TERMINATED, reason or "destroyed")
                 return self.view(ws)
-            getattr(self.backend, action.value)(handle)
-            self._changed(ws, target, _DONE[action])
+            if action is Action.STOP:
+                said = self.backend.stop(handle, force)
+            else:
+                said = getattr(self.backend, action.value)(handle)
+            self._changed(ws, target, said or _DONE[action])
             return self.view(ws)
 
     def destroy(self, name: str, reason: str = "") -> model.Workspace:
@@ -235,7 +265,7 @@ class WorkspaceManager:
                                       "adopted": []}
         # 1. Deploys interrupted by a crash are undone: their client got no answer and may retry.
         for ws in self.state.all():
-            if ws.state is State.PENDING:
+            if ws.state in (State.PENDING, State.PROPAGATING):
                 for hid, wid in self.backend.inventory().items():
                     if wid == ws.workspace_id:
                         self.backend.reclaim(hid)
@@ -296,8 +326,8 @@ class WorkspaceManager:
             if ws.state in (State.FAILED,) or not ws.host_identity:
                 continue
             if not self.backend.exists(self._handle(ws)):
-                self.state.change(ws, State.FAILED, f"its account {ws.host_identity} vanished from the host "
-                                  "while the manager was not watching", model.EventType.RECONCILED)
+                self.state.change(ws, State.FAILED, f"its {self.backend.describe(self._handle(ws))} vanished from "
+                                  "the host while the manager was not watching", model.EventType.RECONCILED)
                 self._final_usage(ws, locked=False)
                 done["vanished"].append(ws.name)
                 continue

@@ -32,7 +32,7 @@ class FakeBackend(Backend):
     def capacity(self):
         return model.Capacity(self.slots, 0, 0, 0)
 
-    def realise(self, workspace_id, spec):
+    def realise(self, workspace_id, spec, progress=None):
         if self.fail_realise:
             raise errors.InvalidArgument("exit 3", "workspace.spec.software.setup_script")
         self.accounts["u-" + workspace_id] = workspace_id
@@ -42,7 +42,7 @@ class FakeBackend(Backend):
         self.log.append((what, h.host_identity))
 
     def start(self, h): self._do("start", h)
-    def stop(self, h): self._do("stop", h)
+    def stop(self, h, force=False): self._do("stop", h)
     def pause(self, h): self._do("pause", h)
     def resume(self, h): self._do("resume", h)
 
@@ -87,6 +87,10 @@ class FakeRepository:
     def register(self, info):
         self._check()
         self.registered.append(info.name)
+
+    def progress(self, manager, name, progress):
+        self._check()
+        self.progressed = getattr(self, "progressed", []) + [(name, progress)]
 
     def heartbeat(self, manager, allocated):
         self._check()

@@ -474,7 +474,7 @@ class AccountBackend(Backend):
         self.cgroups.thaw(handle.workspace_id)
         self.unlock(pw.pw_name)
 
-    def stop(self, handle: HostHandle) -> None:
+    def stop(self, handle: HostHandle, force: bool = False) -> None:
         pw = self._account(handle)
         self._kill_all(handle.workspace_id, pw)
         self.lock(pw.pw_name)
@@ -651,7 +651,7 @@ class DynamicAccounts(AccountBackend):
                                             f"{handle.workspace_id} of manager {self.manager_id}")
         return pw
 
-    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress=None) -> HostHandle:
         name = self.account_name(workspace_id)
         pw = getpw(name)
         if pw is not None:

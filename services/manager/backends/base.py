@@ -7,8 +7,12 @@ import dataclasses
 import os
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from vws.common import errors, model
+
+# progress(activity, done_bytes, total_bytes): long work in realise (an image copy) reports here.
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +117,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def capacity(self) -> model.Capacity: ...
 
+    # What the host identity names, for messages: "account", "domain".
+    host_noun: str = "account"
+
     @abc.abstractmethod
-    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress: ProgressFn | None = None) -> HostHandle:
         """Makes the workspace exist, locked (nothing runs, nobody logs in) until start.
-        Idempotent on workspace_id; on failure nothing is left."""
+        Idempotent on workspace_id; on failure nothing is left. Long work (copying an image)
+        calls progress as it goes."""
 
     @abc.abstractmethod
     def start(self, handle: HostHandle) -> None: ...
 
     @abc.abstractmethod
-    def stop(self, handle: HostHandle) -> None:
-        """Kills every process of the workspace and locks it."""
+    def stop(self, handle: HostHandle, force: bool = False) -> str | None:
+        """Kills every process of the workspace and locks it (a guest is shut down, or with force
+        powered off). May return what happened, for the history."""
 
     @abc.abstractmethod
     def pause(self, handle: HostHandle) -> None: ...
@@ -149,6 +158,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def reclaim(self, host_identity: str) -> None:
         """Destroys what inventory() lists under host_identity, with no workspace record."""
+
+    def suspend(self, handle: HostHandle) -> str | None:
+        """Serialises the workspace to the manager's storage (RUNNING or PAUSED -> SUSPENDED)."""
+        raise errors.FailedPrecondition(
+            f"{handle.kind.cli_name} workspaces cannot be suspended: their processes cannot be serialised on "
+            "this host; pause it instead (processes frozen in memory)")
+
+    def reboot(self, handle: HostHandle) -> str | None:
+        raise errors.FailedPrecondition(
+            f"{handle.kind.cli_name} workspaces have no system to reboot; stop and start it instead")
+
+    def describe(self, handle: HostHandle) -> str:
+        """How messages name what realises the workspace on the host, e.g. `account vws-w1`."""
+        return f"{self.host_noun} {handle.host_identity}"
 
     def enforcement(self, handle: HostHandle) -> model.Enforcement | None:
         """The limits in force for the workspace, as the host sees them."""

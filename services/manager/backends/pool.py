@@ -92,7 +92,7 @@ class AccountPool(AccountBackend):
         return pw
 
     # ----------------------------------------------------------------- lifecycle
-    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress=None) -> HostHandle:
         with self._lock:
             account = self._leased_to(workspace_id)
             if account is not None:

@@ -37,21 +37,30 @@ class KindRouter(Backend):
         return model.Capacity(max(c.workspaces for c in caps), max(c.memory_bytes for c in caps),
                               max(c.disk_bytes for c in caps), max(c.cpu_millis for c in caps))
 
-    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
-        handle = self._for(spec.kind).realise(workspace_id, spec)
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress=None) -> HostHandle:
+        handle = self._for(spec.kind).realise(workspace_id, spec, progress)
         return dataclasses.replace(handle, kind=spec.kind)
 
-    def start(self, handle: HostHandle) -> None:
-        self._for(handle.kind).start(handle)
+    def start(self, handle: HostHandle) -> str | None:
+        return self._for(handle.kind).start(handle)
 
-    def stop(self, handle: HostHandle) -> None:
-        self._for(handle.kind).stop(handle)
+    def stop(self, handle: HostHandle, force: bool = False) -> str | None:
+        return self._for(handle.kind).stop(handle, force)
 
-    def pause(self, handle: HostHandle) -> None:
-        self._for(handle.kind).pause(handle)
+    def pause(self, handle: HostHandle) -> str | None:
+        return self._for(handle.kind).pause(handle)
 
-    def resume(self, handle: HostHandle) -> None:
-        self._for(handle.kind).resume(handle)
+    def resume(self, handle: HostHandle) -> str | None:
+        return self._for(handle.kind).resume(handle)
+
+    def suspend(self, handle: HostHandle) -> str | None:
+        return self._for(handle.kind).suspend(handle)
+
+    def reboot(self, handle: HostHandle) -> str | None:
+        return self._for(handle.kind).reboot(handle)
+
+    def describe(self, handle: HostHandle) -> str:
+        return self._for(handle.kind).describe(handle)
 
     def destroy(self, handle: HostHandle) -> None:
         self._for(handle.kind).destroy(handle)

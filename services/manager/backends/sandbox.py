@@ -281,7 +281,7 @@ class SandboxBackend(DynamicAccounts):
                 f"--wdns=\"$PWD\" -- ")
 
     # ----------------------------------------------------------------- lifecycle
-    def realise(self, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
+    def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress=None) -> HostHandle:
         name = self.account_name(workspace_id)
         made = None
         with self._lock(workspace_id):
@@ -310,7 +310,7 @@ class SandboxBackend(DynamicAccounts):
                 done.append("sandbox")
         return done
 
-    def stop(self, handle: HostHandle) -> None:
+    def stop(self, handle: HostHandle, force: bool = False) -> None:
         self._account(handle)
         with self._lock(handle.workspace_id):
             st = self._load(handle.workspace_id)
