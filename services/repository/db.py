@@ -78,6 +78,9 @@ class WorkspaceRow(Base):
     snapshot: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
     # The limits its manager put in place (model.Enforcement as JSON); null until realised.
     enforcement: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # How far the work of the current state has got (model.Progress as JSON, update_time in ISO
+    # form); null when nothing long is under way. Cleared whenever the state moves.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
 
     __table_args__ = (
         # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.
@@ -161,6 +164,43 @@ class UsageRow(Base):
         sa.Index("ix_workspace_usage_owner_period", "owner", "end_time"),
         sa.Index("ix_workspace_usage_period", "end_time"),
     )
+
+
+class ImageRow(Base):
+    """An image in the catalogue; its files are rows of image_files."""
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(sa.String(80), primary_key=True)  # images/{id}
+    boot: Mapped[str] = mapped_column(sa.String(16))
+    owner: Mapped[str] = mapped_column(sa.String(256))
+    visibility: Mapped[str] = mapped_column(sa.String(16))
+    kernel_args: Mapped[str] = mapped_column(sa.Text, default="")
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    guest_agent: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # ListImages for an owner: the public ones and the owner's, by name.
+        sa.Index("ix_images_visibility_listing", "visibility", "name"),
+        sa.Index("ix_images_owner_listing", "owner", "name"),
+    )
+
+
+class ImageFileRow(Base):
+    """One file of an image, kept in the image store at `location` (content-addressed: images
+    with the same file share one copy)."""
+    __tablename__ = "image_files"
+
+    image_name: Mapped[str] = mapped_column(sa.ForeignKey("images.name", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    format: Mapped[str] = mapped_column(sa.String(16))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    digest: Mapped[str] = mapped_column(sa.String(128))
+    location: Mapped[str] = mapped_column(sa.String(1024))
+
+    # Whether another image still uses a stored file, when one is deleted.
+    __table_args__ = (sa.Index("ix_image_files_location", "location"),)
 
 
 # ----------------------------------------------------------------------------- engine

@@ -44,6 +44,22 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
         return repository_pb2.ListWorkspaceEventsResponse(
             events=[converters.event_to_pb(e) for e in items], next_page_token=token)
 
+    def CreateImage(self, request, context):
+        image = self.service.create_image(request.image_id, converters.image_from_pb(request.image), request.owner)
+        return repository_pb2.CreateImageResponse(image=converters.image_to_pb(image))
+
+    def GetImage(self, request, context):
+        return repository_pb2.GetImageResponse(image=converters.image_to_pb(self.service.get_image(request.name)))
+
+    def ListImages(self, request, context):
+        items, token = self.service.list_images(request.owner, request.page_size, request.page_token)
+        return repository_pb2.ListImagesResponse(images=[converters.image_to_pb(i) for i in items],
+                                                 next_page_token=token)
+
+    def DeleteImage(self, request, context):
+        self.service.delete_image(request.name)
+        return repository_pb2.DeleteImageResponse()
+
     def RegisterManager(self, request, context):
         info = self.service.register_manager(converters.manager_from_pb(request.manager))
         return repository_pb2.RegisterManagerResponse(manager=converters.manager_to_pb(info))
@@ -92,6 +108,12 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
     def DeleteWorkspaceRecord(self, request, context):
         self.service.delete_record(request.name, request.reason)
         return record_pb2.DeleteWorkspaceRecordResponse()
+
+    def ReportWorkspaceProgress(self, request, context):
+        self.service.report_progress(
+            request.name, request.manager,
+            converters.progress_from_pb(request.progress) if request.HasField("progress") else None)
+        return record_pb2.ReportWorkspaceProgressResponse()
 
     def ReportUsage(self, request, context):
         accepted = self.service.report_usage(request.manager, [converters.usage_from_pb(u) for u in request.usage])

@@ -55,7 +55,25 @@ def to_workspace(row: WorkspaceRow) -> model.Workspace:
         if row.manager_name else model.Endpoint(),
         owner=row.owner, create_time=row.create_time, update_time=row.update_time,
         termination_time=row.termination_time, labels=dict(row.labels or {}), request_id=row.request_id or "",
-        enforcement=model.Enforcement(**row.enforcement) if row.enforcement else None)
+        enforcement=model.Enforcement(**row.enforcement) if row.enforcement else None,
+        progress=progress_from_json(row.progress))
+
+
+def progress_to_json(p: model.Progress | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"activity": p.activity, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
+            "bytes_per_second": p.bytes_per_second,
+            "update_time": p.update_time.astimezone(dt.timezone.utc).isoformat() if p.update_time else None}
+
+
+def progress_from_json(doc: dict[str, Any] | None) -> model.Progress | None:
+    if not doc:
+        return None
+    when = doc.get("update_time")
+    return model.Progress(doc.get("activity", ""), int(doc.get("done_bytes", 0)), int(doc.get("total_bytes", 0)),
+                          float(doc.get("bytes_per_second", 0.0)),
+                          dt.datetime.fromisoformat(when) if when else None)
 
 
 def to_event(workspace_name: str, row: EventRow) -> model.Event:
