@@ -1,6 +1,8 @@
 """The factory's view of the repository and the managers, over gRPC."""
 from __future__ import annotations
 
+import grpc
+
 from vws.common import clients, converters, model
 from vws.v1 import manager_pb2, record_pb2, repository_pb2, workspace_pb2
 
@@ -52,6 +54,16 @@ class GrpcRecords:
     def get(self, name: str) -> model.Workspace:
         r = self._repo.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name), timeout=TIMEOUT)
         return converters.workspace_from_pb(r.workspace)
+
+    def get_image(self, name: str) -> model.Image | None:
+        """None when the repository has no such image."""
+        try:
+            r = self._repo.GetImage(repository_pb2.GetImageRequest(name=name), timeout=TIMEOUT)
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return converters.image_from_pb(r.image)
 
 
 class GrpcManagers:

@@ -18,7 +18,7 @@ import grpc
 
 from vws.common import errors, model, names, units
 from vws.common.model import State
-from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id
+from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
@@ -36,6 +36,7 @@ class RecordGateway(Protocol):
     def managers(self) -> list[model.ManagerInfo]: ...
     def pending(self) -> list[model.Workspace]: ...
     def get(self, name: str) -> model.Workspace: ...
+    def get_image(self, name: str) -> model.Image | None: ...
 
 
 class ManagerGateway(Protocol):
@@ -125,6 +126,9 @@ class WorkspaceFactory:
     def create(self, request_id: str, workspace: model.Workspace, kind_known: bool = True) -> model.Workspace:
         check_request_id(request_id)
         admitted = admit(workspace, self.limits, kind_known)
+        if admitted.spec.kind is model.Kind.VIRTUAL_MACHINE:
+            admitted = fit_image(admitted, workspace.spec.resources,
+                                 self.records.get_image(admitted.spec.software.image), self.limits)
         request_id = request_id or f"auto-{uuid.uuid4()}"
         now = self._clock()
         admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
@@ -249,7 +253,7 @@ class WorkspaceFactory:
         for kind in model.Kind:
             offering = [m for m in available if kind in m.kinds]
             if kind not in IMPLEMENTED:
-                kinds.append((kind, False, NOT_YET[kind]))
+                kinds.append((kind, False, NOT_YET.get(kind, "not implemented at this site yet")))
             elif not offering:
                 kinds.append((kind, False, "no available manager offers it right now"))
             else:

@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 import re
 
-from vws.common import errors, model, units
+from vws.common import errors, model, names, units
 from vws.common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -22,8 +22,11 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
-IMPLEMENTED = frozenset({model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX})
-NOT_YET = {model.Kind.VIRTUAL_MACHINE: "virtual-machine workspaces are not implemented at this site yet"}
+IMPLEMENTED = frozenset({model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX, model.Kind.VIRTUAL_MACHINE})
+# kind -> why this site does not realise it (none today).
+NOT_YET: dict[model.Kind, str] = {}
+IMAGE_FIELD = "workspace.spec.software.image"
+NEEDS_IMAGE = "virtual machines boot an image; give one, e.g. --image busybox (`vws image list` shows them)"
 
 
 @dataclasses.dataclass
@@ -48,6 +51,34 @@ _RESOURCES = (  # field, unit formatter, example
     ("network_bits_per_second", lambda v: f"{v} bit/s", "100M"),
     ("max_processes", lambda v: f"{v} processes", "512"),
 )
+
+
+def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Image | None,
+              limits: Limits) -> model.Workspace:
+    """A virtual machine's image, as the repository has it (None: not there): the owner must be
+    allowed to boot it (NOT_FOUND otherwise, the same answer as for a missing one, so that a
+    private image of someone else is not disclosed), and the disk must hold the image's raw
+    disk (the default disk is raised to it; an explicit smaller one is refused). A qcow2 disk's
+    virtual size is checked by the manager."""
+    name = admitted.spec.software.image
+    if image is None or (image.visibility is not model.ImageVisibility.PUBLIC and image.owner != admitted.owner):
+        raise errors.NotFound(f"{IMAGE_FIELD}: image {name} does not exist or is not yours to boot; "
+                              "`vws image list` shows the images you may boot")
+    disk = image.file(model.FileRole.DISK) if image.boot is model.ImageBoot.DISK else None
+    res = admitted.spec.resources
+    if disk is None or disk.format is not model.FileFormat.RAW or res.disk_bytes >= disk.size_bytes:
+        return admitted
+    need = -(-disk.size_bytes // 2**20) * 2**20  # whole MiB
+    path = "workspace.spec.resources.disk_bytes"
+    if need > limits.maxima.disk_bytes:
+        raise errors.InvalidArgument(f"image {name} has a {units.format_size(need)} disk, over this site's maximum "
+                                     f"disk of {units.format_size(limits.maxima.disk_bytes)}", path)
+    if asked.disk_bytes:
+        raise errors.InvalidArgument(f"{units.format_size(res.disk_bytes)} is smaller than the disk of image {name} "
+                                     f"({units.format_size(need)}); give at least that much, e.g. --disk "
+                                     f"{units.format_size(need)}, or none for the image's size", path)
+    spec = dataclasses.replace(admitted.spec, resources=dataclasses.replace(res, disk_bytes=need))
+    return dataclasses.replace(admitted, spec=spec)
 
 
 def check_request_id(request_id: str) -> None:
@@ -127,8 +158,23 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path + ".mode", "set-uid and set-gid bits are not allowed"))
         if len(f.content) > MAX_FILE_BYTES:
             v.append((path + ".content", f"is over {units.format_size(MAX_FILE_BYTES)}"))
-    if sw.image and spec.kind is not model.Kind.VIRTUAL_MACHINE:
-        v.append(("workspace.spec.software.image", "only virtual-machine workspaces boot an image; leave it empty"))
+    image = sw.image
+    if spec.kind is model.Kind.VIRTUAL_MACHINE:
+        if not image:
+            v.append((IMAGE_FIELD, NEEDS_IMAGE))
+        else:
+            try:
+                image = names.image_name(names.parse_image_name(image, IMAGE_FIELD))
+            except errors.InvalidArgument as exc:
+                v += exc.violations
+        if sw.setup_script:
+            v.append(("workspace.spec.software.setup_script", "is not supported for virtual machines yet; leave it "
+                      "empty and run the script with `vws exec` once the workspace is RUNNING"))
+        if sw.files:
+            v.append(("workspace.spec.software.files", "staging files is not supported for virtual machines yet; "
+                      "leave them out and copy them in with `vws exec` once the workspace is RUNNING"))
+    elif image:
+        v.append((IMAGE_FIELD, "only virtual-machine workspaces boot an image; leave it empty (or ask for kind vm)"))
 
     if len(workspace.labels) > MAX_LABELS:
         v.append(("workspace.labels", f"has {len(workspace.labels)} labels; at most {MAX_LABELS}"))
@@ -142,7 +188,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if v:
         raise errors.InvalidArgument(v)
     if spec.kind not in IMPLEMENTED:
-        raise errors.Unimplemented(NOT_YET[spec.kind] + "; ask for kind account or sandbox")
+        raise errors.Unimplemented(NOT_YET.get(spec.kind, f"{spec.kind.cli_name} workspaces are not implemented at "
+                                                          "this site yet") + "; ask for another kind")
     new_spec = dataclasses.replace(spec, resources=res, lifetime=lifetime,
-                                   software=dataclasses.replace(sw, files=list(sw.files)))
+                                   software=dataclasses.replace(sw, files=list(sw.files), image=image))
     return dataclasses.replace(workspace, spec=new_spec, labels=dict(workspace.labels))
