@@ -18,13 +18,17 @@ import grpc
 
 from vws.cli import output as out
 from vws.common import clients, config, errors, names, units
-from vws.v1 import (factory_pb2, manager_pb2, repository_pb2, workspace_pb2)
+from vws.v1 import (factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2)
 
 W = workspace_pb2.Workspace
+IMG = image_pb2.Image
+IMG_FILE = image_pb2.ImageFile
 KINDS = {"account": workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT,
          "sandbox": workspace_pb2.WorkspaceSpec.KIND_SANDBOX,
          "vm": workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE}
 TIMEOUT = 30.0
+# Calls that may wait on a guest (shut down, save or restore its memory) or copy an image.
+LONG_TIMEOUT = 300.0
 DEFAULT_FACTORY = "127.0.0.1:7702"
 
 
@@ -141,6 +145,11 @@ def workspace_name(text: str) -> str:
     return name
 
 
+def image_name(text: str) -> str:
+    """`busybox` or `images/busybox` -> `images/busybox`."""
+    return names.image_name(names.parse_image_name(text, "NAME"))
+
+
 # --------------------------------------------------------------------------- printing
 def show_workspace(ws: W) -> None:
     spec, r = ws.spec, ws.spec.resources
@@ -158,6 +167,10 @@ def show_workspace(ws: W) -> None:
         ("environment", ", ".join(sorted(spec.software.environment)) or "-"),
         ("staged files", ", ".join(f.path for f in spec.software.files) or "-"),
     ]
+    if spec.software.image:
+        rows.insert(4, ("image", spec.software.image))
+    if ws.HasField("progress"):
+        rows.insert(3, ("progress", out.progress_line(ws.progress)))
     if ws.HasField("enforcement"):
         e = ws.enforcement
         rows.append(("enforced by", f"{e.mechanism or '-'}{' in ' + e.cgroup if e.cgroup else ''}"))
@@ -182,7 +195,8 @@ def emit(args, message, human) -> None:
 # --------------------------------------------------------------------------- commands
 def cmd_create(args) -> int:
     conn = Connection(args)
-    spec = workspace_pb2.WorkspaceSpec(kind=KINDS[args.kind])
+    kind = args.kind or ("vm" if args.image else "account")
+    spec = workspace_pb2.WorkspaceSpec(kind=KINDS[kind])
     res = spec.resources
     if args.memory is not None:
         res.memory_bytes = units.parse_size(args.memory, "--memory")
@@ -226,7 +240,7 @@ def cmd_create(args) -> int:
     created = r.workspace
     if args.wait:
         created = wait_for(conn, created.name, {W.STATE_READY, W.STATE_RUNNING} if args.no_start else {W.STATE_RUNNING},
-                           args.timeout)
+                           args.timeout, bar=out.ProgressBar(sys.stderr))
     if args.output == "json":
         out.print_json(out.to_dict(r if not args.wait else factory_pb2.CreateWorkspaceResponse(
             workspace=created, endpoint=created.endpoint)))
@@ -236,13 +250,17 @@ def cmd_create(args) -> int:
     return 0 if created.state != W.STATE_FAILED else 1
 
 
-def wait_for(conn: Connection, name: str, targets: set[int], timeout: float) -> W:
-    """Follows the workspace's changes (WatchWorkspace) until it reaches a target state."""
+def wait_for(conn: Connection, name: str, targets: set[int], timeout: float, bar: "out.ProgressBar | None" = None
+             ) -> W:
+    """Follows the workspace's changes (WatchWorkspace) until it reaches a target state; with a
+    bar, shows the progress of long work (an image copy while PROPAGATING) as it goes."""
     call = conn.repository().WatchWorkspace(repository_pb2.WatchWorkspaceRequest(name=name), timeout=timeout)
     last = None
     try:
         for msg in call:
             last = msg.workspace
+            if bar is not None:
+                bar.show(last.progress if last.state == W.STATE_PROPAGATING and last.HasField("progress") else None)
             if last.state in targets:
                 return last
             if last.state in (W.STATE_FAILED, W.STATE_TERMINATED) and last.state not in targets:
@@ -252,6 +270,9 @@ def wait_for(conn: Connection, name: str, targets: set[int], timeout: float) -> 
             raise CliError(f"gave up waiting for {name} after {timeout:g}s; it is "
                            f"{state_name(last.state) if last else 'unknown'}", 4) from None
         raise
+    finally:
+        if bar is not None:
+            bar.show(None)
     if last is None:
         raise CliError(f"the repository ended the watch of {name} without an answer")
     return last
@@ -324,13 +345,13 @@ def cmd_events(args) -> int:
     return 0
 
 
-def _manager_call(args, method: str, request_type):
+def _manager_call(args, method: str, request_type, timeout: float = TIMEOUT, **fields):
     conn = Connection(args)
     name = workspace_name(args.name)
     ws = conn.get(name)
     stub, address = conn.manager_of(ws)
     try:
-        r = getattr(stub, method)(request_type(name=name), timeout=TIMEOUT)
+        r = getattr(stub, method)(request_type(name=name, **fields), timeout=timeout)
     except grpc.RpcError as exc:
         if exc.code() is grpc.StatusCode.UNAVAILABLE:
             raise CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {name}", 3) from None
@@ -344,7 +365,9 @@ def cmd_start(args):
 
 
 def cmd_stop(args):
-    return _manager_call(args, "StopWorkspace", manager_pb2.StopWorkspaceRequest)
+    # A virtual machine is given time to shut down (ACPI) before it is forced off.
+    return _manager_call(args, "StopWorkspace", manager_pb2.StopWorkspaceRequest, timeout=LONG_TIMEOUT,
+                         force=args.force)
 
 
 def cmd_pause(args):
@@ -352,7 +375,15 @@ def cmd_pause(args):
 
 
 def cmd_resume(args):
-    return _manager_call(args, "ResumeWorkspace", manager_pb2.ResumeWorkspaceRequest)
+    return _manager_call(args, "ResumeWorkspace", manager_pb2.ResumeWorkspaceRequest, timeout=LONG_TIMEOUT)
+
+
+def cmd_suspend(args):
+    return _manager_call(args, "SuspendWorkspace", manager_pb2.SuspendWorkspaceRequest, timeout=LONG_TIMEOUT)
+
+
+def cmd_reboot(args):
+    return _manager_call(args, "RebootWorkspace", manager_pb2.RebootWorkspaceRequest, timeout=LONG_TIMEOUT)
 
 
 def cmd_destroy(args) -> int:
@@ -421,6 +452,13 @@ def cmd_site(args) -> int:
               f"max {out.bandwidth(m.network_bits_per_second)}")
         print(f"lifetime    default {units.format_duration(s.default_lifetime.ToTimedelta())}, "
               f"max {units.format_duration(s.max_lifetime.ToTimedelta())}")
+        try:
+            images = conn.repository().ListImages(repository_pb2.ListImagesRequest(
+                owner=getpass.getuser(), page_size=1000), timeout=TIMEOUT).images
+        except grpc.RpcError:
+            return
+        print("images      " + (", ".join(i.name.split("/", 1)[1] for i in images) + " (vws image list)"
+                                 if images else "none yet (vws image add)"))
     emit(args, s, human)
     return 0
 
@@ -550,6 +588,125 @@ def cmd_usage(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- images
+IMAGE_FLAGS = {IMG_FILE.ROLE_KERNEL: "kernel", IMG_FILE.ROLE_INITRD: "initrd", IMG_FILE.ROLE_DISK: "disk"}
+
+
+def boot_name(value: int) -> str:
+    return out.enum_name(IMG.Boot, value, "BOOT_").lower()
+
+
+def show_image(image) -> None:
+    rows = [
+        ("name", image.name), ("boot", boot_name(image.boot)), ("owner", image.owner or "-"),
+        ("visibility", out.enum_name(IMG.Visibility, image.visibility, "VISIBILITY_").lower()),
+        ("guest agent", "yes" if image.guest_agent else "no"),
+        ("kernel args", image.kernel_args or "-"), ("description", image.description or "-"),
+        ("size", out.size(image.size_bytes)), ("created", out.when(image.create_time)),
+    ]
+    for f in image.files:
+        role = out.enum_name(IMG_FILE.Role, f.role, "ROLE_").lower()
+        rows.append((role, f"{out.size(f.size_bytes)} {out.enum_name(IMG_FILE.Format, f.format, 'FORMAT_').lower()}"))
+        rows += [("  digest", f.digest), ("  stored at", f.location)]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k + ':':<{width + 1}} {v}")
+
+
+def _image_flags_in(text: str, flags: dict[int, str]) -> str:
+    """A field path of CreateImage in an error, as the flag that gave it."""
+    for i, flag in flags.items():
+        for field, shown in ((f"image.files[{i}].location", f"--{flag}"),
+                             (f"image.files[{i}].digest", f"--{flag}-digest"),
+                             (f"image.files[{i}].format", "--format"),
+                             (f"image.files[{i}].role", f"--{flag}")):
+            text = text.replace(field, shown)
+    for field, shown in (("image_id", "NAME"), ("image.kernel_args", "--kernel-args"),
+                         ("image.description", "--description")):
+        text = text.replace(field, shown)
+    return text
+
+
+def cmd_image_add(args) -> int:
+    conn = Connection(args)
+    image_id = names.parse_image_name(args.name, "NAME")
+    if bool(args.kernel) == bool(args.disk):
+        raise CliError("give --kernel FILE (and optionally --initrd FILE) for an image booted by the hypervisor, "
+                       "or --disk FILE for one that boots from its disk; not both", 2)
+    for flag, value, goes_with in (("--initrd", args.initrd, args.kernel), ("--kernel-args", args.kernel_args, args.kernel),
+                                   ("--kernel-digest", args.kernel_digest, args.kernel),
+                                   ("--initrd-digest", args.initrd_digest, args.initrd),
+                                   ("--format", args.format, args.disk), ("--disk-digest", args.disk_digest, args.disk)):
+        if value and not goes_with:
+            wanted = {"--initrd": "--kernel", "--kernel-args": "--kernel", "--kernel-digest": "--kernel",
+                      "--initrd-digest": "--initrd", "--format": "--disk", "--disk-digest": "--disk"}[flag]
+            raise CliError(f"{flag} goes with {wanted}", 2)
+    image = image_pb2.Image(
+        boot=IMG.BOOT_KERNEL if args.kernel else IMG.BOOT_DISK,
+        visibility=IMG.VISIBILITY_PUBLIC if args.public else IMG.VISIBILITY_PRIVATE,
+        kernel_args=args.kernel_args or "", description=args.description or "", guest_agent=not args.no_agent)
+    flags: dict[int, str] = {}
+    for role, path, digest in ((IMG_FILE.ROLE_KERNEL, args.kernel, args.kernel_digest),
+                               (IMG_FILE.ROLE_INITRD, args.initrd, args.initrd_digest),
+                               (IMG_FILE.ROLE_DISK, args.disk, args.disk_digest)):
+        if not path:
+            continue
+        fmt = IMG_FILE.FORMAT_UNSPECIFIED
+        if role == IMG_FILE.ROLE_DISK and args.format:
+            fmt = IMG_FILE.FORMAT_QCOW2 if args.format == "qcow2" else IMG_FILE.FORMAT_RAW
+        flags[len(image.files)] = IMAGE_FLAGS[role]
+        # The repository reads the file itself: it needs the whole path.
+        image.files.add(role=role, format=fmt, digest=digest or "", location=os.path.abspath(path))
+    try:
+        r = conn.repository().CreateImage(repository_pb2.CreateImageRequest(
+            image_id=image_id, image=image, owner=getpass.getuser()), timeout=args.timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code is grpc.StatusCode.UNAVAILABLE:
+            raise conn.unreachable("repository", conn._repository_address or "?") from None
+        raise CliError(_image_flags_in(describe_rpc_error(exc), flags),
+                       2 if code is grpc.StatusCode.INVALID_ARGUMENT else 1) from None
+    emit(args, r.image, lambda i: print(f"{i.name}  {boot_name(i.boot)}  {out.size(i.size_bytes)}  "
+                                        f"{out.enum_name(IMG.Visibility, i.visibility, 'VISIBILITY_').lower()}"))
+    return 0
+
+
+def cmd_image_list(args) -> int:
+    conn = Connection(args)
+    req = repository_pb2.ListImagesRequest(owner="" if args.all else getpass.getuser(), page_size=1000)
+    found = []
+    while True:
+        r = conn.repository().ListImages(req, timeout=TIMEOUT)
+        found.extend(r.images)
+        if not r.next_page_token:
+            break
+        req.page_token = r.next_page_token
+    if args.output == "json":
+        out.print_json({"images": [out.to_dict(i) for i in found]})
+        return 0
+    rows = [[i.name.split("/", 1)[1], boot_name(i.boot), out.size(i.size_bytes),
+             out.enum_name(IMG.Visibility, i.visibility, "VISIBILITY_").lower(), i.owner or "-",
+             "yes" if i.guest_agent else "no", out.when(i.create_time), i.description or "-"] for i in found]
+    print(out.table(rows, ["NAME", "BOOT", "SIZE", "VISIBILITY", "OWNER", "AGENT", "CREATED", "DESCRIPTION"]))
+    return 0
+
+
+def cmd_image_show(args) -> int:
+    conn = Connection(args)
+    image = conn.repository().GetImage(repository_pb2.GetImageRequest(name=image_name(args.name)),
+                                       timeout=TIMEOUT).image
+    emit(args, image, show_image)
+    return 0
+
+
+def cmd_image_rm(args) -> int:
+    conn = Connection(args)
+    name = image_name(args.name)
+    conn.repository().DeleteImage(repository_pb2.DeleteImageRequest(name=name), timeout=TIMEOUT)
+    print(f"{name} removed")
+    return 0
+
+
 # --------------------------------------------------------------------------- services
 def run_service(section: str):
     def runner(args) -> int:
@@ -606,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name, fn, help, read=False):
         c = sub.add_parser(name, help=help, description=help)
-        c.set_defaults(fn=fn)
+        if fn is not None:
+            c.set_defaults(fn=fn)
         if read:
             c.add_argument("-o", "--output", choices=["table", "json"], default="table",
                            help="table for people (default), json for programs")
@@ -632,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("site", cmd_site, "what this site offers: kinds, defaults and limits", read=True)
 
     c = command("create", cmd_create, "create a workspace", read=True)
-    c.add_argument("--kind", choices=sorted(KINDS), default="account", help="isolation (default account)")
+    c.add_argument("--kind", choices=sorted(KINDS), default=None,
+                   help="isolation (default account; vm when --image is given)")
     c.add_argument("--memory", help="exactly this much memory, e.g. 512M, 2G")
     c.add_argument("--disk", help="at least this much disk, e.g. 10G")
     c.add_argument("--cpu", help="CPU in millicores (500m) or cores (2)")
@@ -643,10 +802,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--setup-script", help="a script (file, or the text itself) run inside the new workspace")
     c.add_argument("--file", action="append", default=[], metavar="PATH=LOCAL",
                    help="stage LOCAL into the workspace's home at PATH (repeat)")
-    c.add_argument("--image", help="image to boot (virtual machines)")
+    c.add_argument("--image", help="the image a virtual machine boots: images/{id} or just the id, e.g. busybox "
+                                   "(`vws image list` shows them)")
     c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label (repeat)")
     c.add_argument("--no-start", action="store_true", help="leave it READY, not RUNNING")
-    c.add_argument("--wait", action="store_true", help="return only when it is RUNNING (READY with --no-start)")
+    c.add_argument("--wait", action="store_true", help="return only when it is RUNNING (READY with --no-start); "
+                                                       "shows the image copy's progress on a terminal")
     c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     c.add_argument("--request-id", help="make the request retryable: the same id never makes a second workspace")
 
@@ -663,10 +824,18 @@ def build_parser() -> argparse.ArgumentParser:
                            ("events", cmd_events, "a workspace's history")):
         command(name, fn, help, read=True).add_argument("name", metavar="NAME")
     for name, fn, help in (("start", cmd_start, "start a READY workspace"),
-                           ("stop", cmd_stop, "stop it: every process killed, the account locked"),
+                           ("stop", cmd_stop, "stop it: every process killed, the account locked; a virtual "
+                                              "machine is shut down (forced off if it does not power off in time)"),
                            ("pause", cmd_pause, "freeze every process of a RUNNING workspace"),
-                           ("resume", cmd_resume, "thaw a PAUSED workspace")):
-        command(name, fn, help, read=True).add_argument("name", metavar="NAME")
+                           ("resume", cmd_resume, "thaw a PAUSED workspace, or restore a SUSPENDED one"),
+                           ("suspend", cmd_suspend, "save a RUNNING or PAUSED virtual machine (its memory and disk) "
+                                                    "and release its CPU and memory: SUSPENDED until vws resume"),
+                           ("reboot", cmd_reboot, "restart the guest of a RUNNING virtual machine")):
+        c = command(name, fn, help, read=True)
+        c.add_argument("name", metavar="NAME")
+        if name == "stop":
+            c.add_argument("--force", action="store_true",
+                           help="skip the graceful shutdown: a virtual machine is powered off at once")
     c = command("destroy", cmd_destroy, "destroy a workspace (its account and files go)", read=True)
     c.add_argument("name", metavar="NAME")
     c.add_argument("--wait", action="store_true", help="return when it is TERMINATED")
@@ -685,6 +854,41 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(2026-12-01T00:00, or how long ago: 7d)")
     c.add_argument("--until", metavar="TIME", help="with --export: workspaces that ran before TIME")
     c.add_argument("--out", metavar="FILE", help="with --export: write the XML to FILE")
+
+    c = command("image", None, "the virtual-machine images: vws image add|list|show|rm")
+    isub = c.add_subparsers(dest="image_command", metavar="IMAGE_COMMAND")
+    isub.required = True
+
+    def image_command(name, fn, help, read=False):
+        ic = isub.add_parser(name, help=help, description=help)
+        ic.set_defaults(fn=fn)
+        if read:
+            ic.add_argument("-o", "--output", choices=["table", "json"], default="table",
+                            help="table for people (default), json for programs")
+        return ic
+    ic = image_command("add", cmd_image_add, "add an image to the catalogue: the repository copies its files "
+                       "(from paths on its host) into its image store and records their digests", read=True)
+    ic.add_argument("name", metavar="NAME", help="its id (lower case letters, digits, '-'), e.g. busybox")
+    ic.add_argument("--kernel", metavar="FILE", help="a kernel the hypervisor loads directly")
+    ic.add_argument("--initrd", metavar="FILE", help="with --kernel: its initial RAM disk")
+    ic.add_argument("--kernel-args", metavar="ARGS", help="with --kernel: kernel command-line arguments, "
+                                                          "e.g. 'console=ttyS0'")
+    ic.add_argument("--disk", metavar="FILE", help="instead of --kernel: a disk that boots by itself")
+    ic.add_argument("--format", choices=["raw", "qcow2"], help="with --disk: its format (default: what the file says)")
+    for role in ("kernel", "initrd", "disk"):
+        ic.add_argument(f"--{role}-digest", metavar="DIGEST",
+                        help=f"refuse the {role} unless its digest is this (blake3-4m:...)")
+    ic.add_argument("--public", action="store_true", help="everyone may boot it (default: only you)")
+    ic.add_argument("--description", metavar="TEXT")
+    ic.add_argument("--no-agent", action="store_true",
+                    help="the guest runs no QEMU guest agent (vws exec cannot run programs in it)")
+    ic.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the copy (default 600)")
+    ic = image_command("list", cmd_image_list, "the images you may boot: public ones and your own", read=True)
+    ic.add_argument("--all", action="store_true", help="every image, whoever's")
+    image_command("show", cmd_image_show, "show one image: its files, digests and where they are kept",
+                  read=True).add_argument("name", metavar="NAME")
+    image_command("rm", cmd_image_rm, "remove an image (workspaces booted from it keep running)").add_argument(
+        "name", metavar="NAME")
 
     c = command("exec", cmd_exec, "run a program in a workspace; exits with its code")
     c.add_argument("name", metavar="NAME")

@@ -65,3 +65,62 @@ def bandwidth(b: int) -> str:
             v = b / 1000 ** p
             return f"{v:g}{unit}bit/s"
     return f"{b}bit/s"
+
+
+def rate(bytes_per_second: float) -> str:
+    return f"{units.format_size(int(bytes_per_second))}/s" if bytes_per_second >= 1 else "-"
+
+
+def progress_line(p) -> str:
+    """A Progress message in one line: `propagating image busybox: 45% (28.8M of 64.0M, 8.1M/s)`."""
+    label = p.activity or "working"
+    speed = rate(p.bytes_per_second) if p.bytes_per_second >= 1 else ""
+    if p.total_bytes:
+        figures = f"{size(p.done_bytes) if p.done_bytes else '0B'} of {size(p.total_bytes)}"
+        return f"{label}: {100 * p.done_bytes // p.total_bytes}% ({figures}{', ' + speed if speed else ''})"
+    if p.done_bytes:
+        return f"{label}: {size(p.done_bytes)}{f' ({speed})' if speed else ''}"
+    return label
+
+
+class ProgressBar:
+    """A one-line bar on a terminal, redrawn in place; nothing at all when the stream is not a
+    terminal (a log or a pipe gets no control characters)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.live = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.live = False
+        self.drawn = False
+
+    def render(self, p, columns: int) -> str:
+        label = p.activity or "working"
+        if p.total_bytes:
+            done = min(max(p.done_bytes, 0), p.total_bytes)
+            figures = f" {100 * done // p.total_bytes:3d}%  {size(done) if done else '0B'}/{size(p.total_bytes)}"
+        else:
+            done, figures = 0, f"  {size(p.done_bytes) if p.done_bytes else '0B'}"
+        if p.bytes_per_second:
+            figures += f"  {rate(p.bytes_per_second)}"
+        width = max(columns - len(label) - len(figures) - 4, 0)
+        if width >= 10 and p.total_bytes:
+            filled = width * done // p.total_bytes
+            return f"{label} [{'#' * filled}{'-' * (width - filled)}]{figures}"
+        return f"{label}{figures}"[:max(columns - 1, 0)]
+
+    def show(self, p) -> None:
+        """Draws p (a Progress message), or takes the bar away when p is None."""
+        if not self.live:
+            return
+        if p is None:
+            if self.drawn:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+                self.drawn = False
+            return
+        import shutil
+        self.stream.write("\r" + self.render(p, shutil.get_terminal_size((80, 24)).columns) + "\033[K")
+        self.stream.flush()
+        self.drawn = True

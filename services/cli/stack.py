@@ -5,6 +5,8 @@ DATA_DIR/log/<service>.log and leaves DATA_DIR/run/<service>.json saying where i
 is how every other command finds the stack untold."""
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import pathlib
 import signal
@@ -16,10 +18,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.cli import output as out
-from vws.cli.main import CliError, data_dir
+from vws.cli.main import CliError, data_dir, describe_rpc_error
 from vws.common import clients, config
+from vws.v1 import image_pb2, repository_pb2
 
 SERVICES = ("repository", "factory", "manager")
+# Where scripts/build-guest.sh (run by `make setup`) leaves the test guest.
+DEFAULT_GUEST_DIR = "/var/lib/vws/guest"
+IMAGE_TIMEOUT = 600.0
 
 
 def alive(pid: int) -> bool:
@@ -101,6 +107,7 @@ def up(args) -> int:
         started[service] = _start(dd, service, flags, args.timeout)
         print(f"{service:<10} serving at {started[service]['address']} (pid {started[service]['pid']}, "
               f"{time.monotonic() - t0:.1f}s; log {dd / 'log' / (service + '.log')})")
+    register_guest(started["repository"]["address"])
     print(f"stack up in {dd}; try: vws create --wait")
     if not args.foreground:
         return 0
@@ -158,3 +165,61 @@ def status(args) -> int:
         print(f"data directory: {dd}")
         print(out.table(rows, ["SERVICE", "STATE", "ADDRESS", "PID"]))
     return 0 if all(d["state"] == "serving" for d in doc.values()) else 1
+
+
+def guest_images(guest: pathlib.Path) -> list[tuple[str, image_pb2.Image]]:
+    """The test guest's two images: `busybox` (the hypervisor loads its kernel and initrd) and
+    `busybox-disk` (a qcow2 disk that boots by itself), both public, both with the guest agent.
+    Kernel arguments come from the guest's manifest.json when it has them."""
+    try:
+        manifest = json.loads((guest / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    kernel_args = str(manifest.get("kernel_args") or manifest.get("direct_boot_cmdline") or "console=ttyS0")
+    I, F = image_pb2.Image, image_pb2.ImageFile
+    return [
+        ("busybox", I(boot=I.BOOT_KERNEL, visibility=I.VISIBILITY_PUBLIC, guest_agent=True, kernel_args=kernel_args,
+                      description="test guest: busybox and qemu-ga, booted from its kernel and initrd",
+                      files=[F(role=F.ROLE_KERNEL, format=F.FORMAT_RAW, location=str(guest / "vmlinuz")),
+                             F(role=F.ROLE_INITRD, format=F.FORMAT_RAW, location=str(guest / "initrd.img"))])),
+        ("busybox-disk", I(boot=I.BOOT_DISK, visibility=I.VISIBILITY_PUBLIC, guest_agent=True,
+                           description="test guest: busybox and qemu-ga on a disk that boots by itself",
+                           files=[F(role=F.ROLE_DISK, format=F.FORMAT_QCOW2, location=str(guest / "disk.qcow2"))])),
+    ]
+
+
+def register_guest(repository_address: str) -> None:
+    """Adds the test guest's images to the catalogue when the guest is built and they are not
+    there yet; says so in one line and carries on when it is not built."""
+    guest = pathlib.Path(os.environ.get("VWS_GUEST_DIR") or DEFAULT_GUEST_DIR)
+    if not guest.is_dir():
+        print(f"{'images':<10} no test guest in {guest}: `make setup` builds it (then `vws up` again adds it)")
+        return
+    repo = clients.repository(repository_address)
+    for image_id, image in guest_images(guest):
+        try:
+            repo.GetImage(repository_pb2.GetImageRequest(name=f"images/{image_id}"), timeout=10)
+            print(f"{'image':<10} {image_id} already registered")
+            continue
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")
+                continue
+        missing = [f.location for f in image.files if not os.path.isfile(f.location)]
+        if missing:
+            print(f"{'image':<10} {image_id} not registered: no {', '.join(missing)} (`make setup` builds the guest)")
+            continue
+        t0 = time.monotonic()
+        try:
+            made = repo.CreateImage(repository_pb2.CreateImageRequest(
+                image_id=image_id, image=image, owner=getpass.getuser()), timeout=IMAGE_TIMEOUT).image
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.ALREADY_EXISTS:  # another `vws up` got there first
+                print(f"{'image':<10} {image_id} already registered")
+            else:
+                print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")
+            continue
+        print(f"{'image':<10} {image_id} registered from {guest} ({out.size(made.size_bytes)}, "
+              f"{time.monotonic() - t0:.1f}s)")

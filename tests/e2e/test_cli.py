@@ -105,7 +105,7 @@ def test_errors_are_one_line_with_the_field(cli):
                          (("create", "--memory"), "--memory"),
                          (("create", "--kind", "pod"), "--kind"),
                          (("create", "--memory", "10T"), "memory_bytes"),
-                         (("create", "--kind", "vm"), "UNIMPLEMENTED"),
+                         (("create", "--kind", "vm"), "workspace.spec.software.image"),
                          (("create", "--lifetime", "400d"), "lifetime"),
                          (("show", "wnothere1234"), "NOT_FOUND"),
                          (("show", "Bad/Name"), "NAME"),

@@ -203,17 +203,18 @@ def test_termination_time_moves_within_the_maximum(stack):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "termination_time" in str(violations(e.value))
 
 
-def test_site_info_and_unimplemented_kinds(stack):
+def test_site_info_and_a_vm_without_an_image(stack):
     info = clients.factory(stack.factory.address).GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=10)
     kinds = {k.kind: k for k in info.kinds}
     assert kinds[workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT].available
     assert info.repository_address == stack.repository.address and info.available_managers == 1
     assert kinds[workspace_pb2.WorkspaceSpec.KIND_SANDBOX].available
-    for kind in (workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE,):
-        with pytest.raises(grpc.RpcError) as e:
-            clients.factory(stack.factory.address).CreateWorkspace(factory_pb2.CreateWorkspaceRequest(
-                request_id=str(uuid.uuid4()), workspace=W(spec=workspace_pb2.WorkspaceSpec(kind=kind))), timeout=10)
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as e:
+        clients.factory(stack.factory.address).CreateWorkspace(factory_pb2.CreateWorkspaceRequest(
+            request_id=str(uuid.uuid4()), workspace=W(spec=workspace_pb2.WorkspaceSpec(
+                kind=workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE))), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "workspace.spec.software.image" in violations(e.value)
 
 
 def test_pool_backend_leases_and_returns_accounts(stack_factory):
