@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from vws.common import clients, converters, model
+from vws.common import clients, converters, errors, model
 from vws.manager.state import Report
 from vws.v1 import record_pb2, repository_pb2
 
@@ -62,3 +62,19 @@ class GrpcRepository:
                 return None
             raise
         return converters.workspace_from_pb(resp.workspace)
+
+    def progress(self, manager: str, name: str, progress: model.Progress | None) -> None:
+        self._records.ReportWorkspaceProgress(record_pb2.ReportWorkspaceProgressRequest(
+            name=name, manager=manager, progress=converters.progress_to_pb(progress) if progress else None),
+            timeout=TIMEOUT)
+
+    def get_image(self, name: str) -> model.Image:
+        """The catalogue entry; NotFound (naming the workspace's image field) when it is gone."""
+        try:
+            resp = self._repo.GetImage(repository_pb2.GetImageRequest(name=name), timeout=TIMEOUT)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise errors.NotFound(f"workspace.spec.software.image: image {name} is not in the catalogue "
+                                      "(`vws image list` shows them)") from None
+            raise
+        return converters.image_from_pb(resp.image)

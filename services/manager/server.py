@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from vws.common import config, names
+from vws.common import config, errors, names
 from vws.common.config import ManagerSettings
 from vws.common.server import Service, create_server
 from vws.manager.accounting import UsageAccounting
@@ -30,17 +30,34 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
             quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
             cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
             cpu_millis=settings.cpu))
+    repository = repository or GrpcRepository(settings.repository)
     plug_ins = [plug_in(settings.backend)]
     if settings.sandboxes:
         try:
             plug_ins.append(plug_in("sandbox"))
         except Exception as exc:  # noqa: BLE001 - accounts are still offered; the log says why not sandboxes
             log.warning("not offering sandbox workspaces: %s", getattr(exc, "message", exc))
+    if settings.vms:
+        try:
+            from vws.manager.backends.vm import LibvirtBackend, VmSettings
+            if settings.vm_orphans not in ("destroy", "report"):
+                raise errors.InvalidArgument(f"{settings.vm_orphans!r}: use destroy or report", "vm_orphans")
+            plug_ins.append(LibvirtBackend(
+                BackendSettings(kind="libvirt", manager_id=manager_id, state_dir=state_dir,
+                                max_workspaces=settings.max_workspaces, memory_bytes=settings.memory,
+                                disk_bytes=settings.disk, cpu_millis=settings.cpu),
+                VmSettings(settings.libvirt_uri, settings.vm_domain_type, settings.vm_orphans,
+                           settings.vm_shutdown_timeout.total_seconds(), settings.vm_agent_timeout.total_seconds()),
+                repository.get_image))
+        except errors.InvalidArgument:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the other kinds are still offered; the log says why not VMs
+            log.warning("not offering virtual-machine workspaces: %s", getattr(exc, "message", exc))
     backend = plug_ins[0] if len(plug_ins) == 1 else KindRouter(plug_ins)
     manager = WorkspaceManager(
         ManagerIdentity(manager_id, settings.advertise or settings.listen,
                         settings.heartbeat_interval.total_seconds()),
-        backend, LocalState(state_dir / "state.db"), repository or GrpcRepository(settings.repository))
+        backend, LocalState(state_dir / "state.db"), repository)
     manager.accounting = UsageAccounting(manager, state_dir / "state.db", settings.accounting_interval.total_seconds())
     return manager
 

@@ -35,13 +35,20 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
         return manager_pb2.StartWorkspaceResponse(workspace=self._move(request, Action.START))
 
     def StopWorkspace(self, request, context):
-        return manager_pb2.StopWorkspaceResponse(workspace=self._move(request, Action.STOP))
+        ws = self.manager.transition(request.name, Action.STOP, force=request.force)
+        return manager_pb2.StopWorkspaceResponse(workspace=converters.workspace_to_pb(ws))
 
     def PauseWorkspace(self, request, context):
         return manager_pb2.PauseWorkspaceResponse(workspace=self._move(request, Action.PAUSE))
 
     def ResumeWorkspace(self, request, context):
         return manager_pb2.ResumeWorkspaceResponse(workspace=self._move(request, Action.RESUME))
+
+    def SuspendWorkspace(self, request, context):
+        return manager_pb2.SuspendWorkspaceResponse(workspace=self._move(request, Action.SUSPEND))
+
+    def RebootWorkspace(self, request, context):
+        return manager_pb2.RebootWorkspaceResponse(workspace=self._move(request, Action.REBOOT))
 
     def DestroyWorkspace(self, request, context):
         ws = self.manager.destroy(request.name, request.reason)

@@ -165,6 +165,37 @@ class Stack:
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
         for name in self.managers:
             remove_cgroups(f"t{self.tag}-{name}")
+        remove_domains(f"managers/t{self.tag}-")
+
+
+def remove_domains(manager_prefix: str) -> list[str]:
+    """The libvirt domains a test's managers left (found by their vws metadata): powered off
+    and undefined. Returns their names."""
+    try:
+        import libvirt
+        from vws.manager.backends import domain
+    except ImportError:
+        return []
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        return []
+    removed = []
+    try:
+        for d in conn.listAllDomains(0):
+            try:
+                owner = domain.workspace_of(d.XMLDesc(0))
+            except libvirt.libvirtError:
+                continue
+            if owner and owner[1].startswith(manager_prefix):
+                if d.isActive():
+                    d.destroy()
+                d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+                removed.append(d.name())
+    finally:
+        conn.close()
+    return removed
 
 
 def remove_cgroups(manager_id: str) -> None:

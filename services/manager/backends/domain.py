@@ -39,9 +39,14 @@ class DomainPlan:
     kernel_args: str = ""
     network_bits_per_second: int = 0
     tap: str = ""                  # host-side device name of the interface
+    bridge: str = ""               # the bridge it joins (the interface is plain ethernet without one)
     mac: str = ""
     guest_agent: bool = True
     agent_socket: str = ""
+    # libvirt also raises QEMU's locked-memory limit to a memtune hard limit, which needs
+    # CAP_SYS_RESOURCE; without it the manager applies the hard limit to the domain's cgroup
+    # after start instead (backends.vm).
+    memtune_hard_limit: bool = True
 
     @property
     def vcpus(self) -> int:
@@ -81,7 +86,8 @@ def render(plan: DomainPlan) -> str:
     _sub(dom, "currentMemory", kib, unit="KiB")
     if not xen:
         tune = _sub(dom, "memtune")
-        _sub(tune, "hard_limit", plan.hard_limit_bytes // 1024, unit="KiB")
+        if plan.memtune_hard_limit:
+            _sub(tune, "hard_limit", plan.hard_limit_bytes // 1024, unit="KiB")
         _sub(tune, "soft_limit", kib, unit="KiB")
     _sub(dom, "vcpu", plan.vcpus, placement="static")
     if plan.cpu_quota_us:
@@ -115,14 +121,17 @@ def render(plan: DomainPlan) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2", cache=None if xen else "none")
     _sub(disk, "source", file=plan.disk_path)
     _sub(disk, "target", dev="xvda" if xen else "vda", bus="xen" if xen else "virtio")
-    nic = _sub(dev, "interface", type="ethernet")
+    nic = _sub(dev, "interface", type="bridge" if plan.bridge else "ethernet")
+    if plan.bridge:
+        _sub(nic, "source", bridge=plan.bridge)
     if plan.mac:
         _sub(nic, "mac", address=plan.mac)
     if plan.tap:
         _sub(nic, "target", dev=plan.tap)
     _sub(nic, "model", type="netfront" if xen else "virtio")
-    if plan.network_bits_per_second:
-        # libvirt takes kilobytes per second; both directions are shaped.
+    if plan.network_bits_per_second and not plan.bridge:
+        # libvirt takes kilobytes per second; both directions are shaped. (With a bridge the
+        # manager shapes the bridge's link to the host itself: see backends.vm.)
         kbytes = max(1, plan.network_bits_per_second // 8000)
         bw = _sub(nic, "bandwidth")
         _sub(bw, "inbound", average=kbytes, burst=max(64, kbytes // 8))

@@ -1,0 +1,247 @@
+"""VIRTUAL_MACHINE workspaces booting real guests under libvirtd + QEMU (TCG here): create,
+exec through the guest agent, pause, resume, suspend (serialise) and restore, shut down, start,
+reboot, destroy; a corrupt image refused; a manager killed mid-life finds its guests running.
+
+The test guest is the one `make setup` builds (scripts/build-guest.sh) into /var/lib/vws/guest."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import uuid
+
+import grpc
+import pytest
+
+from tests.integration.stack import wait_until
+from tests.integration.test_workspaces import get, repo, run
+from vws.common import clients
+from vws.v1 import factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2
+
+W = workspace_pb2.Workspace
+VM = workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE
+MiB = 1024 ** 2
+GUEST = pathlib.Path(os.environ.get("VWS_GUEST_DIR", "/var/lib/vws/guest"))
+
+
+@pytest.fixture(scope="module")
+def guest() -> pathlib.Path:
+    if not (GUEST / "vmlinuz").exists() or not (GUEST / "initrd.img").exists():
+        pytest.fail(f"no test guest in {GUEST}: `make setup` builds it (scripts/build-guest.sh)", pytrace=False)
+    return GUEST
+
+
+def kernel_args(guest: pathlib.Path) -> str:
+    try:
+        return json.loads((guest / "manifest.json").read_text()).get("kernel_args", "console=ttyS0")
+    except (OSError, ValueError):
+        return "console=ttyS0"
+
+
+def add_image(stack, guest, image_id="busybox", disk=False, source_dir=None) -> image_pb2.Image:
+    src = pathlib.Path(source_dir or guest)
+    F = image_pb2.ImageFile
+    if disk:
+        image = image_pb2.Image(boot=image_pb2.Image.BOOT_DISK, visibility=image_pb2.Image.VISIBILITY_PUBLIC,
+                                guest_agent=True,
+                                files=[F(role=F.ROLE_DISK, format=F.FORMAT_QCOW2, location=str(src / "disk.qcow2"))])
+    else:
+        image = image_pb2.Image(boot=image_pb2.Image.BOOT_KERNEL, visibility=image_pb2.Image.VISIBILITY_PUBLIC,
+                                guest_agent=True, kernel_args=kernel_args(guest),
+                                files=[F(role=F.ROLE_KERNEL, location=str(src / "vmlinuz")),
+                                       F(role=F.ROLE_INITRD, location=str(src / "initrd.img"))])
+    return repo(stack).CreateImage(repository_pb2.CreateImageRequest(image_id=image_id, image=image, owner="alice"),
+                                   timeout=120).image
+
+
+def create_vm(stack, image="busybox", **resources) -> W:
+    res = dict(memory_bytes=128 * MiB, cpu_millis=1000, disk_bytes=256 * MiB, network_bits_per_second=20_000_000)
+    res.update(resources)
+    spec = workspace_pb2.WorkspaceSpec(kind=VM, software=workspace_pb2.SoftwareConfiguration(image=image),
+                                       resources=workspace_pb2.ResourceAllocation(**res))
+    return clients.factory(stack.factory.address).CreateWorkspace(factory_pb2.CreateWorkspaceRequest(
+        request_id=str(uuid.uuid4()), workspace=W(spec=spec, owner="alice")), timeout=300).workspace
+
+
+def mgr(stack, ws: W):
+    return clients.manager(ws.endpoint.manager_address)
+
+
+def virsh(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
+
+
+def domains_of(stack) -> list[str]:
+    out = virsh("list", "--all", "--name").stdout.split()
+    return [d for d in out if get_owner(d).startswith(f"managers/t{stack.tag}-")]
+
+
+def get_owner(domain: str) -> str:
+    from vws.manager.backends import domain as dx
+    owner = dx.workspace_of(virsh("dumpxml", domain).stdout)
+    return owner[1] if owner else ""
+
+
+def events(stack, name) -> list[str]:
+    resp = repo(stack).ListWorkspaceEvents(repository_pb2.ListWorkspaceEventsRequest(parent=name, page_size=200),
+                                           timeout=10)
+    return [f"{W.State.Name(e.state)}: {e.message}" for e in resp.events]
+
+
+def exec_ok(stack, ws, argv) -> str:
+    code, out, err = run(stack, ws, argv)
+    assert code == 0, (code, out, err)
+    return out
+
+
+def test_vm_lifecycle_through_the_guest_agent(stack, guest):
+    add_image(stack, guest)
+    ws = create_vm(stack)
+    assert ws.state == W.STATE_RUNNING, ws.state_message
+    assert ws.endpoint.host_identity.startswith("vws-")
+    domain = ws.endpoint.host_identity
+    assert virsh("domstate", domain).stdout.strip() == "running"
+    shown = get(stack, ws.name)
+    assert shown.enforcement.mechanism == "libvirt qemu"  # no KVM here: TCG, found by the probe
+    assert shown.enforcement.memory_limit_bytes == 128 * MiB
+    assert shown.enforcement.network_bits_per_second == 20_000_000
+    assert any(e.startswith("STATE_PROPAGATING: propagating image busybox") for e in events(stack, ws.name)), \
+        events(stack, ws.name)
+
+    # Programs run in the guest, with their output and exit code.
+    assert exec_ok(stack, ws, ["echo", "hello from the guest"]) == "hello from the guest\n"
+    assert run(stack, ws, ["sh", "-c", "echo oops >&2; exit 3"])[0::2] == (3, "oops\n")
+    meminfo = exec_ok(stack, ws, ["cat", "/proc/meminfo"])
+    total_kib = int(meminfo.split("MemTotal:")[1].split()[0])
+    assert 80 * 1024 < total_kib <= 128 * 1024  # 128 MiB, less what the kernel keeps for itself
+    assert exec_ok(stack, ws, ["sh", "-c", "grep -c ^processor /proc/cpuinfo"]).strip() == "1"
+    assert exec_ok(stack, ws, ["pwd"], ) and exec_ok(stack, ws, ["sh", "-c", "echo $VWS_T"]) == "\n"
+    code, out, _ = run(stack, ws, ["sh", "-c", "echo $VWS_T; pwd"], env={"VWS_T": "x"}, cwd="/proc")
+    assert (code, out) == (0, "x\n/proc\n")
+    # A mark in the guest's memory (its root is a RAM disk): it must survive pause and serialisation.
+    exec_ok(stack, ws, ["sh", "-c", "echo kept > /tmp/mark"])
+
+    m = mgr(stack, ws)
+    m.PauseWorkspace(manager_pb2.PauseWorkspaceRequest(name=ws.name), timeout=60)
+    assert virsh("domstate", domain).stdout.strip() == "paused"
+    with pytest.raises(grpc.RpcError) as e:
+        run(stack, ws, ["true"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    m.ResumeWorkspace(manager_pb2.ResumeWorkspaceRequest(name=ws.name), timeout=60)
+    assert exec_ok(stack, ws, ["cat", "/tmp/mark"]) == "kept\n"
+
+    # Serialised to the manager's storage, with digests recorded, and restored.
+    r = m.SuspendWorkspace(manager_pb2.SuspendWorkspaceRequest(name=ws.name), timeout=120).workspace
+    assert r.state == W.STATE_SUSPENDED and "blake3-4m:" in r.state_message
+    assert virsh("domstate", domain).stdout.strip() == "shut off"
+    wdir = next(stack.root.glob(f"manager-m0/manager/vm/workspaces/{ws.name.split('/')[1]}"))
+    assert (wdir / "memory.save").stat().st_size > 1 * MiB
+    r = m.ResumeWorkspace(manager_pb2.ResumeWorkspaceRequest(name=ws.name), timeout=120).workspace
+    assert r.state == W.STATE_RUNNING and "restored" in r.state_message
+    assert exec_ok(stack, ws, ["cat", "/tmp/mark"]) == "kept\n"  # the same memory, not a new boot
+    assert not (wdir / "memory.save").exists()
+
+    # Reboot: a fresh boot (the RAM disk starts over), the agent comes back.
+    m.RebootWorkspace(manager_pb2.RebootWorkspaceRequest(name=ws.name), timeout=60)
+    assert run(stack, ws, ["cat", "/tmp/mark"])[0] != 0
+
+    # Shutdown: ACPI first; the guest powers off by itself.
+    r = m.StopWorkspace(manager_pb2.StopWorkspaceRequest(name=ws.name), timeout=120).workspace
+    assert r.state == W.STATE_READY and "ACPI" in r.state_message, r.state_message
+    assert virsh("domstate", domain).stdout.strip() == "shut off"
+    m.StartWorkspace(manager_pb2.StartWorkspaceRequest(name=ws.name), timeout=60)
+    assert exec_ok(stack, ws, ["echo", "again"]) == "again\n"
+    r = m.StopWorkspace(manager_pb2.StopWorkspaceRequest(name=ws.name, force=True), timeout=60).workspace
+    assert r.state == W.STATE_READY and "powered off" in r.state_message
+
+    # Destroy: the domain and its files go, the image cache stays for the next workspace.
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+    assert domain not in virsh("list", "--all", "--name").stdout.split()
+    assert not wdir.exists()
+    assert len(list(wdir.parent.parent.joinpath("cache").iterdir())) == 2  # kernel and initrd
+
+
+def test_a_disk_image_boots_and_ten_workspaces_share_it(stack, guest):
+    if not (guest / "disk.qcow2").exists():
+        pytest.fail(f"no disk image in {guest}: `make setup` builds it", pytrace=False)
+    add_image(stack, guest, "busybox-disk", disk=True)
+    ws = create_vm(stack, "busybox-disk", disk_bytes=512 * MiB)
+    assert ws.state == W.STATE_RUNNING, ws.state_message
+    out = exec_ok(stack, ws, ["cat", "/proc/cmdline"])
+    assert "vmlinuz" not in out or "BOOT_IMAGE" in out  # booted from the disk's own bootloader
+    size = exec_ok(stack, ws, ["cat", "/sys/block/vda/size"])
+    assert int(size) * 512 == 512 * MiB  # at least what was asked (the image is smaller)
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+
+
+def test_a_corrupt_image_is_refused_and_nothing_is_left(stack, guest, tmp_path):
+    for f in ("vmlinuz", "initrd.img"):
+        (tmp_path / f).write_bytes((guest / f).read_bytes())
+    image = add_image(stack, guest, "damaged", source_dir=tmp_path)
+    initrd = next(f for f in image.files if f.role == image_pb2.ImageFile.ROLE_INITRD)
+    # The store's copy is damaged after it was added: every propagation must notice.
+    with open(initrd.location, "r+b") as fh:
+        fh.seek(1000)
+        b = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(grpc.RpcError) as e:
+        create_vm(stack, "damaged")
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "did not match its digest" in e.value.details() and "nothing was booted" in e.value.details()
+    listed = repo(stack).ListWorkspaces(repository_pb2.ListWorkspacesRequest(states=list(W.State.values())),
+                                        timeout=10).workspaces
+    assert [w.name for w in listed] == []  # no record left
+    assert domains_of(stack) == []
+    cache = list(stack.root.glob("manager-m0/manager/vm/cache/*"))
+    assert all(initrd.digest.split(":")[1] not in p.name for p in cache)  # nothing unverified kept
+    assert not [p for p in stack.root.glob("manager-m0/manager/vm/cache/*.partial")]
+
+
+def test_a_restarted_manager_leaves_running_guests_running_and_reconciles(stack, guest):
+    add_image(stack, guest)
+    keep, lose = create_vm(stack), create_vm(stack)
+    exec_ok(stack, keep, ["sh", "-c", "echo before > /tmp/mark"])
+    manager = stack.managers["m0"]
+    manager.kill(signal.SIGKILL)
+    # While the manager is down: one guest's domain vanishes, and a stranger's domain appears
+    # carrying this manager's metadata but no workspace of it.
+    virsh("destroy", lose.endpoint.host_identity)
+    virsh("undefine", lose.endpoint.host_identity)
+    xml = virsh("dumpxml", keep.endpoint.host_identity).stdout
+    orphan_xml = (xml.replace(keep.endpoint.host_identity, "vws-worphan00000")
+                  .replace(keep.name, "workspaces/worphan00000"))
+    orphan_xml = "\n".join(line for line in orphan_xml.splitlines() if "<uuid>" not in line and "<mac " not in line)
+    path = stack.root / "orphan.xml"
+    path.write_text(orphan_xml)
+    assert virsh("define", str(path)).returncode == 0
+    manager.start()
+    wait_until(lambda: get(stack, lose.name).state == W.STATE_FAILED, what="FAILED")
+    assert "vanished" in get(stack, lose.name).state_message
+    assert get(stack, keep.name).state == W.STATE_RUNNING
+    assert exec_ok(stack, keep, ["cat", "/tmp/mark"]) == "before\n"  # the same boot: it kept running
+    assert "vws-worphan00000" not in virsh("list", "--all", "--name").stdout.split()
+    for ws in (keep, lose):
+        repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: all(get(stack, w.name).state == W.STATE_TERMINATED for w in (keep, lose)),
+               what="TERMINATED")
+    assert domains_of(stack) == []
+
+
+def test_a_guest_without_an_agent_says_so(stack, guest):
+    F = image_pb2.ImageFile
+    repo(stack).CreateImage(repository_pb2.CreateImageRequest(image_id="noagent", owner="alice", image=image_pb2.Image(
+        boot=image_pb2.Image.BOOT_KERNEL, visibility=image_pb2.Image.VISIBILITY_PUBLIC, guest_agent=False,
+        kernel_args=kernel_args(guest), files=[F(role=F.ROLE_KERNEL, location=str(guest / "vmlinuz")),
+                                               F(role=F.ROLE_INITRD, location=str(guest / "initrd.img"))])),
+        timeout=120)
+    ws = create_vm(stack, "noagent")
+    with pytest.raises(grpc.RpcError) as e:
+        run(stack, ws, ["true"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "guest agent" in e.value.details()
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
