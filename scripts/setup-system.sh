@@ -23,6 +23,19 @@ PACKAGES=(
   pkg-config
   g++
   make
+  qemu-system-x86        # qemu-system-x86_64: VM workspaces (TCG here, KVM where the CPU has it)
+  qemu-utils             # qemu-img: VM images' qcow2 overlays
+  libvirt-daemon-system  # libvirtd, virtlogd (scripts/setup-libvirt.sh starts them)
+  libvirt-clients        # virsh, virt-xml-validate
+  libvirt-dev            # libvirt-python builds against it (with pkg-config)
+  dnsmasq-base           # libvirt's own networks, should a domain use one
+  busybox-static         # test guest's userland (scripts/build-guest.sh)
+  qemu-guest-agent       # qemu-ga, copied into the test guest with its libraries
+  cpio                   # test guest's initramfs
+  extlinux               # boot loader of the test guest's self-booting disk
+  syslinux-common        # extlinux's ldlinux.c32
+  b3sum                  # fast content hashes of images
+  rsync                  # copying workspace files and images
 )
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip); a pyenv or other
 # python3 on PATH brings its own. No python3 at all: Debian's (3.11 on Debian 12).
