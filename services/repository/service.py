@@ -495,13 +495,14 @@ class RepositoryService:
         return True
 
     def delete_record(self, name: str, reason: str = "") -> None:
-        """Removes a PENDING record and its history entirely (a creation that failed)."""
+        """Removes the record and history of a creation that failed before the workspace was
+        realised: PENDING, or PROPAGATING when its image copy failed."""
         with self.uow(write=True) as session:
             row = self._load(session, name, for_update=True)
-            if row.state != State.PENDING.value:
+            if row.state not in (State.PENDING.value, State.PROPAGATING.value):
                 raise errors.FailedPrecondition(
-                    f"cannot remove the record of {name}: it is {row.state}; only PENDING records may be "
-                    "removed, delete the workspace instead")
+                    f"cannot remove the record of {name}: it is {row.state}; only PENDING or PROPAGATING records "
+                    "may be removed, delete the workspace instead")
             session.delete(row)
         log.info("record %s removed: %s", name, reason or "no reason given")
         self._notify(name)
