@@ -80,3 +80,15 @@ def test_metadata_ties_the_domain_to_its_workspace_and_manager():
 def test_an_unknown_domain_type_is_refused():
     with pytest.raises(ValueError, match="kvm, qemu, xen"):
         render(plan(domain_type="lxc"))
+
+
+def test_on_a_bridge_the_manager_shapes_the_link_itself():
+    root = ET.fromstring(render(plan(bridge="vwsb7")))
+    nic = root.find("devices/interface")
+    assert nic.get("type") == "bridge" and nic.find("source").get("bridge") == "vwsb7"
+    assert nic.find("bandwidth") is None  # tbf on the bridge's veth pair instead (backends.vm)
+
+
+def test_without_cap_sys_resource_there_is_no_memtune_hard_limit():
+    root = ET.fromstring(render(plan(memtune_hard_limit=False)))
+    assert root.find("memtune/hard_limit") is None and root.findtext("memtune/soft_limit") == str(256 << 10)
