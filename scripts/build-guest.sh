@@ -133,7 +133,8 @@ KDIR="$W/k/lib/modules/$KVER"
 
 # --- the userland tree, shared by the initramfs and the disk's root file system -------------
 R="$W/root"
-mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc/vws,etc/acpi/PWRF,etc/acpi/PWRB,proc,sys,dev,run,tmp,var/run,var/log,var/lib,root,newroot,boot,lib/modules/"$KVER"}
+mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc/vws,etc/acpi/PWRF,etc/acpi/PWRB,proc,sys,dev} \
+  "$R"/{run,tmp,var/run,var/log,var/lib,root,newroot,boot,lib/modules/"$KVER"}
 chmod 1777 "$R/tmp"
 cp "$BUSYBOX" "$R/bin/busybox"
 for a in $("$BUSYBOX" --list); do
@@ -328,7 +329,11 @@ NEW="$W/out"
 mkdir -p "$NEW"
 cp "$W/k/boot/vmlinuz-$KVER" "$NEW/vmlinuz"
 : >"$R/etc/vws/initramfs"
-(cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -6 -n >"$NEW/initrd.img"
+# Same inputs, same bytes: fixed times, inode numbers and owners in the archive. (Not so the
+# disk: the loop mount and extlinux write times and the mount point into it.)
+find "$R" -exec touch -h -d @1 {} +
+(cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
+  gzip -6 -n >"$NEW/initrd.img"
 rm "$R/etc/vws/initramfs"
 
 # --- disk: one ext4 file system over the whole disk, extlinux in its boot sector ---------------
@@ -380,4 +385,5 @@ rm -f "$OUT/.inputs"
 for f in "${OUTPUTS[@]}"; do mv -f "$NEW/$f" "$OUT/$f"; done
 chmod 644 "${OUTPUTS[@]/#/$OUT/}"
 echo "$INPUTS" >"$OUT/.inputs"
-step "guest" "built $KVER into $OUT: initrd $(du -h "$OUT/initrd.img" | cut -f1), disk.qcow2 $(du -h "$OUT/disk.qcow2" | cut -f1) ($(elapsed "$start"))"
+sizes="initrd $(du -h "$OUT/initrd.img" | cut -f1), disk.qcow2 $(du -h "$OUT/disk.qcow2" | cut -f1)"
+step "guest" "built $KVER into $OUT: $sizes ($(elapsed "$start"))"

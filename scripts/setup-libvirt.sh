@@ -47,8 +47,13 @@ other_lines() { # active user/group settings other than ours
 if ! grep -qx 'user = "root"' "$QEMU_CONF" || ! grep -qx 'group = "root"' "$QEMU_CONF" || other_lines >/dev/null; then
   [ -e "$QEMU_CONF.vws-orig" ] || as_root cp -p "$QEMU_CONF" "$QEMU_CONF.vws-orig"
   as_root sed -i -E 's/^([[:space:]]*(user|group)[[:space:]]*=)/# (vws) \1/' "$QEMU_CONF"
-  printf '\n# vws (scripts/setup-libvirt.sh): QEMU runs as root, so it can read the manager'"'"'s\n# images under /var/lib/vws whatever their ownership.\nuser = "root"\ngroup = "root"\n' |
-    as_root tee -a "$QEMU_CONF" >/dev/null
+  as_root tee -a "$QEMU_CONF" >/dev/null <<'EOF'
+
+# vws (scripts/setup-libvirt.sh): QEMU runs as root, so it can read the manager's images
+# under /var/lib/vws whatever their ownership.
+user = "root"
+group = "root"
+EOF
   conf_changed=yes
   did+=("qemu.conf: QEMU as root")
 fi
