@@ -135,6 +135,11 @@ def state_name(value: int) -> str:
     return out.enum_name(W.State, value, "STATE_")
 
 
+def host_noun(kind: int) -> str:
+    """What realises a workspace of this kind on its host, as the CLI names it."""
+    return "domain" if kind == KINDS["vm"] else "account"
+
+
 def kind_name(value: int) -> str:
     return {v: k for k, v in KINDS.items()}.get(value, "?")
 
@@ -156,7 +161,7 @@ def show_workspace(ws: W) -> None:
     rows = [
         ("name", ws.name), ("state", state_name(ws.state)), ("message", ws.state_message or "-"),
         ("kind", kind_name(spec.kind)), ("manager", ws.endpoint.manager or "-"),
-        ("manager address", ws.endpoint.manager_address or "-"), ("account", ws.endpoint.host_identity or "-"),
+        ("manager address", ws.endpoint.manager_address or "-"), (host_noun(spec.kind), ws.endpoint.host_identity or "-"),
         ("owner", ws.owner or "-"), ("memory", out.size(r.memory_bytes)), ("disk", out.size(r.disk_bytes)),
         ("cpu", out.cpu(r.cpu_millis)), ("bandwidth", out.bandwidth(r.network_bits_per_second)),
         ("processes", str(r.max_processes) if r.max_processes else "-"),
@@ -246,7 +251,8 @@ def cmd_create(args) -> int:
             workspace=created, endpoint=created.endpoint)))
     else:
         print(f"{created.name}  {state_name(created.state)}  on {created.endpoint.manager} "
-              f"({created.endpoint.manager_address}), account {created.endpoint.host_identity or '-'}")
+              f"({created.endpoint.manager_address}), {host_noun(created.spec.kind)} "
+              f"{created.endpoint.host_identity or '-'}")
     return 0 if created.state != W.STATE_FAILED else 1
 
 
@@ -633,14 +639,15 @@ def cmd_image_add(args) -> int:
     if bool(args.kernel) == bool(args.disk):
         raise CliError("give --kernel FILE (and optionally --initrd FILE) for an image booted by the hypervisor, "
                        "or --disk FILE for one that boots from its disk; not both", 2)
-    for flag, value, goes_with in (("--initrd", args.initrd, args.kernel), ("--kernel-args", args.kernel_args, args.kernel),
-                                   ("--kernel-digest", args.kernel_digest, args.kernel),
-                                   ("--initrd-digest", args.initrd_digest, args.initrd),
-                                   ("--format", args.format, args.disk), ("--disk-digest", args.disk_digest, args.disk)):
-        if value and not goes_with:
-            wanted = {"--initrd": "--kernel", "--kernel-args": "--kernel", "--kernel-digest": "--kernel",
-                      "--initrd-digest": "--initrd", "--format": "--disk", "--disk-digest": "--disk"}[flag]
-            raise CliError(f"{flag} goes with {wanted}", 2)
+    for flag, value, needs, given in (
+            ("--initrd", args.initrd, "--kernel", args.kernel),
+            ("--kernel-args", args.kernel_args, "--kernel", args.kernel),
+            ("--kernel-digest", args.kernel_digest, "--kernel", args.kernel),
+            ("--initrd-digest", args.initrd_digest, "--initrd", args.initrd),
+            ("--format", args.format, "--disk", args.disk),
+            ("--disk-digest", args.disk_digest, "--disk", args.disk)):
+        if value and not given:
+            raise CliError(f"{flag} goes with {needs}", 2)
     image = image_pb2.Image(
         boot=IMG.BOOT_KERNEL if args.kernel else IMG.BOOT_DISK,
         visibility=IMG.VISIBILITY_PUBLIC if args.public else IMG.VISIBILITY_PRIVATE,

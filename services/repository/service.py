@@ -191,8 +191,8 @@ def _copy(source: str, target: pathlib.Path, expected: str, index: int):
             "(or leave the digest out)", f"image.files[{index}].digest") from None
     except OSError as exc:
         if not os.path.isfile(source):
-            raise errors.InvalidArgument(f"{source} disappeared while it was copied", f"image.files[{index}].location") \
-                from None
+            raise errors.InvalidArgument(f"{source} disappeared while it was copied",
+                                         f"image.files[{index}].location") from None
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise errors.ResourceExhausted(f"the image store {target.parent.parent} has no room for {source}: "
                                            f"{exc.strerror}; free some space or move image_store") from None
