@@ -12,10 +12,10 @@ BUF    := .tools/node_modules/.bin/buf
 # Extra arguments, e.g. `make test PYTEST_ARGS='-k manager -x'`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-system setup-python setup-tools gen up down test contract bench lint fmt clean distclean
+.PHONY: help setup setup-system setup-python setup-tools setup-libvirt guest gen up down test contract bench lint fmt clean distclean
 
 help:
-	@echo 'make setup      Debian packages, .venv (pip install -e .[test]), buf under .tools'
+	@echo 'make setup      Debian packages, libvirtd, the test guest, .venv (pip install -e .[test]), buf'
 	@echo 'make up / down  start / stop the local stack (vws up / vws down)'
 	@echo 'make test       the whole test suite (tests/)'
 	@echo 'make contract   only tests/contract (protos: buf lint, C++ and Python stubs)'
@@ -27,11 +27,17 @@ help:
 
 setup:
 	@start=$$(date +%s.%N); \
-	scripts/setup-system.sh; scripts/setup-python.sh; scripts/setup-tools.sh; \
+	scripts/setup-system.sh; scripts/setup-libvirt.sh; scripts/build-guest.sh; \
+	scripts/setup-python.sh; scripts/setup-tools.sh; \
 	awk -v a="$$start" -v b="$$(date +%s.%N)" 'BEGIN { printf "[setup] %-16s %.1fs\n", "done", b - a }'
 
-setup-system setup-python setup-tools:
+setup-system setup-python setup-tools setup-libvirt:
 	@scripts/$@.sh
+
+# The test guest (Debian cloud kernel, busybox + qemu-guest-agent initramfs, a self-booting
+# disk variant) in /var/lib/vws/guest; `vws up` registers it as images busybox and busybox-disk.
+guest:
+	@scripts/build-guest.sh
 
 gen: setup
 	$(PY) protos/generate.py

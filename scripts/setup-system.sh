@@ -36,6 +36,7 @@ PACKAGES=(
   syslinux-common        # extlinux's ldlinux.c32
   b3sum                  # fast content hashes of images
   rsync                  # copying workspace files and images
+  libxml2-utils          # xmllint: virt-xml-validate checks domain XML against libvirt's schema (tests)
 )
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip); a pyenv or other
 # python3 on PATH brings its own. No python3 at all: Debian's (3.11 on Debian 12).
