@@ -18,7 +18,7 @@ CPU_PERIOD_US = 100_000
 # QEMU's own memory beside the guest's (device emulation, and under TCG the translation
 # cache, which is sized below): the hard limit is the guest's memory plus this.
 QEMU_OVERHEAD_BYTES = 256 * 1024**2
-TCG_TB_CACHE_MIB = 64
+TCG_TB_CACHE_MIB = 128
 DOMAIN_TYPES = ("kvm", "qemu", "xen")
 
 
