@@ -247,3 +247,24 @@ def test_a_guest_without_an_agent_says_so(stack, guest):
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "guest agent" in e.value.details()
     repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
     wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+
+
+def test_orphan_domains_are_only_reported_when_so_configured(stack_factory, guest):
+    stack = stack_factory(vm_orphans="report")
+    from vws.manager.backends import domain as dx
+    manager = stack.managers["m0"]
+    manager.kill(signal.SIGKILL)
+    xml = dx.render(dx.DomainPlan(
+        name="vws-wstray0000000", uuid=str(uuid.uuid4()), workspace="workspaces/wstray0000000",
+        manager=stack.manager_name("m0"), domain_type="qemu", memory_bytes=64 * MiB, cpu_millis=1000,
+        disk_path=str(stack.root / "none.qcow2"), disk_bytes=MiB, console_log=str(stack.root / "c.log"),
+        kernel=str(guest / "vmlinuz")))
+    path = stack.root / "stray.xml"
+    path.write_text(xml)
+    assert virsh("define", str(path)).returncode == 0
+    try:
+        manager.start()
+        assert "vws-wstray0000000" in virsh("list", "--all", "--name").stdout.split()
+        assert "vws-wstray0000000 (workspaces/wstray0000000) is owned by no workspace" in manager.log()
+    finally:
+        virsh("undefine", "vws-wstray0000000")
