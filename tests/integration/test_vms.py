@@ -268,3 +268,78 @@ def test_orphan_domains_are_only_reported_when_so_configured(stack_factory, gues
         assert "vws-wstray0000000 (workspaces/wstray0000000) is owned by no workspace" in manager.log()
     finally:
         virsh("undefine", "vws-wstray0000000")
+
+
+def _serve_once(addr: str, send: int = 0):
+    """A TCP listener on the host side of a guest's link: returns (port, result) where result()
+    gives (bytes, seconds) of the one connection it takes (receiving, or sending `send` bytes)."""
+    import socket
+    import threading
+    import time as _time
+    srv = socket.socket()
+    srv.bind((addr, 0))
+    srv.listen(1)
+    out = {}
+
+    def serve():
+        conn, _ = srv.accept()
+        t0, n = _time.monotonic(), 0
+        if send:
+            chunk = b"\0" * 65536
+            while n < send:
+                conn.sendall(chunk)
+                n += len(chunk)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)
+        else:
+            while data := conn.recv(65536):
+                n += len(data)
+        out["r"] = (n, _time.monotonic() - t0)
+        conn.close()
+        srv.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], lambda: (t.join(60), out["r"])[1]
+
+
+def test_a_guests_bandwidth_is_shaped_both_ways(stack, guest):
+    add_image(stack, guest)
+    ws = create_vm(stack, network_bits_per_second=20_000_000)
+    wdir = next(stack.root.glob(f"manager-m0/manager/vm/workspaces/{ws.name.split('/')[1]}"))
+    plan = json.loads((wdir / "plan.json").read_text())
+    host = plan["host_addr"]
+    assert plan["guest_addr"] in exec_ok(stack, ws, ["ip", "addr", "show", "eth0"])
+    size = 6 * MiB
+    port, result = _serve_once(host)
+    exec_ok(stack, ws, ["sh", "-c", f"dd if=/dev/zero bs=65536 count={size // 65536} 2>/dev/null | nc {host} {port}"])
+    n, seconds = result()
+    assert n == size
+    out_rate = n * 8 / seconds
+    # Into the guest: timed by the guest itself (its uptime), receiving from a host HTTP server.
+    import http.server
+    import threading
+    payload = b"\0" * size
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *a):
+            pass
+    httpd = http.server.HTTPServer((host, 0), Handler)
+    threading.Thread(target=httpd.handle_request, daemon=True).start()
+    out = exec_ok(stack, ws, ["sh", "-c", "read a _ </proc/uptime; wget -q -O /dev/null "
+                              f"http://{host}:{httpd.server_address[1]}/; read b _ </proc/uptime; echo $a $b"])
+    httpd.server_close()
+    a, b = map(float, out.split())
+    in_rate = size * 8 / (b - a)
+    print(f"guest out {out_rate / 1e6:.1f} Mbit/s, in {in_rate / 1e6:.1f} Mbit/s")
+    # Shaped at 20 Mbit/s each way: a loaded machine may go slower, never faster (the token
+    # bucket's first burst is 200 KiB of the 6 MiB).
+    assert out_rate < 22e6 and in_rate < 22e6, (out_rate, in_rate)
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+    assert not (pathlib.Path("/sys/class/net") / f"vwsn{plan['link']}").exists()
