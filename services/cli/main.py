@@ -318,7 +318,7 @@ def cmd_list(args) -> int:
              w.endpoint.host_identity or "-", out.size(w.spec.resources.memory_bytes),
              out.cpu(w.spec.resources.cpu_millis), out.remaining(w.termination_time), w.owner or "-"]
             for w in found]
-    print(out.table(rows, ["NAME", "STATE", "KIND", "MANAGER", "ACCOUNT", "MEMORY", "CPU", "EXPIRES IN", "OWNER"]))
+    print(out.table(rows, ["NAME", "STATE", "KIND", "MANAGER", "HOST IDENTITY", "MEMORY", "CPU", "EXPIRES IN", "OWNER"]))
     if token:
         print(f"(more: --limit {args.limit * 2} or --page-token {token})", file=sys.stderr)
     return 0
