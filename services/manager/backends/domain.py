@@ -117,6 +117,8 @@ def render(plan: DomainPlan) -> str:
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
     dev = _sub(dom, "devices")
+    if not xen:
+        _sub(dev, "controller", type="usb", model="none")  # no USB: nothing to probe at boot
     disk = _sub(dev, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type="qcow2", cache=None if xen else "none")
     _sub(disk, "source", file=plan.disk_path)
