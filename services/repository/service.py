@@ -259,6 +259,20 @@ class ReadCache:
             self._entries.pop(name, None)
 
 
+
+def _held_row(conn, name: str, manager: str, *columns):
+    """The workspace's row, locked, with the columns a manager's report needs; NOT_FOUND when it
+    does not exist, FAILED_PRECONDITION when another manager (or none) holds it."""
+    t = WorkspaceRow.__table__
+    r = conn.execute(sa.select(t.c.id, t.c.manager_name, t.c.state, t.c.state_time, t.c.snapshot, *columns)
+                     .where(t.c.name == name).with_for_update()).first()
+    if r is None:
+        raise errors.NotFound(f"workspace {name} does not exist")
+    if r.manager_name != manager:
+        held = f"held by {r.manager_name}" if r.manager_name else "not placed on any manager"
+        raise errors.FailedPrecondition(f"{manager} may not report on {name}: it is {held}")
+    return r
+
 class RepositoryService:
     def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
                  clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None):
@@ -405,13 +419,7 @@ class RepositoryService:
         # of work. test_the_stored_snapshot_always_matches_the_row keeps the two in step.
         with self.uow(write=True) as session:
             conn = session.connection()
-            r = conn.execute(sa.select(t.c.id, t.c.manager_name, t.c.state, t.c.state_time, t.c.event_seq,
-                                       t.c.snapshot).where(t.c.name == name).with_for_update()).first()
-            if r is None:
-                raise errors.NotFound(f"workspace {name} does not exist")
-            if r.manager_name != manager:
-                held = f"held by {r.manager_name}" if r.manager_name else "not placed on any manager"
-                raise errors.FailedPrecondition(f"{manager} may not report on {name}: it is {held}")
+            r = _held_row(conn, name, manager, t.c.event_seq)
             current = State(r.state)
             stale = change_time < r.state_time
             if current is State.TERMINATING and state is State.TERMINATED:
@@ -467,13 +475,7 @@ class RepositoryService:
         t = WorkspaceRow.__table__
         with self.uow(write=True) as session:
             conn = session.connection()
-            r = conn.execute(sa.select(t.c.id, t.c.manager_name, t.c.state, t.c.state_time, t.c.progress,
-                                       t.c.snapshot).where(t.c.name == name).with_for_update()).first()
-            if r is None:
-                raise errors.NotFound(f"workspace {name} does not exist")
-            if r.manager_name != manager:
-                held = f"held by {r.manager_name}" if r.manager_name else "not placed on any manager"
-                raise errors.FailedPrecondition(f"{manager} may not report on {name}: it is {held}")
+            r = _held_row(conn, name, manager, t.c.progress)
             if r.state in (State.TERMINATING.value, State.TERMINATED.value):
                 return False
             if progress is not None:
