@@ -25,7 +25,8 @@ packages = ["vws", "vws.native", "vws.v1"] + [
 # No fused multiply-adds: the extensions must round exactly like their Python twins.
 CFLAGS = [] if os.name == "nt" else ["-ffp-contract=off"]
 extensions = cythonize(
-    [Extension("vws.native._accounting", ["native/_accounting.pyx"], extra_compile_args=CFLAGS)],
+    [Extension("vws.native._accounting", ["native/_accounting.pyx"], extra_compile_args=CFLAGS),
+     Extension("vws.native._copysum", ["native/_copysum.pyx"], extra_compile_args=CFLAGS)],
     compiler_directives={"language_level": 3},
 )
 setup(

@@ -1,0 +1,41 @@
+"""Copy a file and checksum it in one pass (VM image propagation, later migration): BLAKE3
+per 4 MiB chunk, combined into one "blake3-4m:<hex>" digest (defined precisely in
+copysum_py's docstring); sparse files stay sparse; copy_file can verify an expected digest
+before the copy appears at its destination.
+
+Uses the Cython extension `_copysum` (I/O loop without the GIL, hashing overlapped in a
+second thread) when it is built and importable, else the pure-Python twin `copysum_py`
+(same API, same results, slower). VWS_NO_EXTENSIONS=1 forces the twin. IMPLEMENTATION says
+which one was chosen: "cython" or "python"."""
+from __future__ import annotations
+
+import os
+
+NO_EXTENSIONS = os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0")
+
+if not NO_EXTENSIONS:  # pragma: no branch
+    try:
+        from ._copysum import copy_file, digest_file  # type: ignore[import-not-found]
+
+        IMPLEMENTATION = "cython"
+    except ImportError:  # pragma: no cover - the extension was not built
+        from .copysum_py import copy_file, digest_file
+
+        IMPLEMENTATION = "python"
+else:
+    from .copysum_py import copy_file, digest_file
+
+    IMPLEMENTATION = "python"
+
+from .copysum_py import (  # noqa: E402
+    CHUNK,
+    PROGRESS_STEP,
+    CopyResult,
+    DigestMismatch,
+    combine,
+    parse_digest,
+    zero_chunk_digest,
+)
+
+__all__ = ["CHUNK", "CopyResult", "DigestMismatch", "IMPLEMENTATION", "NO_EXTENSIONS", "PROGRESS_STEP",
+           "combine", "copy_file", "digest_file", "parse_digest", "zero_chunk_digest"]
