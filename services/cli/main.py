@@ -941,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, errors.InvalidArgument) else 1
     except grpc.RpcError as exc:
         print(f"vws: {describe_rpc_error(exc)}", file=sys.stderr)
-        return 1
+        return 2 if getattr(exc, "code", lambda: None)() is grpc.StatusCode.INVALID_ARGUMENT else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -113,6 +113,8 @@ def test_errors_are_one_line_with_the_field(cli):
                          (("create", "--setup-script", "exit 9"), "setup_script")):
         r = cli(*args)
         assert r.returncode != 0, args
+        if "NOT_FOUND" not in needle:  # bad input, found by the CLI or by a service: exit 2
+            assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert needle in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert json.loads(cli("list", "--all", "-o", "json", check=0).stdout)["workspaces"] == []
