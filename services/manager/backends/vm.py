@@ -182,6 +182,9 @@ class LibvirtBackend(Backend):
         try:
             cached = self._propagate(image, progress)
             wdir.mkdir(parents=True, exist_ok=True)
+            # The reservation names plan.json as its owner: it must exist before, or another
+            # workspace's reserve could take the slot over as abandoned.
+            (wdir / "plan.json").write_text("{}")
             link = netshape.reserve(int(hashlib.sha256(workspace_id.encode()).hexdigest(), 16) % netshape.SLOTS,
                                     wdir / "plan.json")
             plan = self._plan(workspace_id, spec, image, cached, wdir, link)
