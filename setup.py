@@ -26,7 +26,8 @@ packages = ["vws", "vws.native", "vws.v1"] + [
 CFLAGS = [] if os.name == "nt" else ["-ffp-contract=off"]
 extensions = cythonize(
     [Extension("vws.native._accounting", ["native/_accounting.pyx"], extra_compile_args=CFLAGS),
-     Extension("vws.native._copysum", ["native/_copysum.pyx"], extra_compile_args=CFLAGS)],
+     Extension("vws.native._copysum", ["native/_copysum.pyx"], extra_compile_args=CFLAGS),
+     Extension("vws.native._fft", ["native/_fft.pyx", "native/fft_kernel.c"], extra_compile_args=CFLAGS + ["-O3"])],
     compiler_directives={"language_level": 3},
 )
 setup(
