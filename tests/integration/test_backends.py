@@ -18,7 +18,7 @@ from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle, 
 from vws.manager.backends.pool import AccountPool
 
 pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes real Unix accounts")]
+              pytest.mark.requires(os.geteuid() != 0, "needs root: makes real Unix accounts")]
 
 
 class Clock:

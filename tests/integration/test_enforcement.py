@@ -18,7 +18,7 @@ from vws.manager.backends.pool import AccountPool
 from tests.integration.test_backends import _remove_prefixed
 
 pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes real accounts, cgroups and mounts")]
+              pytest.mark.requires(os.geteuid() != 0, "needs root: makes real accounts, cgroups and mounts")]
 
 M = 1024 ** 2
 

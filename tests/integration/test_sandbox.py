@@ -26,8 +26,8 @@ from vws.manager.backends.cgroups import _alive
 from vws.manager.backends.sandbox import SandboxBackend, reap_all_under
 
 pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes real Unix accounts"),
-              pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (scripts/setup-system.sh)")]
+              pytest.mark.requires(os.geteuid() != 0, "needs root: makes real Unix accounts"),
+              pytest.mark.requires(shutil.which("bwrap") is None, "needs bubblewrap (scripts/setup-system.sh)")]
 
 
 def _wid() -> str:

@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - not built
     _accounting = None
 
-needs_ext = pytest.mark.skipif(_accounting is None, reason="Cython extension not built (pip install -e .)")
+needs_ext = pytest.mark.requires(_accounting is None, "Cython extension not built (pip install -e .)")
 IMPLS = [pytest.param(_accounting, id="cython", marks=needs_ext), pytest.param(accounting_py, id="python")]
 EXACT = [pytest.param(m, id=i, marks=k) for m, i, k in
          ((_accounting, "cython", [needs_ext]), (accounting_py, "python", []))]

@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - not built
     _copysum = None
 
-needs_ext = pytest.mark.skipif(_copysum is None, reason="Cython extension not built (pip install -e .)")
+needs_ext = pytest.mark.requires(_copysum is None, "Cython extension not built (pip install -e .)")
 IMPLS = [pytest.param(_copysum, id="cython", marks=needs_ext), pytest.param(copysum_py, id="python")]
 MiB = 1 << 20
 ZERO_CHUNK = blake3(bytes(CHUNK)).digest()

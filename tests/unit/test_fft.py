@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - not built
     _fft = None
 
-needs_ext = pytest.mark.skipif(_fft is None, reason="Cython extension not built (pip install -e .)")
+needs_ext = pytest.mark.requires(_fft is None, "Cython extension not built (pip install -e .)")
 IMPLS = [pytest.param(_fft, id="cython", marks=needs_ext), pytest.param(fft_py, id="python")]
 LOG2S = range(6, 23)
 

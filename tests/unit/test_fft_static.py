@@ -20,7 +20,7 @@ FIELDS = {"n", "log2n", "iterations", "seconds_per_transform", "mflops", "spread
           "repeats", "runs"}
 MAX_REL_ERROR = 1e-10
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None, reason="no C compiler")
+pytestmark = pytest.mark.requires(shutil.which(os.environ.get("CC", "gcc")) is None, "no C compiler")
 
 
 @pytest.fixture(scope="module")
