@@ -28,7 +28,7 @@ help:
 setup:
 	@start=$$(date +%s.%N); \
 	scripts/setup-system.sh; scripts/setup-libvirt.sh; scripts/build-guest.sh; \
-	scripts/setup-python.sh; scripts/setup-tools.sh; \
+	scripts/setup-python.sh; scripts/setup-tools.sh; scripts/build-fft.sh; \
 	awk -v a="$$start" -v b="$$(date +%s.%N)" 'BEGIN { printf "[setup] %-16s %.1fs\n", "done", b - a }'
 
 setup-system setup-python setup-tools setup-libvirt:

@@ -120,6 +120,9 @@ def test_vm_lifecycle_through_the_guest_agent(stack, guest):
     assert exec_ok(stack, ws, ["pwd"], ) and exec_ok(stack, ws, ["sh", "-c", "echo $VWS_T"]) == "\n"
     code, out, _ = run(stack, ws, ["sh", "-c", "echo $VWS_T; pwd"], env={"VWS_T": "x"}, cwd="/proc")
     assert (code, out) == (0, "x\n/proc\n")
+    # The guest carries the FFT harness as a static executable (issue 7 runs it in guests).
+    line = json.loads(exec_ok(stack, ws, ["vws-fft", "--sizes", "6", "--min-time", "0.01", "--repeat", "1"]))
+    assert line["n"] == 64 and line["max_rel_error"] <= 1e-10
     # A mark in the guest's memory (its root is a RAM disk): it must survive pause and serialisation.
     exec_ok(stack, ws, ["sh", "-c", "echo kept > /tmp/mark"])
 
