@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import pwd
+import re
 import secrets
 import signal
 import subprocess
@@ -189,10 +190,16 @@ def remove_domains(manager_prefix: str) -> list[str]:
             except libvirt.libvirtError:
                 continue
             if owner and owner[1].startswith(manager_prefix):
+                xml = d.XMLDesc(0)
                 if d.isActive():
                     d.destroy()
                 d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
                 removed.append(d.name())
+                # Its bridge and veth pair (backends.vm), and the link's address reservation.
+                for index in re.findall(r"<source bridge=.vwsb(\d+).", xml):
+                    for dev in (f"vwsb{index}", f"vwsn{index}"):
+                        subprocess.run(["ip", "link", "del", dev], capture_output=True)
+                    pathlib.Path(f"/run/vws/net/{index}").unlink(missing_ok=True)
     finally:
         conn.close()
     return removed
