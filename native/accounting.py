@@ -6,24 +6,10 @@ pure-Python twin `accounting_py` (same API, same results bit for bit). VWS_NO_EX
 forces the twin. IMPLEMENTATION says which one was chosen: "cython" or "python"."""
 from __future__ import annotations
 
-import os
+from ._choose import NO_EXTENSIONS, choose
 
-NO_EXTENSIONS = os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0")
+IMPLEMENTATION, (Accumulators, accumulate) = choose("_accounting", "accounting_py", ("Accumulators", "accumulate"))
 
-if not NO_EXTENSIONS:  # pragma: no branch
-    try:
-        from ._accounting import Accumulators, accumulate  # type: ignore[import-not-found]
-
-        IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - the extension was not built
-        from .accounting_py import Accumulators, accumulate
-
-        IMPLEMENTATION = "python"
-else:
-    from .accounting_py import Accumulators, accumulate
-
-    IMPLEMENTATION = "python"
-
-from .accounting_py import FIELDS  # noqa: E402
+from .accounting_py import FIELDS
 
 __all__ = ["Accumulators", "FIELDS", "IMPLEMENTATION", "NO_EXTENSIONS", "accumulate"]

@@ -9,25 +9,11 @@ second thread) when it is built and importable, else the pure-Python twin `copys
 which one was chosen: "cython" or "python"."""
 from __future__ import annotations
 
-import os
+from ._choose import NO_EXTENSIONS, choose
 
-NO_EXTENSIONS = os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0")
+IMPLEMENTATION, (copy_file, digest_file) = choose("_copysum", "copysum_py", ("copy_file", "digest_file"))
 
-if not NO_EXTENSIONS:  # pragma: no branch
-    try:
-        from ._copysum import copy_file, digest_file  # type: ignore[import-not-found]
-
-        IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - the extension was not built
-        from .copysum_py import copy_file, digest_file
-
-        IMPLEMENTATION = "python"
-else:
-    from .copysum_py import copy_file, digest_file
-
-    IMPLEMENTATION = "python"
-
-from .copysum_py import (  # noqa: E402
+from .copysum_py import (
     CHUNK,
     PROGRESS_STEP,
     CopyResult,

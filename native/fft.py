@@ -9,25 +9,11 @@ numpy.fft as its transform). VWS_NO_EXTENSIONS=1 forces the twin. IMPLEMENTATION
 one was chosen: "cython" or "python"."""
 from __future__ import annotations
 
-import os
+from ._choose import NO_EXTENSIONS, choose
 
-NO_EXTENSIONS = os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0")
+IMPLEMENTATION, (fft, time_transform) = choose("_fft", "fft_py", ("fft", "time_transform"))
 
-if not NO_EXTENSIONS:  # pragma: no branch
-    try:
-        from ._fft import fft, time_transform  # type: ignore[import-not-found]
-
-        IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - the extension was not built
-        from .fft_py import fft, time_transform
-
-        IMPLEMENTATION = "python"
-else:
-    from .fft_py import fft, time_transform
-
-    IMPLEMENTATION = "python"
-
-from .fft_py import (  # noqa: E402
+from .fft_py import (
     MAX_REL_ERROR,
     MAX_SIZE,
     MIN_SIZE,
