@@ -64,6 +64,16 @@ def _decode_token(token: str, fingerprint: str) -> dict:
     return doc
 
 
+def _name_after(token: str, fingerprint: str) -> str:
+    """The name a by-name listing resumes after: "" for the first page."""
+    if not token:
+        return ""
+    doc = _decode_token(token, fingerprint)
+    if not isinstance(doc.get("n"), str):
+        raise errors.InvalidArgument("is not a page token of this listing", "page_token")
+    return doc["n"]
+
+
 def _fingerprint(**filters) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -758,12 +768,7 @@ class RepositoryService:
     def list_managers(self, page_size: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
         size = checked_page_size(page_size)
         fp = _fingerprint(what="managers")
-        after = ""
-        if page_token:
-            doc = _decode_token(page_token, fp)
-            if not isinstance(doc.get("n"), str):
-                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-            after = doc["n"]
+        after = _name_after(page_token, fp)
         with self.uow() as session:
             now = self.clock()
             rows = store.list_managers(session, after, size + 1)
@@ -847,12 +852,7 @@ class RepositoryService:
         if len(owner) > 256:
             raise errors.InvalidArgument(f"is {len(owner)} characters long; an owner has at most 256", "owner")
         fp = _fingerprint(what="images", owner=owner)
-        after = ""
-        if page_token:
-            doc = _decode_token(page_token, fp)
-            if not isinstance(doc.get("n"), str):
-                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-            after = doc["n"]
+        after = _name_after(page_token, fp)
         with self.uow() as session:
             found = image_store.list_page(session, owner, after, size + 1)
         token = _encode_token({"n": found[size - 1].name, "f": fp}) if len(found) > size else ""
