@@ -205,6 +205,18 @@ def remove_domains(manager_prefix: str) -> list[str]:
     return removed
 
 
+def reclaim_everything(backend) -> None:
+    """Whatever a test left on a backend it drove directly: every workspace it holds reclaimed,
+    a pool's accounts removed, the backend closed."""
+    try:
+        for hid in list(backend.inventory()):
+            backend.reclaim(hid)
+        if hasattr(backend, "remove_accounts"):
+            backend.remove_accounts()
+    finally:
+        backend.close()
+
+
 def remove_cgroups(manager_id: str) -> None:
     """The cgroups a test's manager left for workspaces the test did not destroy."""
     for top in glob.glob(f"/sys/fs/cgroup/*/vws/{manager_id}") + glob.glob(f"/sys/fs/cgroup/vws/{manager_id}"):

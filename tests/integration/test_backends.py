@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.stack import reclaim_everything
 from vws.common import errors, model
 from vws.manager.backends import make_backend
 from vws.manager.backends.accounts import DynamicAccounts, getpw, is_locked, uid_pids
@@ -56,12 +57,8 @@ def backend(request, tmp_path):
         yield b
     finally:
         try:
-            for hid in list(b.inventory()):
-                b.reclaim(hid)
-            if isinstance(b, AccountPool):
-                b.remove_accounts()
+            reclaim_everything(b)
         finally:
-            b.close()
             _remove_prefixed(settings.account_prefix)
             _remove_prefixed(settings.pool_prefix)
 

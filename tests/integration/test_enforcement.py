@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.stack import reclaim_everything
 from vws.common import errors, model
 from vws.manager.backends.accounts import DynamicAccounts
 from vws.manager.backends.base import BackendSettings, ExecOptions
@@ -38,12 +39,8 @@ def backend(request, tmp_path):
         yield b
     finally:
         try:
-            for hid in list(b.inventory()):
-                b.reclaim(hid)
-            if isinstance(b, AccountPool):
-                b.remove_accounts()
+            reclaim_everything(b)
         finally:
-            b.close()
             release_all_under(tmp_path)
             _remove_prefixed(settings.account_prefix)
             _remove_prefixed(settings.pool_prefix)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import remove_cgroups
+from tests.integration.stack import reclaim_everything, remove_cgroups
 
 from vws.common import model
 from vws.manager.backends import netshape
@@ -44,10 +44,8 @@ def backend(tmp_path):
         yield b
     finally:
         try:
-            for hid in list(b.inventory()):
-                b.reclaim(hid)
+            reclaim_everything(b)
         finally:
-            b.close()
             # whatever survived a failure: sandboxes, interfaces, reservations, accounts
             reap_all_under(settings.state_dir)
             for pw in pwd.getpwall():
