@@ -95,6 +95,15 @@ class ProgressBar:
             self.live = False
         self.drawn = False
 
+    @staticmethod
+    def line(label: str, done: int, total: int, figures: str, columns: int) -> str:
+        """`label [####----]figures` fitted to columns (no bar when too narrow or no total)."""
+        width = max(columns - len(label) - len(figures) - 4, 0)
+        if width >= 10 and total:
+            filled = width * min(max(done, 0), total) // total
+            return f"{label} [{'#' * filled}{'-' * (width - filled)}]{figures}"
+        return f"{label}{figures}"[:max(columns - 1, 0)]
+
     def render(self, p, columns: int) -> str:
         label = p.activity or "working"
         if p.total_bytes:
@@ -104,11 +113,11 @@ class ProgressBar:
             done, figures = 0, f"  {size(p.done_bytes) if p.done_bytes else '0B'}"
         if p.bytes_per_second:
             figures += f"  {rate(p.bytes_per_second)}"
-        width = max(columns - len(label) - len(figures) - 4, 0)
-        if width >= 10 and p.total_bytes:
-            filled = width * done // p.total_bytes
-            return f"{label} [{'#' * filled}{'-' * (width - filled)}]{figures}"
-        return f"{label}{figures}"[:max(columns - 1, 0)]
+        return self.line(label, done, p.total_bytes, figures, columns)
+
+    def steps(self, label: str, done: int, total: int) -> None:
+        """Draws a count of steps (`vm 2^16 [###---] 12/68`) instead of bytes."""
+        self._draw(lambda columns: self.line(label, done, total, f" {done}/{total}", columns))
 
     def show(self, p) -> None:
         """Draws p (a Progress message), or takes the bar away when p is None."""
@@ -120,7 +129,12 @@ class ProgressBar:
                 self.stream.flush()
                 self.drawn = False
             return
+        self._draw(lambda columns: self.render(p, columns))
+
+    def _draw(self, text) -> None:
+        if not self.live:
+            return
         import shutil
-        self.stream.write("\r" + self.render(p, shutil.get_terminal_size((80, 24)).columns) + "\033[K")
+        self.stream.write("\r" + text(shutil.get_terminal_size((80, 24)).columns) + "\033[K")
         self.stream.flush()
         self.drawn = True
