@@ -897,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     image_command("rm", cmd_image_rm, "remove an image (workspaces booted from it keep running)").add_argument(
         "name", metavar="NAME")
 
+    from vws.cli import fftbench  # here, not at the top: it builds on this module
+    fftbench.add_parser(sub, command)
+
     c = command("exec", cmd_exec, "run a program in a workspace; exits with its code")
     c.add_argument("name", metavar="NAME")
     c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
