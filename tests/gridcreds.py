@@ -211,9 +211,12 @@ class TokenIssuerWorld:
 
     def token(self, sub: str = "alice-1234", groups: tuple[str, ...] = ("/atlas", "/atlas/production"),
               aud: str = "https://vws.example.org", lifetime: float = 3600, issued_ago: float = 0,
-              issuer: str | None = None, scope: str = "compute.create compute.read", **extra) -> str:
+              issuer: str | None = None, scope: str = "compute.create compute.read", without: tuple[str, ...] = (),
+              **extra) -> str:
         now = time.time() - issued_ago
         claims = {"wlcg.ver": "1.0", "sub": sub, "iss": issuer or self.issuer, "aud": aud, "iat": int(now),
                   "nbf": int(now), "exp": int(now + lifetime), "jti": uuid.uuid4().hex, "scope": scope,
                   "wlcg.groups": list(groups), **extra}
+        for claim in without:
+            del claims[claim]
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
