@@ -243,3 +243,30 @@ def test_the_proxy_file_keeps_its_key_out_of_the_chain(world):
                                                serialization.PublicFormat.SubjectPublicKeyInfo) == \
         x509.load_der_x509_certificate(proxy.chain_der[0]).public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_login_over_grpc_then_a_call_with_the_session(auth, world):
+    from concurrent import futures
+
+    import grpc
+
+    from vws.common.auth.service import AuthServicer, login
+    from vws.common.server import ErrorInterceptor
+    from vws.v1 import auth_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorInterceptor()])
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            token, expiry, answer = login(channel, world.production)
+            assert (answer.identity, list(answer.attributes)) == (world.alice.dn, [PRODUCTION, "/atlas"])
+            assert auth.from_call([("authorization", f"Bearer {token}")], None).identity == world.alice.dn
+            other = world.proxy(world.user("Mallory", ca=world.rogue_ca), world.voms, fqans=("/atlas",))
+            with pytest.raises(grpc.RpcError) as err:
+                login(channel, other)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "not a trusted CA" in err.value.details() and "Traceback" not in err.value.details()
+    finally:
+        server.stop(None)
