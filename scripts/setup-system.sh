@@ -37,6 +37,9 @@ PACKAGES=(
   b3sum                  # fast content hashes of images
   rsync                  # copying workspace files and images
   libxml2-utils          # xmllint: virt-xml-validate checks domain XML against libvirt's schema (tests)
+  voms-clients           # voms-proxy-fake: the tests' RFC 3820 proxies carrying VOMS attribute certificates
+  globus-proxy-utils     # grid-proxy-init: plain RFC 3820 proxies (tests)
+  openssl                # the tests' grid CA directory (subject hashes cross-checked with openssl x509)
 )
 # Debian's own python3 needs python3-venv for `python3 -m venv` (ensurepip); a pyenv or other
 # python3 on PATH brings its own. No python3 at all: Debian's (3.11 on Debian 12).

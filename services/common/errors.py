@@ -58,6 +58,11 @@ class PermissionDenied(VwsError):
     grpc_status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unauthenticated(VwsError):
+    """The caller's credential is missing, malformed, untrusted or expired."""
+    grpc_status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class Aborted(VwsError):
     grpc_status_code = grpc.StatusCode.ABORTED
 

@@ -1,0 +1,15 @@
+"""Credentials, sessions and policy: who calls (Principal), proven how (certificate, proxy with
+VOMS attributes through a login, WLCG token), and what they may do (Policy)."""
+from vws.common.auth.certs import TrustStore, slash_dn, subject_hash
+from vws.common.auth.credentials import AUTHORIZATION, Authenticator, PrincipalCache
+from vws.common.auth.policy import (Customisation, Decision, GroupUsage, Limits, Policy, PolicyFile, Quota, Reason,
+                                    WorkspaceRequest)
+from vws.common.auth.principal import CredentialKind, Principal
+from vws.common.auth.session import ProxyFile, Session, SessionAuthority, load_or_create_key
+from vws.common.auth.tokens import TokenIssuer, TokenVerifier
+from vws.common.auth.voms import VomsDir
+
+__all__ = ["AUTHORIZATION", "Authenticator", "CredentialKind", "Customisation", "Decision", "GroupUsage", "Limits",
+           "Policy", "PolicyFile", "Principal", "PrincipalCache", "ProxyFile", "Quota", "Reason", "Session",
+           "SessionAuthority", "TokenIssuer", "TokenVerifier", "TrustStore", "VomsDir", "WorkspaceRequest",
+           "load_or_create_key", "slash_dn", "subject_hash"]

@@ -1,0 +1,166 @@
+"""One entry point from any credential to a Principal, with verified principals cached by the
+credential's digest until they expire: a repeat call costs a hash and a dictionary lookup."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Callable, Iterable, Mapping
+
+from cryptography import x509
+
+from vws.common.auth.certs import TrustStore, load_pem_or_der, slash_dn
+from vws.common.auth.principal import CredentialKind, Principal, digest_of
+from vws.common.auth.proxy import proxy_info, verify_proxy_chain
+from vws.common.auth.session import SESSION_PREFIX, Session, SessionAuthority, verify_possession
+from vws.common.auth.tokens import TokenVerifier
+from vws.common.auth.voms import VomsDir
+from vws.common.errors import Unauthenticated
+
+AUTHORIZATION = "authorization"  # gRPC metadata key: "Bearer <WLCG token or vws session token>"
+
+
+class PrincipalCache:
+    """digest -> Principal, each dropped once expired; bounded (the oldest go first)."""
+
+    def __init__(self, max_entries: int = 10000):
+        self.max_entries = max_entries
+        self._entries: dict[str, Principal] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str, now: dt.datetime) -> Principal | None:
+        p = self._entries.get(digest)
+        if p is not None and p.expiry <= now:
+            self._entries.pop(digest, None)
+            return None
+        return p
+
+    def put(self, principal: Principal, key: str | None = None) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                now = dt.datetime.now(dt.timezone.utc)
+                self._entries = {k: v for k, v in self._entries.items() if v.expiry > now}
+                while len(self._entries) >= self.max_entries:
+                    self._entries.pop(next(iter(self._entries)))
+            self._entries[key or principal.digest] = principal
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Authenticator:
+    """Verifies client certificates, proxies (through login), WLCG tokens and session tokens.
+
+    `trust` anchors certificates and proxies; `vomsdir` holds the VOMS servers; `tokens` the
+    token issuers; `sessions` the login authority (none: no proxy login). `clock` is for tests."""
+
+    def __init__(self, trust: TrustStore, vomsdir: VomsDir | None = None, tokens: TokenVerifier | None = None,
+                 sessions: SessionAuthority | None = None, clock: Callable[[], dt.datetime] = _utcnow,
+                 skew: dt.timedelta = dt.timedelta(minutes=5), cache: PrincipalCache | None = None):
+        self.trust, self.vomsdir, self.tokens, self.sessions = trust, vomsdir, tokens, sessions
+        self.clock, self.skew = clock, skew
+        self.cache = cache or PrincipalCache()
+
+    def certificate(self, cert: bytes) -> Principal:
+        """A client certificate (PEM or DER, as TLS presented it; intermediates may follow)."""
+        digest = digest_of(cert)
+        now = self.clock()
+        hit = self.cache.get(digest, now)
+        if hit is not None:
+            return hit
+        try:
+            certs = load_pem_or_der(cert)
+        except ValueError as exc:
+            raise Unauthenticated(f"the client certificate cannot be read ({exc})") from None
+        leaf = certs[0]
+        if proxy_info(leaf) is not None:
+            raise Unauthenticated("proxy certificates cannot be used for TLS here; log in with the proxy "
+                                  "(AuthService.Login, `vws login`) and send the session token")
+        if leaf.subject == leaf.issuer:
+            raise Unauthenticated(f"{slash_dn(leaf.subject)} is self-signed; use a certificate from a trusted CA")
+        ca, expiry = self.trust.verify_chain(leaf, certs[1:], "client certificate", now, self.skew)
+        principal = Principal(identity=slash_dn(leaf.subject), kind=CredentialKind.CERTIFICATE, attributes=(),
+                              expiry=expiry, digest=digest, issuer=slash_dn(ca.subject))
+        self.cache.put(principal)
+        return principal
+
+    def proxy(self, chain_der: list[bytes]) -> Principal:
+        """An RFC 3820 proxy chain (DER, leaf first) with its VOMS attributes. Possession of the
+        key is not proven here: `login` does that."""
+        digest = digest_of(*chain_der)
+        now = self.clock()
+        hit = self.cache.get(digest, now)
+        if hit is not None:
+            return hit
+        try:
+            chain = [x509.load_der_x509_certificate(c) for c in chain_der]
+        except ValueError as exc:
+            raise Unauthenticated(f"a certificate of the proxy chain cannot be read ({exc}); send DER "
+                                  "certificates, the proxy first") from None
+        principal = verify_proxy_chain(chain, digest, self.trust, self.vomsdir, now, self.skew)
+        self.cache.put(principal)
+        return principal
+
+    def token(self, token: str) -> Principal:
+        """A WLCG bearer token (JWT)."""
+        digest = digest_of(token.encode())
+        now = self.clock()
+        hit = self.cache.get(digest, now)
+        if hit is not None:
+            return hit
+        if self.tokens is None:
+            raise Unauthenticated("this service accepts no bearer tokens (no token issuer is configured); use a "
+                                  "certificate or a proxy")
+        principal = self.tokens.verify(token, digest, now)
+        self.cache.put(principal)
+        return principal
+
+    def challenge(self) -> tuple[str, dt.datetime]:
+        return self._sessions().challenge(self.clock())
+
+    def login(self, challenge: str, chain_der: list[bytes], signature: bytes) -> Session:
+        """Proof of possession: the challenge signed with the proxy's key. Returns a session."""
+        sessions = self._sessions()
+        now = self.clock()
+        sessions.consume_challenge(challenge, now)
+        principal = self.proxy(chain_der)
+        verify_possession(x509.load_der_x509_certificate(chain_der[0]), challenge, chain_der, signature)
+        return sessions.issue(principal, now)
+
+    def session(self, token: str) -> Principal:
+        now = self.clock()
+        hit = self.cache.get(token, now)
+        if hit is not None:
+            return hit
+        principal = self._sessions().open(token, now)
+        self.cache.put(principal, key=token)
+        return principal
+
+    def bearer(self, token: str) -> Principal:
+        """`authorization: Bearer <token>`: a vws session token or a WLCG token."""
+        return self.session(token) if token.startswith(SESSION_PREFIX) else self.token(token)
+
+    def from_call(self, metadata: Iterable[tuple[str, str | bytes]] | Mapping, peer_certificate: bytes | None
+                  ) -> Principal:
+        """The caller of one gRPC call: a bearer token in the metadata wins over the TLS client
+        certificate (a proxy user's TLS connection may carry a host or no certificate)."""
+        items = metadata.items() if isinstance(metadata, Mapping) else metadata
+        for key, value in items:
+            if key.lower() == AUTHORIZATION:
+                value = value.decode() if isinstance(value, bytes) else value
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+                return self.bearer(token.strip())
+        if peer_certificate:
+            return self.certificate(peer_certificate)
+        raise Unauthenticated("no credential: connect with a client certificate, or send "
+                              "'authorization: Bearer <token>' (a WLCG token, or the session from `vws login`)")
+
+    def _sessions(self) -> SessionAuthority:
+        if self.sessions is None:
+            raise Unauthenticated("this service does not take logins; connect with a client certificate or a token")
+        return self.sessions
