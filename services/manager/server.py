@@ -15,7 +15,6 @@ from vws.manager.service import ManagerIdentity, WorkspaceManager
 from vws.manager.servicer import ManagerServicer
 from vws.manager.state import LocalState
 from vws.manager import transfer
-from vws.manager.transfer import TransferStore
 from vws.manager.transfer_servicer import TransferServicer, add_to_server
 from vws.v1 import manager_pb2, manager_pb2_grpc
 
@@ -63,7 +62,8 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
         backend, LocalState(state_dir / "state.db"), repository)
     manager.accounting = UsageAccounting(manager, state_dir / "state.db", settings.accounting_interval.total_seconds())
     # What other managers send this one (migration); the image cache is where base images are.
-    manager.transfers = TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache")
+    manager.transfers = transfer.TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache",
+                                               fsync=settings.transfer_fsync)
     return manager
 
 

@@ -31,6 +31,8 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import errno
+import functools
+import itertools
 import json
 import logging
 import os
@@ -115,6 +117,21 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         if e not in (errno.EOPNOTSUPP, errno.ENOSYS):
             raise OSError(e, os.strerror(e))
         os.pwrite(fd, bytes(length), offset)  # no hole punching here: zeros written out
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def keep_chunk_buffers() -> None:
+    """Chunk-sized buffers (messages, copies) come and go by the hundred a second: glibc
+    would map each afresh (a page fault per 4 KiB, a third of the receiver's CPU here), so
+    they are taken from the heap instead, and freed memory kept for the next ones."""
+    try:
+        _libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+    except AttributeError:  # not glibc
+        pass
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:
@@ -402,6 +419,7 @@ class TransferStore:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.image_cache = Path(image_cache) if image_cache else None
         self.fsync, self.workers = fsync, workers
+        keep_chunk_buffers()
         self._lock = threading.Lock()
         self._open: dict[str, Incoming] = {}
         self._files_path = self.root / "files.json"
@@ -649,7 +667,8 @@ def _fsync_dir(path: Path) -> None:
 
 @dataclasses.dataclass
 class SendOptions:
-    chunks_in_flight: int = 8       # chunks queued for the stream ahead of the network
+    chunks_in_flight: int = 8       # chunks queued for the streams ahead of the network
+    streams: int = 2                # SendChunks streams at once, each on its own connection
     give_up_after: float = 600.0    # seconds from the start: then TransferFailed
     stall_timeout: float = 30.0     # a stream that takes nothing for this long is broken
     call_timeout: float = 30.0      # StartTransfer, CommitTransfer
@@ -735,13 +754,13 @@ class _Sender:
         o = self.options
         wait, losses = o.backoff, 0
         while True:
-            channel = grpc.insecure_channel(self.target, options=channel_options(self.cs))
+            # A connection of its own per stream (a local subchannel pool: not shared with
+            # each other or with other channels to the receiver), new at every attempt, so
+            # that nothing of a broken connection is reused.
+            channels = [grpc.insecure_channel(self.target, options=channel_options(self.cs) + [
+                ("grpc.use_local_subchannel_pool", 1)]) for _ in range(max(1, o.streams))]
             try:
-                stub = transfer_pb2_grpc.TransferServiceStub(channel)
-                stub.send_chunks = channel.stream_unary(  # requests already encoded (encode_chunk)
-                    SEND_CHUNKS, request_serializer=None,
-                    response_deserializer=transfer_pb2.SendChunksResponse.FromString)
-                self.attempt(stub)
+                self.attempt(channels)
                 self.result.seconds = time.monotonic() - self.t0
                 self.report(force=True)
                 return self.result
@@ -764,10 +783,12 @@ class _Sender:
                 wait = min(wait * 2, o.backoff_max)
                 self.result.resumes += 1
             finally:
-                channel.close()
+                for channel in channels:
+                    channel.close()
 
-    def attempt(self, stub) -> None:
+    def attempt(self, channels: list) -> None:
         o = self.options
+        stub = transfer_pb2_grpc.TransferServiceStub(channels[0])
         opening = stub.StartTransfer(transfer_pb2.StartTransferRequest(
             transfer_id=self.transfer_id, size_bytes=self.size, chunk_size_bytes=self.cs,
             candidate_digests=self.candidate_digests, candidate_transfer_ids=self.candidate_ids),
@@ -779,41 +800,19 @@ class _Sender:
         if self.result.resumes:
             self.result.bytes_resumed += self.done
         if todo:
-            self.stream(stub, opening.session, todo, verified, local)
+            self.stream(channels, opening.session, todo, verified, local)
         digest = copysum.combine(self.size, self.digests, chunk_size=self.cs)
         stub.CommitTransfer(transfer_pb2.CommitTransferRequest(transfer_id=self.transfer_id, digest=digest),
                             timeout=o.call_timeout)
         self.result.digest = digest
 
-    def stream(self, stub, session: int, todo: list[int], verified: dict[int, bytes], local: set[bytes]) -> None:
-        """One SendChunks stream: the file read once (chunks in todo), each chunk queued for
-        the stream as ZERO, LOCAL or DATA as soon as it is read and hashed."""
-        o, end = self.options, object()
-        q: queue.Queue = queue.Queue(maxsize=o.chunks_in_flight)
-        taken = [time.monotonic()]
-
-        def requests():
-            while True:
-                item = q.get()
-                taken[0] = time.monotonic()
-                if item is end:
-                    return
-                yield item
-        call = stub.send_chunks.future(requests())
-
-        def put(item) -> None:
-            if call.done():
-                raise _Broken("the receiver ended the stream")
-            while True:
-                try:
-                    q.put(item, timeout=0.05)
-                    return
-                except queue.Full:
-                    if call.done():
-                        raise _Broken("the receiver ended the stream")
-                    if time.monotonic() - taken[0] > o.stall_timeout:
-                        raise _Broken(f"the stream took nothing for {o.stall_timeout:g}s")
-
+    def stream(self, channels: list, session: int, todo: list[int], verified: dict[int, bytes],
+               local: set[bytes]) -> None:
+        """The file read once (chunks in todo), each chunk queued as ZERO, LOCAL or DATA as soon
+        as it is read and hashed, in turn on one of the SendChunks streams (one per channel)."""
+        o = self.options
+        lanes = [_Lane(channel, max(1, o.chunks_in_flight // len(channels)), o.stall_timeout) for channel in channels]
+        turn = itertools.cycle(lanes)
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         extents = Extents(fd)
 
@@ -823,20 +822,20 @@ class _Sender:
             if verified.get(k) == digest:
                 pass  # the receiver has it already, at its place
             elif data is None:
-                put(encode_chunk(self.transfer_id, session, k, digest, ZERO))
+                next(turn).put(encode_chunk(self.transfer_id, session, k, digest, ZERO))
                 self.result.bytes_zero += n
             elif digest in local:
-                put(encode_chunk(self.transfer_id, session, k, digest, LOCAL))
+                next(turn).put(encode_chunk(self.transfer_id, session, k, digest, LOCAL))
                 self.result.bytes_reused += n
             else:
                 off = k * self.cs
                 segments = extents.segments(off, off + n)
                 if segments == [(off, off + n)]:
-                    put(encode_chunk(self.transfer_id, session, k, digest, DATA, [data]))
+                    next(turn).put(encode_chunk(self.transfer_id, session, k, digest, DATA, [data]))
                 else:  # only the data ranges: holes inside the chunk stay holes
-                    put(encode_chunk(self.transfer_id, session, k, digest, DATA,
-                                     [data[a - off:b - off] for a, b in segments],
-                                     [(a - off, b - a) for a, b in segments]))
+                    next(turn).put(encode_chunk(self.transfer_id, session, k, digest, DATA,
+                                                [data[a - off:b - off] for a, b in segments],
+                                                [(a - off, b - a) for a, b in segments]))
                 self.result.bytes_sent += sum(b - a for a, b in segments)
                 self.result.chunks_sent += 1
             self.done += n
@@ -847,29 +846,77 @@ class _Sender:
                 copysum.read_chunks(self.path, consume, indices=todo, chunk_size=self.cs)
             finally:
                 os.close(fd)
-            put(end)
-            deadline = time.monotonic() + o.stall_timeout
-            while not call.done():  # the receiver verifies what is in flight, then answers
-                if time.monotonic() > deadline:
-                    raise _Broken(f"no answer to the stream's end in {o.stall_timeout:g}s")
-                time.sleep(0.01)
-            call.result()
+            for lane in lanes:
+                lane.put(_END)
+            for lane in lanes:
+                lane.finish()
         except _Broken:
-            call.cancel()
-            if call.done() and not call.cancelled() and call.exception() is not None:
-                raise call.exception() from None  # the receiver's own answer says more
+            for lane in lanes:  # the receiver's own answer, when one ended the stream, says more
+                lane.raise_answer()
             raise
         finally:
-            call.cancel()
-            while True:  # free the request thread, wherever it waits
+            for lane in lanes:
+                lane.close()
+
+
+_END = object()
+
+
+class _Lane:
+    """One SendChunks stream of an attempt, fed through a bounded queue; broken when the
+    receiver ends it or when it takes nothing for stall_timeout (a link that is down)."""
+
+    def __init__(self, channel, depth: int, stall_timeout: float):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stall_timeout = stall_timeout
+        self.taken = time.monotonic()
+        send = channel.stream_unary(SEND_CHUNKS, request_serializer=None,  # already encoded (encode_chunk)
+                                    response_deserializer=transfer_pb2.SendChunksResponse.FromString)
+        self.call = send.future(self._requests())
+
+    def _requests(self):
+        while True:
+            item = self.queue.get()
+            self.taken = time.monotonic()
+            if item is _END:
+                return
+            yield item
+
+    def put(self, item) -> None:
+        while True:
+            if self.call.done():
+                raise _Broken("the receiver ended the stream")
+            try:
+                self.queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if time.monotonic() - self.taken > self.stall_timeout:
+                    raise _Broken(f"the stream took nothing for {self.stall_timeout:g}s") from None
+
+    def finish(self) -> None:
+        """Waits for the receiver's answer (it verifies what is in flight first)."""
+        deadline = time.monotonic() + self.stall_timeout
+        while not self.call.done():
+            if time.monotonic() > deadline:
+                raise _Broken(f"no answer to the stream's end in {self.stall_timeout:g}s")
+            time.sleep(0.005)
+        self.call.result()
+
+    def raise_answer(self) -> None:
+        if self.call.done() and not self.call.cancelled() and self.call.exception() is not None:
+            raise self.call.exception() from None
+
+    def close(self) -> None:
+        self.call.cancel()
+        while True:  # free the request thread, wherever it waits
+            try:
+                self.queue.put_nowait(_END)
+                return
+            except queue.Full:
                 try:
-                    q.put_nowait(end)
-                    break
-                except queue.Full:
-                    try:
-                        q.get_nowait()
-                    except queue.Empty:
-                        pass
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
 
 
 def send_file(target: str, path, transfer_id: str, *, candidates_hint: Iterable[str] = (),
@@ -883,6 +930,7 @@ def send_file(target: str, path, transfer_id: str, *, candidates_hint: Iterable[
     TransferFailed (UNAVAILABLE) after options.give_up_after seconds, or the receiver's error
     when it refuses the transfer."""
     check_transfer_id(transfer_id)
+    keep_chunk_buffers()
     try:
         sender = _Sender(target, path, transfer_id, list(candidates_hint), progress, options or SendOptions())
     except FileNotFoundError:

@@ -5,6 +5,7 @@ registered with add_to_server rather than the generated function."""
 from __future__ import annotations
 
 import itertools
+import logging
 
 import grpc
 
@@ -12,6 +13,7 @@ from vws.common import errors
 from vws.manager.transfer import TransferStore, decode_chunk
 from vws.v1 import transfer_pb2, transfer_pb2_grpc
 
+log = logging.getLogger("vws.manager.transfer")
 SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
 
 
@@ -38,7 +40,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         first = next(request_iterator, None)
         if first is None:
             return transfer_pb2.SendChunksResponse()
-        r = self.store.receive(first.transfer_id, first.session, _same_transfer(first, request_iterator))
+        try:
+            r = self.store.receive(first.transfer_id, first.session, _same_transfer(first, request_iterator))
+        except grpc.RpcError:  # the sender's side of the stream broke (link down, cancelled): expected
+            log.info("transfer %s: the sender's stream broke; what was verified is kept", first.transfer_id)
+            raise errors.Aborted(f"transfer {first.transfer_id}: the stream broke; start it again") from None
         return transfer_pb2.SendChunksResponse(chunks_verified=r.chunks_verified, bytes_received=r.bytes_received,
                                                bytes_reused=r.bytes_reused)
 

@@ -122,7 +122,7 @@ class Hosts:
 
     # ---- a real manager in namespace b ----
 
-    def start_manager(self, data_dir: pathlib.Path, timeout: float = 60.0) -> "Manager":
+    def start_manager(self, data_dir: pathlib.Path, *flags: str, timeout: float = 60.0) -> "Manager":
         """A real `vws manager` in namespace b, serving on its address there. Its repository
         is not reachable from there (it retries in the background); the transfer service
         does not need it."""
@@ -136,7 +136,7 @@ class Hosts:
                        "--listen", f"{self.addr['b']}:0", "--repository", f"{self.addr['b']}:1",
                        "--name", f"tx{tag}", "--account-prefix", f"vtx{tag}-", "--pool-prefix", f"vtp{tag}",
                        "--sandboxes", "false", "--vms", "false", "--accounting-interval", "0s",
-                       "--log-level", "DEBUG", stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                       "--log-level", "DEBUG", *flags, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                        env={**env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
         log.close()
         deadline = time.monotonic() + timeout
