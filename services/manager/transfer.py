@@ -6,11 +6,13 @@ each chunk hashed with BLAKE3 in the same pass as the read). Before that it asks
 receiver (StartTransfer) what it holds: the chunks of this transfer it has verified already
 (a resumed transfer), and the digests of chunks it can copy from files of its own (the base
 image in its image cache, an earlier copy of the same workspace, an earlier transfer). Then,
-in one client stream, each chunk goes as CHUNK_SOURCE_ZERO (all zeros: stays a hole), LOCAL
-(the receiver copies it, verified, from its own file) or DATA (its data ranges only, so
-holes inside a chunk stay holes too). A broken stream (link down, UNAVAILABLE, a deadline,
-no progress for stall_timeout) is started again with backoff from what the receiver has
-verified, until give_up_after.
+in SendChunks streams (several at once, each on its own connection), each chunk goes as
+CHUNK_SOURCE_ZERO (all zeros: stays a hole), LOCAL (the receiver copies it, verified, from
+its own file), BASE (the receiver's earlier copy of the file at the same place, with only
+the 64 KiB blocks that differ from it sent: the receiver gave their digests) or DATA (its
+data ranges only, so holes inside a chunk stay holes too). A broken stream (link down,
+UNAVAILABLE, a deadline, no progress for stall_timeout) is started again with backoff from
+what the receiver has verified, until give_up_after.
 
 The receiver (TransferStore, under the manager's state directory) verifies every chunk
 before writing it, appends its index and digest to the transfer's journal, and completes
@@ -22,6 +24,7 @@ Layout of the store (root = STATE_DIR/transfer):
     partial/<key>.data, .journal, .json   a transfer in progress (key: BLAKE3 of its id)
     done/<key>                            completed, not yet taken
     chunks/<digest hex>-<chunk size>      chunk digests of a known file (32 bytes each)
+    chunks/<digest hex>-<block>.blocks    its block digests (16 bytes each), for BASE chunks
     files.json                            completed transfers: id -> path, size, digest, taken
 """
 from __future__ import annotations
@@ -62,7 +65,13 @@ TRANSFER_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,200}")
 DIGEST_BYTES = 32
 SEND_CHUNKS = "/vws.v1.TransferService/SendChunks"
 RECORD = 8 + DIGEST_BYTES  # a journal record: index (u64 little-endian) + digest
-ZERO, DATA, LOCAL = transfer_pb2.CHUNK_SOURCE_ZERO, transfer_pb2.CHUNK_SOURCE_DATA, transfer_pb2.CHUNK_SOURCE_LOCAL
+ZERO, DATA, LOCAL, BASE = (transfer_pb2.CHUNK_SOURCE_ZERO, transfer_pb2.CHUNK_SOURCE_DATA,
+                           transfer_pb2.CHUNK_SOURCE_LOCAL, transfer_pb2.CHUNK_SOURCE_BASE)
+# Blocks of an earlier copy, for chunks that differ from it in a few places: 64 KiB (a qcow2
+# cluster) or larger for large files, so that their digests (16 bytes each) fit in 2 MiB.
+BLOCK_DIGEST = 16
+MIN_BLOCK = 64 << 10
+MAX_BLOCK_DIGESTS = 2 << 20
 # A stream that ends with one of these is started again (from what the receiver verified).
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS)
@@ -263,6 +272,8 @@ class Opening:
     verified: dict[int, bytes]
     local_digests: list[bytes]
     max_message_bytes: int
+    base_block_digests: bytes = b""
+    base_block_size: int = 0
 
 
 @dataclasses.dataclass
@@ -285,6 +296,8 @@ class Incoming:
         self.verified: dict[int, bytes] = {}
         self.touched: set[int] = set()  # written to since this partial file was made
         self.local: dict[bytes, tuple[str, int, int]] = {}  # digest -> (path, offset, length)
+        self.base: tuple[str, int] | None = None  # an earlier copy of this file: (path, size)
+        self.base_failed = False  # it did not give a chunk its digest: not offered again
         meta = {"transfer_id": transfer_id, "size": size, "chunk_size": chunk_size}
         self.fresh = not self._reopen(meta)
         if self.fresh:
@@ -364,18 +377,27 @@ class Incoming:
             self.touched.add(k)
             _pwrite(self.fd, data, off)
             stats.bytes_reused += n
+        elif chunk.source == BASE:
+            if self.base is None:
+                raise errors.Aborted(f"chunk {k} of transfer {self.transfer_id}: no earlier copy to build it on "
+                                     "(any more); start the transfer again")
+            fd = os.open(self.base[0], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                whole = bytearray(_pread(fd, n, off).ljust(n, b"\0"))
+            finally:
+                os.close(fd)
+            for at, piece in self._pieces(chunk, n):
+                whole[at:at + len(piece)] = piece
+            if blake3(whole).digest() != chunk.digest:
+                self.base_failed = True
+                raise errors.Aborted(f"chunk {k} of transfer {self.transfer_id}: the earlier copy it was built on has "
+                                     "changed; start the transfer again (it will not be used)")
+            self.touched.add(k)
+            _pwrite(self.fd, whole, off)
+            stats.bytes_received += len(chunk.data)
+            stats.bytes_reused += n - len(chunk.data)
         else:
-            ranges = chunk.ranges or [(0, n)]
-            if sum(length for _, length in ranges) != len(chunk.data):
-                raise errors.InvalidArgument(f"chunk {k}: {len(chunk.data)} bytes of data, but its ranges (or its "
-                                             f"length, {n}) say {sum(length for _, length in ranges)}", "data")
-            pieces, at_data, end = [], memoryview(chunk.data), 0
-            for at, length in ranges:
-                if at < end or length < 0 or at + length > n:
-                    raise errors.InvalidArgument(f"chunk {k}: data ranges must be in order, apart, and within its "
-                                                 f"{n} bytes", "data_ranges")
-                pieces.append((at, at_data[:length]))
-                at_data, end = at_data[length:], at + length
+            pieces = self._pieces(chunk, n)
             if chunk.ranges:
                 buf = bytearray(n)
                 for at, piece in pieces:
@@ -394,6 +416,22 @@ class Incoming:
             stats.bytes_received += len(chunk.data)
         self._record(k, chunk.digest)
         stats.chunks_verified += 1
+
+    @staticmethod
+    def _pieces(chunk: Chunk, n: int) -> list[tuple[int, memoryview]]:
+        """(offset in the chunk, bytes) of each piece of a chunk's data, checked."""
+        ranges = chunk.ranges or [(0, n)]
+        if sum(length for _, length in ranges) != len(chunk.data):
+            raise errors.InvalidArgument(f"chunk {chunk.index}: {len(chunk.data)} bytes of data, but its ranges (or "
+                                         f"its length, {n}) say {sum(length for _, length in ranges)}", "data")
+        pieces, at_data, end = [], memoryview(chunk.data), 0
+        for at, length in ranges:
+            if at < end or length < 0 or at + length > n:
+                raise errors.InvalidArgument(f"chunk {chunk.index}: data ranges must be in order, apart, and within "
+                                             f"its {n} bytes", "data_ranges")
+            pieces.append((at, at_data[:length]))
+            at_data, end = at_data[length:], at + length
+        return pieces
 
     def _clear(self, k: int, off: int, n: int) -> None:
         """Zeros where the chunk has none: nothing to do in a new file, a hole punched where
@@ -462,11 +500,16 @@ class TransferStore:
                 t.session += 1
                 session = t.session
                 verified = dict(t.verified)
-        local = self._local_index(t, list(candidate_digests), [transfer_id, *candidate_transfer_ids])
+        local, files = self._local_index(t, list(candidate_digests), [transfer_id, *candidate_transfer_ids])
+        base, blocks, block_size = None, b"", 0
+        for path, digest in files[:1] if not t.base_failed else ():  # the likeliest earlier copy
+            block_size, blocks = self._block_digests(path, digest, chunk_size)
+            base = (str(path), path.stat().st_size) if blocks else None
         with t.lock:
-            t.local = local
+            t.local, t.base = local, base
         zero = copysum.zero_chunk_digest(chunk_size)
-        return Opening(session, verified, [d for d in local if d != zero], max_message_bytes(chunk_size))
+        return Opening(session, verified, [d for d in local if d != zero], max_message_bytes(chunk_size),
+                       blocks, block_size if blocks else 0)
 
     def receive(self, transfer_id: str, session: int, chunks: Iterable[Chunk]) -> Received:
         """Verifies and writes a stream of chunks, several at a time (hashing and I/O release
@@ -486,9 +529,9 @@ class TransferStore:
                 if len(chunk.digest) != DIGEST_BYTES:
                     raise errors.InvalidArgument(f"a chunk digest has {DIGEST_BYTES} bytes, not {len(chunk.digest)}",
                                                  "digest")
-                if chunk.source not in (ZERO, DATA, LOCAL):
-                    raise errors.InvalidArgument("say where the chunk comes from (CHUNK_SOURCE_DATA, _LOCAL or "
-                                                 "_ZERO)", "source")
+                if chunk.source not in (ZERO, DATA, LOCAL, BASE):
+                    raise errors.InvalidArgument("say where the chunk comes from (CHUNK_SOURCE_DATA, _LOCAL, _ZERO "
+                                                 "or _BASE)", "source")
                 pending.append(pool.submit(t.put, chunk, stats))
                 while pending and (pending[0].done() or len(pending) > 2 * self.workers):
                     pending.popleft().result()
@@ -593,23 +636,16 @@ class TransferStore:
             done = self._files.get(transfer_id)
         return t.chunk_size if t else done["chunk_size"] if done else CHUNK
 
-    def _local_index(self, t: Incoming, digests: list[str], transfer_ids: list[str]) -> dict:
-        """digest -> (path, offset, length) of chunks this receiver can copy: the transfer's own
-        verified chunks, then the candidate files' (image cache by digest, earlier transfers)."""
+    def _local_index(self, t: Incoming, digests: list[str], transfer_ids: list[str]) -> tuple[dict, list]:
+        """(digest -> (path, offset, length) of chunks this receiver can copy: the transfer's own
+        verified chunks, then the candidate files'; the candidate files, (path, digest), earlier
+        transfers first, then by digest (the image cache, transfers))."""
         cs = t.chunk_size
         with t.lock:
             index = {d: (str(t.data_path), k * cs, _chunk_length(t.size, cs, k)) for k, d in t.verified.items()}
         files: list[tuple[Path, str]] = []
         with self._lock:
             known = dict(self._files)
-        for d in digests:
-            try:
-                hexpart = copysum.parse_digest(d, chunk_size=cs)[1].hex()
-            except ValueError:
-                continue  # another chunk size or not a digest: nothing to share
-            if self.image_cache is not None and (self.image_cache / hexpart).is_file():
-                files.append((self.image_cache / hexpart, d))
-            files += [(Path(f["path"]), f["digest"]) for f in known.values() if f["digest"] == d]
         for tid in transfer_ids:
             f = known.get(tid)
             if f is not None and f["chunk_size"] == cs:
@@ -619,14 +655,47 @@ class TransferStore:
                     continue
                 if unchanged:
                     files.append((Path(f["path"]), f["digest"]))
+        for d in digests:
+            try:
+                hexpart = copysum.parse_digest(d, chunk_size=cs)[1].hex()
+            except ValueError:
+                continue  # another chunk size or not a digest: nothing to share
+            if self.image_cache is not None and (self.image_cache / hexpart).is_file():
+                files.append((self.image_cache / hexpart, d))
+            files += [(Path(f["path"]), f["digest"]) for f in known.values() if f["digest"] == d]
+        usable = []
         for path, digest in files:
             chunk_digests = self._chunk_digests(path, digest, cs)
             if chunk_digests is None:
                 continue
+            usable.append((path, digest))
             size = path.stat().st_size
             for k, d in enumerate(chunk_digests):
                 index.setdefault(d, (str(path), k * cs, _chunk_length(size, cs, k)))
-        return index
+        return index, usable
+
+    def _block_digests(self, path: Path, digest: str, chunk_size: int) -> tuple[int, bytes]:
+        """(block size, digests of a known file's blocks): the smallest power of two from
+        MIN_BLOCK that divides the chunk size and keeps them within MAX_BLOCK_DIGESTS; b""
+        when none does. Computed by the native core once, then remembered."""
+        size, block = path.stat().st_size, MIN_BLOCK
+        while copysum.chunk_count(size, block) * BLOCK_DIGEST > MAX_BLOCK_DIGESTS and block < chunk_size:
+            block *= 2
+        if chunk_size % block or copysum.chunk_count(size, block) * BLOCK_DIGEST > MAX_BLOCK_DIGESTS:
+            return block, b""
+        saved = self.root / "chunks" / f"{digest.partition(':')[2].lower()}-{block}.blocks"
+        try:
+            return block, saved.read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            blocks = b"".join(d[:BLOCK_DIGEST] for d in copysum.digest_file(path, chunk_size=block).chunk_digests)
+        except OSError:
+            return block, b""
+        tmp = saved.with_name(saved.name + ".tmp")
+        tmp.write_bytes(blocks)
+        os.replace(tmp, saved)
+        return block, blocks
 
     def _chunk_digests(self, path: Path, digest: str, chunk_size: int) -> list[bytes] | None:
         """A known file's chunk digests: remembered, or computed (and remembered) when the file
@@ -667,7 +736,7 @@ def _fsync_dir(path: Path) -> None:
 
 @dataclasses.dataclass
 class SendOptions:
-    chunks_in_flight: int = 8       # chunks queued for the streams ahead of the network
+    chunks_in_flight: int = 16      # chunks queued for the streams ahead of the network
     streams: int = 2                # SendChunks streams at once, each on its own connection
     give_up_after: float = 600.0    # seconds from the start: then TransferFailed
     stall_timeout: float = 30.0     # a stream that takes nothing for this long is broken
@@ -800,14 +869,15 @@ class _Sender:
         if self.result.resumes:
             self.result.bytes_resumed += self.done
         if todo:
-            self.stream(channels, opening.session, todo, verified, local)
+            self.stream(channels, opening.session, todo, verified, local,
+                        _Base(opening.base_block_digests, opening.base_block_size))
         digest = copysum.combine(self.size, self.digests, chunk_size=self.cs)
         stub.CommitTransfer(transfer_pb2.CommitTransferRequest(transfer_id=self.transfer_id, digest=digest),
                             timeout=o.call_timeout)
         self.result.digest = digest
 
     def stream(self, channels: list, session: int, todo: list[int], verified: dict[int, bytes],
-               local: set[bytes]) -> None:
+               local: set[bytes], base: "_Base") -> None:
         """The file read once (chunks in todo), each chunk queued as ZERO, LOCAL or DATA as soon
         as it is read and hashed, in turn on one of the SendChunks streams (one per channel)."""
         o = self.options
@@ -827,6 +897,13 @@ class _Sender:
             elif digest in local:
                 next(turn).put(encode_chunk(self.transfer_id, session, k, digest, LOCAL))
                 self.result.bytes_reused += n
+            elif (changed := base.changed(k * self.cs, data)) is not None:
+                next(turn).put(encode_chunk(self.transfer_id, session, k, digest, BASE,
+                                            [data[a:a + m] for a, m in changed], changed))
+                sent = sum(m for _, m in changed)
+                self.result.bytes_sent += sent
+                self.result.bytes_reused += n - sent
+                self.result.chunks_sent += 1
             else:
                 off = k * self.cs
                 segments = extents.segments(off, off + n)
@@ -860,6 +937,33 @@ class _Sender:
 
 
 _END = object()
+
+
+class _Base:
+    """The block digests of the receiver's earlier copy of the file, if it has one."""
+
+    def __init__(self, digests: bytes, block_size: int):
+        self.digests, self.block = digests, block_size
+        self.count = len(digests) // BLOCK_DIGEST
+
+    def changed(self, off: int, data) -> list[tuple[int, int]] | None:
+        """The (offset, length) runs of blocks of the chunk at off that differ from the
+        earlier copy; None when there is none, or when more than half of the chunk differs
+        (then the whole chunk is as cheap)."""
+        if not self.count or off % self.block:
+            return None
+        first, runs, n = off // self.block, [], len(data)
+        for i, a in enumerate(range(0, n, self.block)):
+            b = first + i
+            piece = data[a:a + self.block]
+            if b < self.count and blake3(piece).digest()[:BLOCK_DIGEST] == \
+                    self.digests[b * BLOCK_DIGEST:(b + 1) * BLOCK_DIGEST]:
+                continue
+            if runs and runs[-1][0] + runs[-1][1] == a:
+                runs[-1] = (runs[-1][0], runs[-1][1] + len(piece))
+            else:
+                runs.append((a, len(piece)))
+        return runs if sum(m for _, m in runs) <= n // 2 else None
 
 
 class _Lane:

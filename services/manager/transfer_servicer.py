@@ -34,6 +34,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                              request.candidate_digests, request.candidate_transfer_ids)
         return transfer_pb2.StartTransferResponse(
             session=o.session, local_digests=o.local_digests, max_message_bytes=o.max_message_bytes,
+            base_block_digests=o.base_block_digests, base_block_size=o.base_block_size,
             verified_chunks=[transfer_pb2.VerifiedChunk(index=k, digest=d) for k, d in sorted(o.verified.items())])
 
     def SendChunks(self, request_iterator, context):

@@ -14,6 +14,7 @@ import pytest
 from blake3 import blake3
 
 from tests.integration.netns import Hosts, final_line
+from tests.unit.test_copysum import allocated, same_content
 from vws.native import copysum
 
 MiB = 1 << 20
@@ -28,10 +29,6 @@ def random_file(path, size: int, seed: int):
         for i, off in enumerate(range(0, size, 64 * MiB)):
             f.write(blake3(f"{seed}/{i}".encode()).digest(length=min(64 * MiB, size - off)))
     return path
-
-
-def allocated(path) -> int:
-    return os.stat(path).st_blocks * 512
 
 
 @pytest.fixture
@@ -49,16 +46,6 @@ def received(manager, transfer_id: str):
     """Where the receiving manager keeps a completed transfer (its store's index)."""
     files = json.loads((manager.transfer_dir / "files.json").read_text())
     return files[transfer_id]
-
-
-def same_content(a, b) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(MiB), fb.read(MiB)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def send(hosts, receiver, path, transfer_id, *options):
@@ -94,8 +81,25 @@ def test_after_a_few_chunks_change_only_those_are_sent(hosts, receiver, tmp_path
             f.write(b"changed" * 100)
     r = send(hosts, receiver, new, "workspaces/w2/disk@2", "--candidate", "workspaces/w2/disk@1")
     assert r["digest"] == copysum.digest_file(new).digest
-    assert (r["chunks_sent"], r["bytes_sent"], r["bytes_reused"]) == (3, 3 * CHUNK, 29 * CHUNK)
+    # 29 chunks copied there whole, 3 built on the earlier copy with the one 64 KiB block written.
+    assert (r["chunks_sent"], r["bytes_sent"], r["bytes_reused"]) == (3, 3 * 65536, 32 * CHUNK - 3 * 65536)
     assert same_content(new, received(receiver, "workspaces/w2/disk@2")["path"])
+
+
+def test_after_small_writes_all_over_an_earlier_copy_only_the_blocks_written_are_sent(hosts, receiver, tmp_path):
+    old = random_file(tmp_path / "v1", 16 * CHUNK, 9)
+    send(hosts, receiver, old, "workspaces/w8/disk@1")
+    new = tmp_path / "v2"
+    shutil.copy(old, new)
+    with open(new, "r+b") as f:  # 4 KiB in every chunk: no chunk is as it was
+        for k in range(16):
+            f.seek(k * CHUNK + (k * 7 % 64) * 65536 + 100)
+            f.write(b"w" * 4096)
+    r = send(hosts, receiver, new, "workspaces/w8/disk@2", "--candidate", "workspaces/w8/disk@1")
+    assert r["digest"] == copysum.digest_file(new).digest
+    assert r["chunks_sent"] == 16 and r["bytes_sent"] <= 16 * 2 * 65536  # the 64 KiB blocks written (or two)
+    assert r["bytes_sent"] + r["bytes_reused"] == 16 * CHUNK
+    assert same_content(new, received(receiver, "workspaces/w8/disk@2")["path"])
 
 
 def test_chunks_of_a_base_image_in_the_receivers_cache_are_not_sent(hosts, receiver, tmp_path):

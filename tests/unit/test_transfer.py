@@ -213,3 +213,30 @@ def test_discard_removes_partial_and_completed_copies(store):
     assert not store.discard("b")
     with pytest.raises(errors.NotFound):
         store.take("b")
+
+
+def test_a_chunk_that_differs_from_an_earlier_copy_in_a_few_blocks_is_built_on_it(store):
+    cs = 4 * transfer.MIN_BLOCK
+    block = transfer.MIN_BLOCK
+    old = data(3 * cs, 11)
+    o = store.start("w/disk@1", len(old), cs)
+    store.receive("w/disk@1", o.session, [as_data(k, p, o.session, "w/disk@1") for k, p in enumerate(chunks_of(old, cs))])
+    store.commit("w/disk@1", copysum.combine(len(old), [blake3(p).digest() for p in chunks_of(old, cs)], chunk_size=cs))
+    store.take("w/disk@1")
+    new = bytearray(old)
+    new[cs + block + 5:cs + block + 10] = b"12345"  # chunk 1, its block 1
+    new = bytes(new)
+    o = store.start("w/disk@2", len(new), cs, candidate_transfer_ids=["w/disk@1"])
+    assert o.base_block_size == block
+    assert o.base_block_digests == b"".join(blake3(p).digest()[:16] for p in chunks_of(old, block))
+    changed = transfer._Base(o.base_block_digests, o.base_block_size).changed(cs, memoryview(new)[cs:2 * cs])
+    assert changed == [(block, block)]
+    piece = new[cs + block:cs + 2 * block]
+    r = store.receive("w/disk@2", o.session, [
+        Chunk("w/disk@2", o.session, 1, blake3(new[cs:2 * cs]).digest(), transfer.BASE, piece, changed)])
+    assert (r.bytes_received, r.bytes_reused) == (block, cs - block)
+    # A base chunk that does not come out right: refused, and the earlier copy not offered again.
+    with pytest.raises(errors.Aborted, match="has changed"):
+        store.receive("w/disk@2", o.session, [
+            Chunk("w/disk@2", o.session, 2, blake3(b"other").digest(), transfer.BASE, piece, changed)])
+    assert store.start("w/disk@2", len(new), cs, candidate_transfer_ids=["w/disk@1"]).base_block_digests == b""
