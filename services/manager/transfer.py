@@ -358,6 +358,7 @@ class Incoming:
                 raise errors.DataLoss(f"chunk {k} of transfer {self.transfer_id}: sent as zeros but its digest "
                                       "is not that of zeros; it was not written")
             self._clear(k, off, n)
+            received, reused = 0, 0
         elif chunk.source == LOCAL:
             where = self.local.get(chunk.digest)
             if where is None or where[2] != n:
@@ -376,7 +377,7 @@ class Incoming:
                                      "matches its digest; start the transfer again (it will be sent)")
             self.touched.add(k)
             _pwrite(self.fd, data, off)
-            stats.bytes_reused += n
+            received, reused = 0, n
         elif chunk.source == BASE:
             if self.base is None:
                 raise errors.Aborted(f"chunk {k} of transfer {self.transfer_id}: no earlier copy to build it on "
@@ -394,8 +395,7 @@ class Incoming:
                                      "changed; start the transfer again (it will not be used)")
             self.touched.add(k)
             _pwrite(self.fd, whole, off)
-            stats.bytes_received += len(chunk.data)
-            stats.bytes_reused += n - len(chunk.data)
+            received, reused = len(chunk.data), n - len(chunk.data)
         else:
             pieces = self._pieces(chunk, n)
             if chunk.ranges:
@@ -413,9 +413,12 @@ class Incoming:
             self.touched.add(k)
             for at, piece in pieces:
                 _pwrite(self.fd, piece, off + at)
-            stats.bytes_received += len(chunk.data)
+            received, reused = len(chunk.data), 0
         self._record(k, chunk.digest)
-        stats.chunks_verified += 1
+        with self.lock:  # several streams and workers count into one
+            stats.chunks_verified += 1
+            stats.bytes_received += received
+            stats.bytes_reused += reused
 
     @staticmethod
     def _pieces(chunk: Chunk, n: int) -> list[tuple[int, memoryview]]:
