@@ -3,7 +3,9 @@ a veth pair (tests/integration/netns.py), beside rsync between the same namespac
 rsync daemon in the receiving one (the fair anchor: no ssh), in the same run.
 
 (a) A full 1 GiB transfer (random, incompressible) to a real manager: send_file against
-    `rsync -W`. Goal: at least 1.5x rsync's throughput.
+    `rsync -W`. Goal: at least 1.5x rsync's throughput. Also the CPU time both ends took (the
+    sender's less starting Python; rsync's client and its daemon's side), since on this
+    2-core machine both ends and whatever else runs share the same cores.
 (b) After 1% of the file's blocks change, the re-transfer, the receiver holding the old copy
     (an earlier transfer, given as candidate): bytes sent (goal <= 3% of the file) and time
     against rsync's delta transfer (no -W, the destination holding the old copy; goal <=
@@ -25,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import shutil
 import sys
 import time
@@ -33,7 +36,7 @@ import pytest
 
 from bench.conftest import median
 from bench.test_copy import _make_sparse, _prepare, _write_random
-from tests.integration.netns import Hosts
+from tests.integration.netns import ROOT, Hosts
 from vws.native import copysum
 
 GROUP = "transfer"
@@ -58,13 +61,18 @@ class Pair:
             conf = root / "rsyncd.conf"
             conf.write_text(f"use chroot = no\npid file = {root}/rsyncd.pid\nlog file = {root}/rsyncd.log\n"
                             f"[m]\npath = {self.rsync_dir}\nread only = no\nuid = root\ngid = root\n")
-            self.hosts.popen("b", "rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={RSYNC_PORT}",
+            self.rsyncd = self.hosts.popen("b", "rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={RSYNC_PORT}",
                              f"--address={self.hosts.addr['b']}")
             deadline = time.monotonic() + 20
             while self.hosts.exec("a", "rsync", self.url(""), check=False).returncode != 0:
                 if time.monotonic() > deadline:
                     raise AssertionError("rsync daemon did not answer in 20 s")
                 time.sleep(0.1)
+            # What starting the sender's Python costs, to take off its CPU time.
+            c0 = _children_cpu()
+            self.hosts.exec("a", sys.executable, "-c", "import vws.manager.transfer, tests.integration.netns",
+                            cwd=ROOT)
+            self.startup_cpu = _children_cpu() - c0
         except BaseException:
             self.hosts.close()
             raise
@@ -76,19 +84,22 @@ class Pair:
         """send_file of src (after discarding an earlier transfer of that id); its result and
         the bytes namespace a's interface sent meanwhile."""
         self.hosts.tool("abort", self.manager.address, transfer_id)
-        tx = self.hosts.tx_bytes()
+        tx, sender, receiver = self.hosts.tx_bytes(), _children_cpu(), _cpu(self.manager.proc.pid)
         out = self.hosts.send(self.manager.address, src, transfer_id, *options)
         assert "result" in out, f"{out}\n{self.manager.log()}"
-        return {**out["result"], "wire": self.hosts.tx_bytes() - tx}
+        return {**out["result"], "wire": self.hosts.tx_bytes() - tx,
+                "cpu": (_children_cpu() - sender - self.startup_cpu, _cpu(self.manager.proc.pid) - receiver)}
 
-    def rsync(self, *args: str) -> tuple[float, int, int]:
-        """(wall seconds, bytes rsync says it sent, bytes the interface sent)."""
-        tx = self.hosts.tx_bytes()
+    def rsync(self, *args: str) -> tuple[float, int, int, float]:
+        """(wall seconds, bytes rsync says it sent, bytes the interface sent, CPU seconds of
+        both ends)."""
+        tx, cpu = self.hosts.tx_bytes(), _children_cpu() + _cpu(self.rsyncd.pid)
         t0 = time.perf_counter()
         out = self.hosts.exec("a", "rsync", "--stats", *args).stdout
         t = time.perf_counter() - t0
+        time.sleep(0.1)  # for the daemon to reap its side of the connection (its CPU time then counts)
         sent = int(re.search(r"Total bytes sent: ([\d,]+)", out).group(1).replace(",", ""))
-        return t, sent, self.hosts.tx_bytes() - tx
+        return t, sent, self.hosts.tx_bytes() - tx, _children_cpu() + _cpu(self.rsyncd.pid) - cpu
 
     def received(self, transfer_id: str):
         import json
@@ -118,6 +129,18 @@ def big(pair):
     os.unlink(src)
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _s(seconds: float) -> str:
     return f"{seconds:.3f} s"
 
@@ -133,12 +156,14 @@ def _goal(ok: bool, text: str) -> str:
 @pytest.mark.benchmark(group=GROUP)
 def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
     rsync_dst = pair.rsync_dir / "big"
-    ours, theirs, results = [], [], []
+    ours, theirs, results, rsync_cpu = [], [], [], []
     order = [0]
 
     def run_rsync():
         _prepare(big, rsync_dst, out=BIG)
-        theirs.append(pair.rsync("-W", str(big), pair.url("big"))[0])
+        t, _, _, cpu = pair.rsync("-W", str(big), pair.url("big"))
+        theirs.append(t)
+        rsync_cpu.append(cpu)
 
     def setup():
         order[0] ^= 1
@@ -158,10 +183,16 @@ def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
     assert all(r["digest"] == want for r in results) and pair.received("bench/full")["digest"] == want
     o, t = median(ours), median(theirs)
     print(f"\n[bench] transfer 1 GiB: send_file {[round(x, 3) for x in ours]}, rsync -W "
-          f"{[round(x, 3) for x in theirs]}", file=sys.stderr)
+          f"{[round(x, 3) for x in theirs]}; CPU send_file {[tuple(round(c, 2) for c in r['cpu']) for r in results]}, "
+          f"rsync {[round(c, 2) for c in rsync_cpu]}", file=sys.stderr)
     report.row(f"transfer 1 GiB between two namespaces (veth), median of {ROUNDS}", f"{_s(o)}, {_rate(BIG, o)}",
                f"rsync -W to a daemon {_s(t)}, {_rate(BIG, t)}", f"{t / o:.2f}x rsync's throughput",
                _goal(t / o >= 1.5, ">= 1.5x"))
+    sender, receiver = median([r["cpu"][0] for r in results]), median([r["cpu"][1] for r in results])
+    report.row("  CPU time of both ends (2 cores, shared by both ends and the host)",
+               f"{_s(sender + receiver)} (sender {sender:.2f}, receiver {receiver:.2f})",
+               f"rsync {_s(median(rsync_cpu))}", f"{(sender + receiver) / median(rsync_cpu):.2f}x",
+               "(for information)")
 
 
 def _changed(src, dst, block: int, seed: int) -> int:
