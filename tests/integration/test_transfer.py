@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -205,7 +206,7 @@ def test_the_manager_serves_the_transfer_service(hosts, receiver):
             "ch = grpc.insecure_channel(sys.argv[1]); "
             "print(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest("
             "service='vws.v1.TransferService'), timeout=10).status)")
-    out = hosts.exec("a", os.sys.executable, "-c", code, receiver.address)
+    out = hosts.exec("a", sys.executable, "-c", code, receiver.address)
     assert out.stdout.strip() == "1"  # SERVING
 
 
