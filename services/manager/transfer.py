@@ -298,6 +298,7 @@ class Incoming:
         self.local: dict[bytes, tuple[str, int, int]] = {}  # digest -> (path, offset, length)
         self.base: tuple[str, int] | None = None  # an earlier copy of this file: (path, size)
         self.base_failed = False  # it did not give a chunk its digest: not offered again
+        self.closed = False  # discarded (or replaced) while a stream may still be running
         meta = {"transfer_id": transfer_id, "size": size, "chunk_size": chunk_size}
         self.fresh = not self._reopen(meta)
         if self.fresh:
@@ -340,6 +341,7 @@ class Incoming:
         return True
 
     def close(self) -> None:
+        self.closed = True
         for fd in (self.fd, self.journal):
             try:
                 os.close(fd)
@@ -537,10 +539,19 @@ class TransferStore:
                                                  "or _BASE)", "source")
                 pending.append(pool.submit(t.put, chunk, stats))
                 while pending and (pending[0].done() or len(pending) > 2 * self.workers):
-                    pending.popleft().result()
+                    self._result(t, pending.popleft())
             for f in pending:
-                f.result()
+                self._result(t, f)
         return stats
+
+    @staticmethod
+    def _result(t: Incoming, f: concurrent.futures.Future) -> None:
+        try:
+            f.result()
+        except OSError:
+            if t.closed:  # its files went with a discard: not an error of the host
+                raise errors.Aborted(f"transfer {t.transfer_id} was aborted while this stream ran") from None
+            raise
 
     def commit(self, transfer_id: str, digest: str) -> tuple[int, str]:
         check_transfer_id(transfer_id)
@@ -868,7 +879,7 @@ class _Sender:
         verified = {c.index: c.digest for c in opening.verified_chunks}
         local = set(opening.local_digests)
         todo = [k for k in range(self.nchunks) if self.digests[k] is None or verified.get(k) != self.digests[k]]
-        self.done = sum(_chunk_length(self.size, self.cs, k) for k in range(self.nchunks) if k not in todo)
+        self.done = self.size - sum(_chunk_length(self.size, self.cs, k) for k in todo)
         if self.result.resumes:
             self.result.bytes_resumed += self.done
         if todo:
