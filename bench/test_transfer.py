@@ -225,7 +225,7 @@ def test_delta_after_1pct_of_blocks_change_beside_rsync_delta(benchmark, pair, b
     def run_rsync():
         shutil.copyfile(big, rsync_dst)  # rsync's destination holds the old copy
         _prepare(new, out=BIG)
-        t, sent, wire = pair.rsync("-I", "--no-W", str(new), pair.url("delta"))
+        t, sent, wire, _ = pair.rsync("-I", "--no-W", str(new), pair.url("delta"))
         theirs.append(t)
         rsync_sent.append((sent, wire))
 
