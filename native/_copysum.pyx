@@ -26,11 +26,11 @@ from libc.string cimport memset
 from posix.types cimport off_t
 
 from . import copysum_py as _py
-from .copysum_py import (CHUNK, PROGRESS_STEP, CopyResult, DigestMismatch, combine, parse_digest,
+from .copysum_py import (CHUNK, PROGRESS_STEP, CopyResult, DigestMismatch, chunk_count, combine, parse_digest,
                          zero_chunk_digest)
 
-__all__ = ["CHUNK", "CopyResult", "DigestMismatch", "NSLOTS", "PROGRESS_STEP", "combine", "copy_file",
-           "digest_file", "parse_digest", "zero_chunk_digest"]
+__all__ = ["CHUNK", "CopyResult", "DigestMismatch", "NSLOTS", "PROGRESS_STEP", "chunk_count", "combine",
+           "copy_file", "digest_file", "parse_digest", "read_chunks", "zero_chunk_digest"]
 
 cdef extern from "<errno.h>":
     enum: EOPNOTSUPP
@@ -150,7 +150,8 @@ cdef inline bint all_zero(const char* p, int64_t n) noexcept nogil:
 
 
 cdef class _Pipeline:
-    """One copy (dfd >= 0) or digest (dfd == -1) of size bytes from sfd.
+    """One copy (dfd >= 0) or digest (dfd == -1) of size bytes from sfd; or, with consume, a
+    read of the chunks at the given positions, each handed to consume in order (read_chunks).
 
     The I/O loop (the calling thread, without the GIL) reads each chunk that holds data into
     the next buffer of the ring, queues it for hashing unless it is all zeros, then writes
@@ -183,16 +184,27 @@ cdef class _Pipeline:
     cdef list digests
     cdef list views
     cdef object error
+    # read_chunks only: the chunk at each position (NULL: position p is chunk p), the buffer
+    # each position took (-1: none, a hole), the position each buffer holds, the next
+    # position to hand to consume (I/O loop only).
+    cdef int64_t* sel
+    cdef int64_t nsel
+    cdef int64_t* pslot
+    cdef int64_t* opos
+    cdef int64_t dpos
+    cdef object consume
 
-    def __cinit__(self, int sfd, int dfd, int64_t size, int64_t cs, int nslots):
+    def __cinit__(self, int sfd, int dfd, int64_t size, int64_t cs, int nslots, positions=None, consume=None):
         global _spare_ring, _spare_bytes
         cdef void* mem = NULL
         cdef Py_ssize_t i
         self.sfd, self.dfd, self.size, self.cs = sfd, dfd, size, cs
         self.stride = (cs + ALIGN - 1) // ALIGN * ALIGN
         self.nchunks = (size + cs - 1) // cs
+        self.nsel = self.nchunks if positions is None else len(positions)
+        self.consume = consume
         self.nslots = max(2, min(nslots, RING_BYTES // self.stride))
-        self.nslots = max(1, min(self.nslots, self.nchunks))
+        self.nslots = max(1, min(self.nslots, self.nsel))
         self.ds = self.de = -1
         self.digests = [None] * self.nchunks
         if _spare_ring != NULL and _spare_bytes >= self.nslots * self.stride:
@@ -211,11 +223,20 @@ cdef class _Pipeline:
         self.owner = <int64_t*>malloc(self.nslots * sizeof(int64_t))
         self.segcap = 16
         self.segs = <int64_t*>malloc(self.segcap * 2 * sizeof(int64_t))
+        self.opos = <int64_t*>malloc(self.nslots * sizeof(int64_t))
+        self.pslot = <int64_t*>malloc((self.nsel + 1) * sizeof(int64_t))
+        if positions is not None:
+            self.sel = <int64_t*>malloc((self.nsel + 1) * sizeof(int64_t))
         if (self.flags == NULL or self.done == NULL or self.qchunk == NULL or self.qslot == NULL
-                or self.owner == NULL or self.segs == NULL):
+                or self.owner == NULL or self.segs == NULL or self.opos == NULL or self.pslot == NULL
+                or (positions is not None and self.sel == NULL)):
             raise MemoryError()
         for i in range(self.nslots):
             self.owner[i] = -1
+        for i in range(self.nsel):
+            self.pslot[i] = -1
+            if positions is not None:
+                self.sel[i] = positions[i]
         self.views = [PyMemoryView_FromMemory(self.ring + i * self.stride, self.cs, PyBUF_READ)
                       for i in range(self.nslots)]
         pthread_mutex_init(&self.mu, NULL)
@@ -236,6 +257,9 @@ cdef class _Pipeline:
         free(self.qslot)
         free(self.owner)
         free(self.segs)
+        free(self.opos)
+        free(self.pslot)
+        free(self.sel)
         if self.sync_made:
             pthread_cond_destroy(&self.cv)
             pthread_mutex_destroy(&self.mu)
@@ -357,9 +381,46 @@ cdef class _Pipeline:
             pthread_mutex_unlock(&self.mu)
         return ABORTED if self.aborted else DONE
 
+    cdef inline int64_t chunk_at(self, int64_t p) noexcept nogil:
+        return self.sel[p] if self.sel != NULL else p
+
+    cdef int hand_over(self, int64_t k, int64_t slot) except -1:
+        """consume(k, digest, its bytes or None), with the GIL."""
+        cdef int64_t n = min(self.cs, self.size - k * self.cs)
+        PyErr_CheckSignals()
+        if slot < 0 or not self.flags[k]:
+            self.consume(k, zero_chunk_digest(n), None)
+        else:
+            v = self.views[slot]
+            self.consume(k, self.digests[k], v if n == self.cs else v[:n])
+        return 0
+
+    cdef int deliver(self, int64_t upto) noexcept nogil:
+        """Hands positions [dpos, upto) to consume, in order, each once it is hashed (hashing
+        queued chunks meanwhile). DONE or ABORTED (an exception from consume is kept)."""
+        cdef int64_t k, slot
+        cdef int rc
+        while self.dpos < upto:
+            k = self.chunk_at(self.dpos)
+            slot = self.pslot[self.dpos]
+            if slot >= 0:
+                rc = self.wait_done(k)
+                if rc != DONE:
+                    return rc
+            with gil:
+                try:
+                    self.hand_over(k, slot)
+                except BaseException as e:
+                    self.error = e
+                    self.abort()
+                    return ABORTED
+            self.dpos += 1
+        return DONE
+
     def run(self, progress):
-        cdef int64_t k, off, n, end, i, nseg, a, b, prev, slot
+        cdef int64_t p, k, off, n, end, i, nseg, a, b, prev, slot
         cdef int64_t used = 0           # chunks that took a buffer so far
+        cdef bint handing = self.consume is not None
         cdef int64_t step = PROGRESS_STEP
         cdef int64_t size = self.size, cs = self.cs, nslots = self.nslots
         cdef char* buf
@@ -369,7 +430,8 @@ cdef class _Pipeline:
         thread.start()
         try:
             with nogil:
-                for k in range(self.nchunks):
+                for p in range(self.nsel):
+                    k = self.chunk_at(p)
                     off = k * cs
                     n = min(cs, size - off)
                     end = off + n
@@ -380,11 +442,16 @@ cdef class _Pipeline:
                     if nseg > 0:
                         slot = used % nslots
                         used += 1
-                        if self.owner[slot] >= 0:  # the chunk it held must be done
-                            rc = self.wait_done(self.owner[slot])
+                        if self.owner[slot] >= 0:  # the chunk it held must be done (and handed over)
+                            if handing:
+                                rc = self.deliver(self.opos[slot] + 1)
+                            else:
+                                rc = self.wait_done(self.owner[slot])
                             if rc != DONE:
                                 break
                         self.owner[slot] = k
+                        self.opos[slot] = p
+                        self.pslot[p] = slot
                         buf = self.ring + slot * self.stride
                         prev = off
                         for i in range(nseg):
@@ -430,12 +497,15 @@ cdef class _Pipeline:
                     self.finished = True
                     pthread_cond_broadcast(&self.cv)
                     pthread_mutex_unlock(&self.mu)
-                    # Help with what is still queued, then wait for the rest.
-                    for slot in range(nslots):
-                        if self.owner[slot] >= 0:
-                            rc = self.wait_done(self.owner[slot])
-                            if rc != DONE:
-                                break
+                    # Help with what is still queued, then wait for the rest (and hand it over).
+                    if handing:
+                        rc = self.deliver(self.nsel)
+                    else:
+                        for slot in range(nslots):
+                            if self.owner[slot] >= 0:
+                                rc = self.wait_done(self.owner[slot])
+                                if rc != DONE:
+                                    break
         except BaseException:
             self.abort()
             thread.join()
@@ -449,7 +519,7 @@ cdef class _Pipeline:
             raise OSError(err, os.strerror(err))
         if rc == SHRANK:
             raise _py.shrank()
-        for k in range(self.nchunks):
+        for k in range(0 if handing else self.nchunks):
             if not self.flags[k]:
                 self.digests[k] = zero_chunk_digest(min(cs, size - k * cs))
         if progress is not None:
@@ -470,3 +540,13 @@ def copy_file(src, dst, *, expected=None, progress=None, fsync=False, chunk_size
 def digest_file(path, *, progress=None, chunk_size=CHUNK):
     """The digest of a file, as copy_file would compute it, writing nothing."""
     return _py.run_digest(_core, path, progress=progress, chunk_size=chunk_size)
+
+
+def _scan(int sfd, int64_t size, int64_t chunk_size, list positions, consume, int nslots=NSLOTS):
+    return _Pipeline(sfd, -1, size, chunk_size, nslots, positions, consume).run(None)[1]
+
+
+def read_chunks(path, consume, *, indices=None, chunk_size=CHUNK):
+    """Reads chunks of a file in one pass, each hashed as it is read; see copysum_py.read_chunks.
+    Here the read runs without the GIL and the hashing on a second thread, as for copy_file."""
+    return _py.run_read(_scan, path, consume, indices=indices, chunk_size=chunk_size)

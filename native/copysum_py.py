@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import operator
 import os
 import re
 import stat
@@ -52,8 +53,8 @@ from collections.abc import Callable
 
 from blake3 import blake3
 
-__all__ = ["CHUNK", "CopyResult", "DigestMismatch", "PROGRESS_STEP", "combine", "copy_file",
-           "digest_file", "parse_digest", "zero_chunk_digest"]
+__all__ = ["CHUNK", "CopyResult", "DigestMismatch", "PROGRESS_STEP", "chunk_count", "combine", "copy_file",
+           "digest_file", "parse_digest", "read_chunks", "zero_chunk_digest"]
 
 CHUNK = 4 << 20
 PROGRESS_STEP = 64 << 20
@@ -61,6 +62,8 @@ DIGEST_SIZE = 32
 PARTIAL_SUFFIX = ".partial"
 
 Progress = Callable[[int, int], None]
+# consume(chunk index, its digest, its bytes or None when all zero); see read_chunks
+Consume = Callable[[int, bytes, "memoryview | None"], None]
 # core(src_fd, dst_fd or -1, size, chunk_size, progress) -> (chunk digests, data_bytes, written_bytes)
 Core = Callable[[int, int, int, int, "Progress | None"], "tuple[list[bytes], int, int]"]
 
@@ -223,6 +226,23 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _read_chunk(sfd: int, extents: Extents, k: int, size: int, chunk_size: int):
+    """Chunk k: (its length, its data ranges, its bytes or None when they are all zero,
+    the bytes read). Only the data ranges are read; holes are zeros."""
+    off = k * chunk_size
+    n = min(chunk_size, size - off)
+    segs = extents.segments(off, off + n)
+    if not segs:
+        return n, segs, None, 0
+    buf = bytearray(n)  # zeros where the source has holes
+    view = memoryview(buf)
+    nread = 0
+    for a, b in segs:
+        _pread_into(sfd, view[a - off:b - off], a)
+        nread += b - a
+    return n, segs, (None if buf == zeros(n) else view), nread
+
+
 def _core(sfd: int, dfd: int, size: int, chunk_size: int, progress: Progress | None):
     """One chunk at a time, in one thread: read its data ranges, test for zeros, hash, write."""
     digests: list[bytes] = []
@@ -231,30 +251,34 @@ def _core(sfd: int, dfd: int, size: int, chunk_size: int, progress: Progress | N
     step = PROGRESS_STEP
     for k in range(chunk_count(size, chunk_size)):
         off = k * chunk_size
-        n = min(chunk_size, size - off)
-        segs = extents.segments(off, off + n)
-        if not segs:
+        n, segs, view, nread = _read_chunk(sfd, extents, k, size, chunk_size)
+        data_bytes += nread
+        if view is None:
             digests.append(zero_chunk_digest(n))
         else:
-            buf = bytearray(n)  # zeros where the source has holes
-            view = memoryview(buf)
-            for a, b in segs:
-                _pread_into(sfd, view[a - off:b - off], a)
-                data_bytes += b - a
-            if buf == zeros(n):
-                digests.append(zero_chunk_digest(n))
-            else:
-                digests.append(blake3(buf).digest())
-                if dfd >= 0:
-                    for a, b in segs:
-                        _pwrite_all(dfd, view[a - off:b - off], a)
-                        written += b - a
+            digests.append(blake3(view).digest())
+            if dfd >= 0:
+                for a, b in segs:
+                    _pwrite_all(dfd, view[a - off:b - off], a)
+                    written += b - a
         done = off + n
         if progress is not None and done < size and done // step > off // step:
             progress(done, size)
     if progress is not None:
         progress(size, size)
     return digests, data_bytes, written
+
+
+def _scan(sfd: int, size: int, chunk_size: int, positions: list[int], consume: Consume) -> int:
+    """read_chunks' core: each chunk in `positions` read, tested for zeros, hashed, consumed."""
+    data_bytes = 0
+    extents = Extents(sfd)
+    for k in positions:
+        n, _, view, nread = _read_chunk(sfd, extents, k, size, chunk_size)
+        data_bytes += nread
+        consume(k, zero_chunk_digest(n) if view is None else blake3(view).digest(),
+                None if view is None else view.toreadonly())
+    return data_bytes
 
 
 def _fsync_dir(path: str) -> None:
@@ -343,3 +367,44 @@ def copy_file(src, dst, *, expected: str | None = None, progress: Progress | Non
 def digest_file(path, *, progress: Progress | None = None, chunk_size: int = CHUNK) -> CopyResult:
     """The digest of a file, as copy_file would compute it, writing nothing."""
     return run_digest(_core, path, progress=progress, chunk_size=chunk_size)
+
+
+def chunk_positions(size: int, chunk_size: int, indices) -> list[int]:
+    """The chunks read_chunks reads, in order: all when indices is None, else those given
+    (increasing, each within the file)."""
+    n = chunk_count(size, chunk_size)
+    if indices is None:
+        return list(range(n))
+    out = [operator.index(k) for k in indices]
+    for i, k in enumerate(out):
+        if not 0 <= k < n:
+            raise ValueError(f"chunk index {k} is not within the file's {n} chunks")
+        if i and k <= out[i - 1]:
+            raise ValueError(f"chunk indices must increase: {out[i - 1]} then {k}")
+    return out
+
+
+def run_read(scan, path, consume: Consume, *, indices, chunk_size: int) -> tuple[int, int]:
+    """read_chunks around a scan core: open, check the indices, scan, close."""
+    check_chunk_size(chunk_size)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = source_size(fd, path)
+        positions = chunk_positions(size, chunk_size, indices)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:  # pragma: no cover - advice only
+            pass
+        return size, scan(fd, size, chunk_size, positions, consume)
+    finally:
+        os.close(fd)
+
+
+def read_chunks(path, consume: Consume, *, indices=None, chunk_size: int = CHUNK) -> tuple[int, int]:
+    """Reads chunks of a file in one pass, hashing each as it is read (for sending it):
+    consume(index, digest, data) is called for each chunk in `indices` (increasing; None for
+    all), in order, where data is a read-only memoryview of the chunk's bytes (zeros at
+    holes) valid only during the call (copy what you keep), or None when the chunk is all
+    zeros (nothing to send). An exception from consume stops the read and is raised.
+    Returns (the file's size, the bytes read as data)."""
+    return run_read(_scan, path, consume, indices=indices, chunk_size=chunk_size)

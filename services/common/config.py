@@ -99,6 +99,9 @@ class ManagerSettings:
                                                "before it is forced off", "duration")
     vm_agent_timeout: dt.timedelta = _field(dt.timedelta(seconds=60), "how long after boot Exec waits for the "
                                             "guest agent", "duration")
+    transfer_fsync: bool = _field(True, "make a file another manager sent durable (fsync) before its transfer "
+                                  "completes; off only where losing it in a host crash is acceptable (benchmarks)",
+                                  "bool")
 
 
 SECTIONS = {"repository": RepositorySettings, "factory": FactorySettings, "manager": ManagerSettings}

@@ -67,9 +67,26 @@ class Aborted(VwsError):
     grpc_status_code = grpc.StatusCode.ABORTED
 
 
+class DataLoss(VwsError):
+    """Data did not match its digest (a chunk on the wire, a file at rest)."""
+    grpc_status_code = grpc.StatusCode.DATA_LOSS
+
+
 class Internal(VwsError):
     grpc_status_code = grpc.StatusCode.INTERNAL
 
 
 class BackendError(Internal):
     """A host operation (useradd, cgroup write, ...) failed."""
+
+
+_BY_STATUS = {c.grpc_status_code: c for c in (
+    NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable, Unimplemented, PermissionDenied,
+    Aborted, DataLoss, Internal)}
+
+
+def for_status(code: grpc.StatusCode, message: str) -> VwsError:
+    """The domain error for a status another service answered (to carry it on unchanged)."""
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(message)
+    return _BY_STATUS.get(code, Internal)(message)

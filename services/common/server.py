@@ -150,13 +150,15 @@ class Service:
 
 
 def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]], *,
-                  max_workers: int = 32, on_stop: Callable[[], None] | None = None) -> Service:
+                  max_workers: int = 32, on_stop: Callable[[], None] | None = None,
+                  options: Iterable[tuple[str, int]] = ()) -> Service:
     """Builds, binds and starts a server. `register` adds the servicers and returns their full
-    service names (for health and reflection). Bind to `127.0.0.1:0` and read .port in tests."""
+    service names (for health and reflection). Bind to `127.0.0.1:0` and read .port in tests.
+    `options`: further channel arguments (e.g. HTTP/2 tuning for bulk streams)."""
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[ErrorInterceptor()],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options],
     )
     names = list(register(server))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -14,6 +14,8 @@ from vws.manager.gateway import GrpcRepository
 from vws.manager.service import ManagerIdentity, WorkspaceManager
 from vws.manager.servicer import ManagerServicer
 from vws.manager.state import LocalState
+from vws.manager import transfer
+from vws.manager.transfer_servicer import TransferServicer, add_to_server
 from vws.v1 import manager_pb2, manager_pb2_grpc
 
 log = logging.getLogger("vws.manager")
@@ -59,6 +61,9 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
                         settings.heartbeat_interval.total_seconds()),
         backend, LocalState(state_dir / "state.db"), repository)
     manager.accounting = UsageAccounting(manager, state_dir / "state.db", settings.accounting_interval.total_seconds())
+    # What other managers send this one (migration); the image cache is where base images are.
+    manager.transfers = transfer.TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache",
+                                               fsync=settings.transfer_fsync)
     return manager
 
 
@@ -69,14 +74,16 @@ def serve(settings: ManagerSettings, repository=None) -> tuple[Service, Workspac
 
     def register(server):
         manager_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(manager), server)
-        return [manager_pb2.DESCRIPTOR.services_by_name["ManagerService"].full_name]
+        return [manager_pb2.DESCRIPTOR.services_by_name["ManagerService"].full_name,
+                add_to_server(TransferServicer(manager.transfers), server)]
 
     def on_stop():
         manager.stop_background()
         manager.accounting.close()
+        manager.transfers.close()
         manager.backend.close()
         manager.state.close()
-    service = create_server(settings.listen, register, on_stop=on_stop)
+    service = create_server(settings.listen, register, on_stop=on_stop, options=transfer.BULK_OPTIONS)
     if not settings.advertise:
         host = settings.listen.rsplit(":", 1)[0]
         manager.identity.address = f"{host}:{service.port}"

@@ -486,7 +486,7 @@ def test_parse_digest():
 
 @needs_ext
 def test_extension_shares_the_twins_types():
-    for name in ("CHUNK", "PROGRESS_STEP", "CopyResult", "DigestMismatch", "combine", "parse_digest",
+    for name in ("CHUNK", "PROGRESS_STEP", "CopyResult", "DigestMismatch", "chunk_count", "combine", "parse_digest",
                  "zero_chunk_digest"):
         assert getattr(_copysum, name) is getattr(copysum_py, name)
     assert CHUNK == 4 << 20
@@ -506,6 +506,7 @@ def test_public_module_prefers_the_extension():
     assert copysum.IMPLEMENTATION == want
     impl = _copysum if want == "cython" else copysum_py
     assert copysum.copy_file is impl.copy_file and copysum.digest_file is impl.digest_file
+    assert copysum.read_chunks is impl.read_chunks
     assert copysum.DigestMismatch is DigestMismatch and copysum.CopyResult is CopyResult
     assert copysum.CHUNK == CHUNK
     importlib.reload(copysum)
@@ -516,3 +517,99 @@ def test_no_extensions_switch_forces_the_twin():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VWS_NO_EXTENSIONS": "1"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["python", "vws.native.copysum_py"]
+
+
+# ---- read_chunks: each chunk with its digest, in the same pass as the read (transfers) ----
+
+def collect(impl, path, **kwargs) -> tuple[list[tuple[int, bytes, bytes | None]], tuple[int, int]]:
+    got = []
+    result = impl.read_chunks(path, lambda k, d, data: got.append((k, d, None if data is None else bytes(data))),
+                              **kwargs)
+    return got, result
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("chunk", [CHUNK, 64 << 10, 5000])
+def test_read_chunks_hands_over_every_chunk_in_order_with_its_digest(impl, tmp_path, chunk):
+    data = random_bytes(40 * chunk + 321, chunk)
+    data = data[:3 * chunk] + bytes(2 * chunk) + data[5 * chunk:]  # two chunks of written zeros
+    src = write(tmp_path / "src", data)
+    got, (size, data_bytes) = collect(impl, src, chunk_size=chunk)
+    assert (size, data_bytes) == (len(data), len(data))
+    assert [k for k, _, _ in got] == list(range(-(-len(data) // chunk)))
+    assert [d for _, d, _ in got] == ref_chunks(data, chunk)
+    for k, _, b in got:
+        piece = data[k * chunk:(k + 1) * chunk]
+        assert b == (None if piece == bytes(len(piece)) else piece)
+    assert got[3][2] is None and got[4][2] is None
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_chunks_reads_only_the_chunks_asked_for(impl, tmp_path):
+    chunk = 64 << 10
+    data = random_bytes(20 * chunk, 5)
+    src = write(tmp_path / "src", data)
+    want = [0, 2, 3, 11, 19]
+    got, (size, data_bytes) = collect(impl, src, chunk_size=chunk, indices=want)
+    assert [k for k, _, _ in got] == want
+    assert [d for _, d, _ in got] == [ref_chunks(data, chunk)[k] for k in want]
+    assert [b for _, _, b in got] == [data[k * chunk:(k + 1) * chunk] for k in want]
+    assert (size, data_bytes) == (len(data), len(want) * chunk)
+    assert collect(impl, src, chunk_size=chunk, indices=[]) == ([], (len(data), 0))
+    for bad, message in (([20], "not within"), ([-1], "not within"), ([3, 3], "increase"), ([4, 2], "increase")):
+        with pytest.raises(ValueError, match=message):
+            impl.read_chunks(src, lambda *a: None, chunk_size=chunk, indices=bad)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_chunks_of_a_sparse_file_reads_only_its_data(impl, tmp_path):
+    size = 64 * CHUNK
+    a, b = random_bytes(CHUNK, 1), random_bytes(5000, 2)
+    src = sparse_file(tmp_path / "src", size, [(10 * CHUNK, a), (40 * CHUNK + 4096, b)])
+    require_holes(src)
+    got, (total, data_bytes) = collect(impl, src)
+    assert total == size and data_bytes <= CHUNK + 8192
+    assert [k for k, _, b_ in got if b_ is not None] == [10, 40]
+    assert got[10][2] == a and got[40][2] == bytes(4096) + b + bytes(CHUNK - 4096 - 5000)
+    assert all(d == ZERO_CHUNK for k, d, b_ in got if b_ is None)
+    assert copysum_py.combine(size, [d for _, d, _ in got]) == ref_digest(src.read_bytes())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_exception_from_consume_stops_the_read(impl, tmp_path):
+    import threading
+    src = write(tmp_path / "src", random_bytes(30 * (64 << 10), 9))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def consume(k, d, data):
+        seen.append(k)
+        if k == 7:
+            raise Stop()
+    before = threading.active_count()
+    with pytest.raises(Stop):
+        impl.read_chunks(src, consume, chunk_size=64 << 10)
+    assert seen == list(range(8))
+    assert threading.active_count() == before
+
+
+@needs_ext
+@pytest.mark.parametrize("seed", range(4))
+def test_read_chunks_implementations_agree_on_random_layouts_and_selections(tmp_path, seed):
+    import random
+    rng = random.Random(seed)
+    chunk = rng.choice([4096, 64 << 10, 100_000])
+    size = rng.randrange(1, 8 * MiB)
+    extents = [(off, bytes(n) if rng.random() < 0.3 else random_bytes(n, seed * 100 + i))
+               for i in range(rng.randrange(0, 20))
+               for off in [rng.randrange(size)] for n in [min(rng.randrange(1, 2 * chunk), size - off)]]
+    src = sparse_file(tmp_path / "src", size, extents)
+    n = -(-size // chunk)
+    indices = sorted(rng.sample(range(n), rng.randrange(0, n + 1))) if rng.random() < 0.5 else None
+    a = collect(_copysum, src, chunk_size=chunk, indices=indices)
+    b = collect(copysum_py, src, chunk_size=chunk, indices=indices)
+    assert a == b
+    data = src.read_bytes()
+    assert [d for _, d, _ in a[0]] == [ref_chunks(data, chunk)[k] for k in (indices if indices is not None else range(n))]

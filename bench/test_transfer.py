@@ -1,0 +1,296 @@
+"""Manager-to-manager transfer (vws.manager.transfer) between two network namespaces joined by
+a veth pair (tests/integration/netns.py), beside rsync between the same namespaces, to an
+rsync daemon in the receiving one (the fair anchor: no ssh), in the same run.
+
+(a) A full 1 GiB transfer (random, incompressible) to a real manager: send_file against
+    `rsync -W`. Goal: at least 1.5x rsync's throughput. Also the CPU time both ends took (the
+    sender's less starting Python; rsync's client and its daemon's side), since on this
+    2-core machine both ends and whatever else runs share the same cores.
+(b) After 1% of the file's blocks change, the re-transfer, the receiver holding the old copy
+    (an earlier transfer, given as candidate): bytes sent (goal <= 3% of the file) and time
+    against rsync's delta transfer (no -W, the destination holding the old copy; goal <=
+    1.2x). Two readings of "blocks": 4 MiB (the chunks: 3 of 256 changed, each by a 64 KiB
+    write at a random place inside it) and 64 KiB (a qcow2 cluster: 164 of 16384, at random,
+    so most chunks hold a change and go as CHUNK_SOURCE_BASE with only the blocks written).
+(c) A 4 GiB sparse file holding 200 MiB (the layouts of bench/test_copy.py: 50 extents of
+    4 MiB, chunk-aligned or each straddling two chunks): bytes sent (goal <= 1.05 x 200 MiB),
+    also as counted on the interface, and the copy's allocation at the receiver.
+
+Method. The sender runs in namespace a (tests/integration/netns.py send: its own process,
+timed by send_file itself, so not counting Python's start), the receiver is a real `vws
+manager` in namespace b with transfer_fsync off: like rsync (no --fsync), it leaves the data
+in page cache (with fsync both are disk-bound here, about 5 s per GiB). Before each timed
+run, bench/test_copy.py's _prepare: outputs deleted, sync, source read through, memory for
+the output touched (see there why). rsync and send_file take turns first. Medians of ROUNDS."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import shutil
+import sys
+import time
+
+import pytest
+
+from bench.conftest import median
+from bench.test_copy import _make_sparse, _prepare, _write_random
+from tests.integration.netns import ROOT, Hosts
+from vws.native import copysum
+
+GROUP = "transfer"
+ROUNDS = 5
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = copysum.CHUNK
+BIG = 1 * GiB
+RSYNC_PORT = 8730
+
+
+class Pair:
+    """The two hosts, the manager receiving in b, rsync's daemon in b."""
+
+    def __init__(self, root):
+        self.root = root
+        self.hosts = Hosts().__enter__()
+        try:
+            self.manager = self.hosts.start_manager(root / "receiver", "--transfer-fsync", "false")
+            self.rsync_dir = root / "rsync"
+            self.rsync_dir.mkdir()
+            conf = root / "rsyncd.conf"
+            conf.write_text(f"use chroot = no\npid file = {root}/rsyncd.pid\nlog file = {root}/rsyncd.log\n"
+                            f"[m]\npath = {self.rsync_dir}\nread only = no\nuid = root\ngid = root\n")
+            self.rsyncd = self.hosts.popen("b", "rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={RSYNC_PORT}",
+                             f"--address={self.hosts.addr['b']}")
+            deadline = time.monotonic() + 20
+            while self.hosts.exec("a", "rsync", self.url(""), check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise AssertionError("rsync daemon did not answer in 20 s")
+                time.sleep(0.1)
+            # What starting the sender's Python costs, to take off its CPU time.
+            c0 = _children_cpu()
+            self.hosts.exec("a", sys.executable, "-c", "import vws.manager.transfer, tests.integration.netns",
+                            cwd=ROOT)
+            self.startup_cpu = _children_cpu() - c0
+        except BaseException:
+            self.hosts.close()
+            raise
+
+    def url(self, name: str) -> str:
+        return f"rsync://{self.hosts.addr['b']}:{RSYNC_PORT}/m/{name}"
+
+    def send(self, src, transfer_id: str, *options: str) -> dict:
+        """send_file of src (after discarding an earlier transfer of that id); its result and
+        the bytes namespace a's interface sent meanwhile."""
+        self.hosts.tool("abort", self.manager.address, transfer_id)
+        tx, sender, receiver = self.hosts.tx_bytes(), _children_cpu(), _cpu(self.manager.proc.pid)
+        out = self.hosts.send(self.manager.address, src, transfer_id, *options)
+        assert "result" in out, f"{out}\n{self.manager.log()}"
+        return {**out["result"], "wire": self.hosts.tx_bytes() - tx,
+                "cpu": (_children_cpu() - sender - self.startup_cpu, _cpu(self.manager.proc.pid) - receiver)}
+
+    def rsync(self, *args: str) -> tuple[float, int, int, float]:
+        """(wall seconds, bytes rsync says it sent, bytes the interface sent, CPU seconds of
+        both ends)."""
+        tx, cpu = self.hosts.tx_bytes(), _children_cpu() + _cpu(self.rsyncd.pid)
+        t0 = time.perf_counter()
+        out = self.hosts.exec("a", "rsync", "--stats", *args).stdout
+        t = time.perf_counter() - t0
+        time.sleep(0.1)  # for the daemon to reap its side of the connection (its CPU time then counts)
+        sent = int(re.search(r"Total bytes sent: ([\d,]+)", out).group(1).replace(",", ""))
+        return t, sent, self.hosts.tx_bytes() - tx, _children_cpu() + _cpu(self.rsyncd.pid) - cpu
+
+    def received(self, transfer_id: str):
+        import json
+        return json.loads((self.manager.transfer_dir / "files.json").read_text())[transfer_id]
+
+    def close(self) -> None:
+        self.hosts.close()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root", pytrace=False)
+    for tool in ("ip", "nsenter", "rsync"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found: run make setup", pytrace=False)
+    p = Pair(tmp_path_factory.mktemp("transfer"))
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def big(pair):
+    src = pair.root / "big.src"
+    _write_random(src, BIG, 11)
+    yield src
+    os.unlink(src)
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.3f} s"
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / MiB / seconds:.0f} MiB/s"
+
+
+def _goal(ok: bool, text: str) -> str:
+    return text + (" (met)" if ok else " (MISSED)")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
+    rsync_dst = pair.rsync_dir / "big"
+    ours, theirs, results, rsync_cpu = [], [], [], []
+    order = [0]
+
+    def run_rsync():
+        _prepare(big, rsync_dst, out=BIG)
+        t, _, _, cpu = pair.rsync("-W", str(big), pair.url("big"))
+        theirs.append(t)
+        rsync_cpu.append(cpu)
+
+    def setup():
+        order[0] ^= 1
+        if order[0]:
+            run_rsync()
+        _prepare(big, rsync_dst, out=BIG)
+        return (), {}
+
+    def target():
+        results.append(pair.send(big, "bench/full"))
+        ours.append(results[-1]["seconds"])
+        if not order[0]:
+            run_rsync()
+    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1)
+
+    want = copysum.digest_file(big).digest
+    assert all(r["digest"] == want for r in results) and pair.received("bench/full")["digest"] == want
+    o, t = median(ours), median(theirs)
+    print(f"\n[bench] transfer 1 GiB: send_file {[round(x, 3) for x in ours]}, rsync -W "
+          f"{[round(x, 3) for x in theirs]}; CPU send_file {[tuple(round(c, 2) for c in r['cpu']) for r in results]}, "
+          f"rsync {[round(c, 2) for c in rsync_cpu]}", file=sys.stderr)
+    report.row(f"transfer 1 GiB between two namespaces (veth), median of {ROUNDS}", f"{_s(o)}, {_rate(BIG, o)}",
+               f"rsync -W to a daemon {_s(t)}, {_rate(BIG, t)}", f"{t / o:.2f}x rsync's throughput",
+               _goal(t / o >= 1.5, ">= 1.5x"))
+    sender, receiver = median([r["cpu"][0] for r in results]), median([r["cpu"][1] for r in results])
+    report.row("  CPU time of both ends (2 cores, shared by both ends and the host)",
+               f"{_s(sender + receiver)} (sender {sender:.2f}, receiver {receiver:.2f})",
+               f"rsync {_s(median(rsync_cpu))}", f"{(sender + receiver) / median(rsync_cpu):.2f}x",
+               "(for information)")
+
+
+def _changed(src, dst, block: int, seed: int) -> int:
+    """dst: src with 1% of its `block`-byte blocks changed, each by up to 64 KiB of new bytes
+    at a random place inside; the number of blocks changed."""
+    shutil.copyfile(src, dst)
+    rng = random.Random(seed)
+    blocks = os.stat(src).st_size // block
+    picked = rng.sample(range(blocks), max(1, round(blocks / 100)))
+    write = min(block, 64 << 10)
+    with open(dst, "r+b") as f:
+        for b in picked:
+            f.seek(b * block + rng.randrange(0, block - write + 1))
+            f.write(os.urandom(write))
+    return len(picked)
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("block", [CHUNK, 64 << 10], ids=["4MiB-blocks", "64KiB-blocks"])
+def test_delta_after_1pct_of_blocks_change_beside_rsync_delta(benchmark, pair, big, report, block):
+    new = pair.root / "big.new"
+    changed = _changed(big, new, block, block)
+    base_id, new_id = f"bench/delta-{block}@1", f"bench/delta-{block}@2"
+    first = pair.send(big, base_id)  # the receiver's earlier copy
+    assert first["digest"] == copysum.digest_file(big).digest
+    rsync_dst = pair.rsync_dir / "delta"
+    ours, theirs, results, rsync_sent = [], [], [], []
+    order = [0]
+
+    def run_rsync():
+        shutil.copyfile(big, rsync_dst)  # rsync's destination holds the old copy
+        _prepare(new, out=BIG)
+        t, sent, wire, _ = pair.rsync("-I", "--no-W", str(new), pair.url("delta"))
+        theirs.append(t)
+        rsync_sent.append((sent, wire))
+
+    def setup():
+        order[0] ^= 1
+        if order[0]:
+            run_rsync()
+        _prepare(new, out=BIG)
+        return (), {}
+
+    def target():
+        results.append(pair.send(new, new_id, "--candidate", base_id))
+        ours.append(results[-1]["seconds"])
+        if not order[0]:
+            run_rsync()
+    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1)
+    os.unlink(new)
+
+    r = results[-1]
+    assert r["digest"] == pair.received(new_id)["digest"]
+    o, t = median(ours), median(theirs)
+    sent, wire = r["bytes_sent"], r["wire"]
+    rs_sent, rs_wire = rsync_sent[-1]
+    print(f"\n[bench] delta ({block >> 10} KiB blocks, {changed} changed): send_file {[round(x, 3) for x in ours]} "
+          f"sent {sent} (wire {wire}), rsync {[round(x, 3) for x in theirs]} sent {rs_sent} (wire {rs_wire})",
+          file=sys.stderr)
+    what = (f"re-transfer of 1 GiB after 1% of its {block >> 10} KiB blocks changed ({changed}, 64 KiB each), "
+            "receiver holding the old copy")
+    report.row(what, f"sent {sent / MiB:.1f} MiB ({100 * sent / BIG:.2f}%), wire {wire / MiB:.1f} MiB",
+               f"rsync delta sent {rs_sent / MiB:.1f} MiB, wire {rs_wire / MiB:.1f} MiB",
+               f"{100 * sent / BIG:.2f}% of the file", _goal(sent <= 0.03 * BIG, "<= 3%"))
+    report.row(f"  its time, median of {ROUNDS}", _s(o), f"rsync delta (no -W) {_s(t)}", f"{o / t:.2f}x",
+               _goal(o <= 1.2 * t, "<= 1.2x rsync"))
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+def test_sparse_4gib_holding_200mib(benchmark, pair, report, layout):
+    src = pair.root / f"sparse-{layout}"
+    _make_sparse(src, layout == "shifted")
+    data = 50 * CHUNK
+    results = []
+
+    def setup():
+        _prepare(src, out=data)
+        return (), {}
+
+    def target():
+        results.append(pair.send(src, f"bench/sparse-{layout}"))
+    benchmark.pedantic(target, setup=setup, rounds=3, iterations=1)
+
+    r = results[-1]
+    assert r["digest"] == copysum.digest_file(src).digest
+    dst = pair.received(f"bench/sparse-{layout}")["path"]
+    os.sync()
+    got, orig = os.stat(dst).st_blocks * 512, os.stat(src).st_blocks * 512
+    sent, wire, t = r["bytes_sent"], r["wire"], median([x["seconds"] for x in results])
+    os.unlink(src)
+    print(f"\n[bench] sparse ({layout}): sent {sent} wire {wire} in {[round(x['seconds'], 3) for x in results]}; "
+          f"allocated {got} (source {orig})", file=sys.stderr)
+    what = (f"transfer of a 4 GiB sparse file holding 200 MiB "
+            f"({'chunk-aligned' if layout == 'aligned' else 'each extent straddling two chunks'})")
+    report.row(what, f"sent {sent / MiB:.1f} MiB in {_s(t)}", "its data, 200 MiB", f"{sent / data:.3f}x",
+               _goal(sent <= 1.05 * data, "<= 1.05x"))
+    report.row("  the same on the interface (gRPC, HTTP/2, TCP, IP headers)", f"{wire / MiB:.1f} MiB",
+               "its data, 200 MiB", f"{wire / data:.3f}x", "(for information)")
+    report.row("  allocated at the receiver", f"{got / MiB:.1f} MiB", f"source {orig / MiB:.1f} MiB",
+               f"{got / orig:.3f}x", _goal(got <= orig, "as sparse as the source"))
