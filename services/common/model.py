@@ -54,6 +54,7 @@ class EventType(enum.Enum):
     TERMINATION_TIME_CHANGED = "TERMINATION_TIME_CHANGED"
     RECONCILED = "RECONCILED"
     LIMIT_REACHED = "LIMIT_REACHED"
+    MIGRATED = "MIGRATED"
 
 
 class Action(enum.Enum):
@@ -66,6 +67,9 @@ class Action(enum.Enum):
     REBOOT = "reboot"
     DESTROY = "destroy"
 
+
+# The states a workspace may migrate from; it arrives in the same state.
+MIGRATABLE: frozenset[State] = frozenset({State.READY, State.RUNNING, State.PAUSED, State.SUSPENDED})
 
 # action -> (states it may start from, state it ends in)
 TRANSITIONS: dict[Action, tuple[frozenset[State], State]] = {
