@@ -408,6 +408,39 @@ class RepositoryService:
         self._notify(name)
         return result
 
+    def move(self, name: str, source: str, endpoint: model.Endpoint, message: str = "") -> model.Workspace:
+        """The destination of a migration takes hold of a MIGRATING workspace from source, the
+        manager holding it (event MIGRATED, source and destination in its message). A retry by
+        the new holder returns the record unchanged."""
+        names.parse_manager_name(source, "source")
+        names.parse_manager_name(endpoint.manager, "endpoint.manager")
+        if not endpoint.manager_address:
+            raise errors.InvalidArgument("is empty; give the destination's host:port", "endpoint.manager_address")
+        if endpoint.manager == source:
+            raise errors.InvalidArgument(f"is the source {source}; a migration moves to another manager",
+                                         "endpoint.manager")
+        with self.uow(write=True) as session:
+            row = self._load(session, name, for_update=True)
+            if row.manager_name == endpoint.manager and row.manager_address == endpoint.manager_address:
+                return store.to_workspace(row)  # a retry
+            if row.manager_name != source:
+                raise errors.FailedPrecondition(f"{name} is held by {row.manager_name or 'no manager'}, "
+                                                f"not by {source}; it cannot move from there")
+            if row.state != State.MIGRATING.value:
+                raise errors.FailedPrecondition(f"cannot move {name}: it is {row.state}; only a MIGRATING "
+                                                "workspace moves (ManagerService.MigrateWorkspace)")
+            now = self.clock()
+            row.manager_name, row.manager_address = endpoint.manager, endpoint.manager_address
+            if endpoint.host_identity:
+                row.host_identity = endpoint.host_identity
+            row.update_time = now
+            text = f"migrated from {source} to {endpoint.manager} ({endpoint.manager_address})"
+            store.add_event(session, row, EventType.MIGRATED, row.state, row.state,
+                            text + (f": {message}" if message else ""), endpoint.manager, now)
+            result = store.to_workspace(row)
+        self._notify(name)
+        return result
+
     def report_state(self, name: str, manager: str, state: State, message: str = "",
                      change_time: dt.datetime | None = None, host_identity: str = "",
                      event_type: EventType = EventType.STATE_CHANGED,

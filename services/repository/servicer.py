@@ -97,6 +97,11 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
         workspace = self.service.assign(request.name, converters.endpoint_from_pb(request.endpoint))
         return record_pb2.AssignWorkspaceResponse(workspace=ws_pb(workspace))
 
+    def MoveWorkspace(self, request, context):
+        workspace = self.service.move(request.name, request.source, converters.endpoint_from_pb(request.endpoint),
+                                      request.message)
+        return record_pb2.MoveWorkspaceResponse(workspace=ws_pb(workspace))
+
     def ReportWorkspaceState(self, request, context):
         workspace = self.service.report_state(
             request.name, request.manager, converters.state_from_pb(request.state), request.message,

@@ -134,6 +134,35 @@ def test_assign_and_reports(env):
         service.report_state("workspaces/wnothere1234", MANAGER, State.RUNNING, "", clock())
 
 
+def test_move_hands_a_migrating_workspace_to_its_destination(env):
+    service, clock, _ = env
+    ws = placed(service, clock)
+    there = model.Endpoint(ws.name, "managers/there", "10.0.0.2:7703", "vws-2")
+    with pytest.raises(errors.FailedPrecondition, match="only a MIGRATING workspace moves"):
+        service.move(ws.name, MANAGER, there)
+    clock.advance(seconds=1)
+    service.report_state(ws.name, MANAGER, State.MIGRATING, "migrating to managers/there", clock())
+    with pytest.raises(errors.FailedPrecondition, match="held by .*not by managers/else"):
+        service.move(ws.name, "managers/else", there)
+    with pytest.raises(errors.InvalidArgument) as e:
+        service.move(ws.name, MANAGER, model.Endpoint(ws.name, MANAGER, ADDRESS))
+    assert field_of(e) == ["endpoint.manager"]
+    moved = service.move(ws.name, MANAGER, there, "1.0M sent")
+    assert moved.endpoint.manager == "managers/there" and moved.endpoint.manager_address == "10.0.0.2:7703"
+    assert moved.endpoint.host_identity == "vws-2" and moved.state is State.MIGRATING
+    assert service.move(ws.name, MANAGER, there) == moved  # a retry by the new holder
+    # the old holder may no longer report; the new one may
+    with pytest.raises(errors.FailedPrecondition):
+        service.report_state(ws.name, MANAGER, State.RUNNING, "", clock())
+    clock.advance(seconds=1)
+    assert service.report_state(ws.name, "managers/there", State.RUNNING, "arrived", clock()).state is State.RUNNING
+    events, _ = service.list_events(ws.name)
+    migrated = [e for e in events if e.type is EventType.MIGRATED]
+    assert len(migrated) == 1 and migrated[0].source == "managers/there"
+    assert migrated[0].message == f"migrated from {MANAGER} to managers/there (10.0.0.2:7703): 1.0M sent"
+    assert service.get(ws.name).endpoint.manager == "managers/there"
+
+
 def test_report_before_placement_is_refused(env):
     service, clock, _ = env
     ws, _ = service.create_record("", new_ws(clock))
