@@ -92,3 +92,21 @@ def test_on_a_bridge_the_manager_shapes_the_link_itself():
 def test_without_cap_sys_resource_there_is_no_memtune_hard_limit():
     root = ET.fromstring(render(plan(memtune_hard_limit=False)))
     assert root.find("memtune/hard_limit") is None and root.findtext("memtune/soft_limit") == str(256 << 10)
+
+
+def test_relocate_points_the_domain_at_the_destinations_files_and_manager(tmp_path):
+    xml = render(plan(kernel="/src/cache/k", initrd="/src/cache/i", bridge="vwsb1", disk_path="/src/w/o.qcow2",
+                      console_log="/src/w/console.log"))
+    moved = domain.relocate(xml, manager="managers/there", disk="/dst/w/overlay.qcow2", console_log="/dst/w/console.log",
+                            kernel="/dst/cache/k", initrd="/dst/cache/i", bridge="vwsb7")
+    root = ET.fromstring(moved)
+    assert domain.workspace_of(moved)[1] == "managers/there"
+    assert root.find("os/kernel").text == "/dst/cache/k" and root.find("os/initrd").text == "/dst/cache/i"
+    assert root.find("devices/disk/source").get("file") == "/dst/w/overlay.qcow2"
+    assert {e.get("file") for e in root.findall("devices/*/log")} == {"/dst/w/console.log"}
+    assert root.find("devices/interface/source").get("bridge") == "vwsb7"
+    assert "/src/" not in moved
+    path = tmp_path / "d.xml"
+    path.write_text(moved)
+    r = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

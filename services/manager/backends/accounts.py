@@ -4,6 +4,7 @@ DynamicAccounts makes an account per workspace and deletes it at destroy. The po
 in pool.py."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pwd
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from vws.common import errors, model, units
 from vws.manager.backends.base import (
-    Backend, BackendSettings, Counters, ExecOptions, HostHandle, SetupFailed, host_capacity)
+    Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package, SetupFailed, host_capacity)
 from vws.manager.backends.cgroups import CPU_PERIOD_US, CgroupDriver, _alive
 from vws.manager.backends.disk import DiskImages, image_size
 
@@ -495,6 +496,60 @@ class AccountBackend(Backend):
     def resume(self, handle: HostHandle) -> None:
         self._account(handle)
         self.cgroups.thaw(handle.workspace_id)
+
+    # ----------------------------------------------------------------- migration
+    # The home moves as one tar archive (sparse files stay sparse, owners by number are
+    # remapped to the new account on arrival); running processes do not move: they stay
+    # frozen while the archive is made, and start afresh on the destination.
+    HOME_ARCHIVE = "home.tar"
+
+    def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir: Path) -> Package:
+        pw = self._account(handle)
+        if state is model.State.RUNNING:
+            self.pause(handle)  # a consistent archive: nothing writes while it is made
+        archive = Path(workdir) / self.HOME_ARCHIVE
+        try:
+            r = subprocess.run(["tar", "--create", "--sparse", "--numeric-owner", "--xattrs", "--acls",
+                                "--file", str(archive), "--directory", pw.pw_dir, "."],
+                               capture_output=True, text=True)
+            if r.returncode not in (0, 1):  # 1: a file changed while read (only outside the freezer)
+                raise errors.BackendError(f"the home of {pw.pw_name} could not be archived: "
+                                          f"{r.stderr.strip()[-300:]}")
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            self.revert_pack(handle, Package({}), state)
+            raise
+        return Package({"home": archive}, {"account": pw.pw_name})
+
+    def revert_pack(self, handle: HostHandle, package: Package, state: model.State) -> None:
+        if state is model.State.RUNNING:
+            self.resume(handle)
+        for path in package.files.values():
+            Path(path).unlink(missing_ok=True)
+
+    def unpack(self, workspace_id: str, spec: model.WorkspaceSpec, package: Package, state: model.State
+               ) -> HostHandle:
+        # The set-up script ran and the staged files are in the archive: neither again.
+        bare = dataclasses.replace(spec, software=dataclasses.replace(spec.software, setup_script="", files=[]))
+        handle = self.realise(workspace_id, bare)
+        try:
+            pw = self._account(handle)
+            r = subprocess.run(["tar", "--extract", "--sparse", "--xattrs", "--acls", "--no-same-owner",
+                                "--file", str(package.files["home"]), "--directory", pw.pw_dir],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise errors.BackendError(f"the home archive could not be unpacked into {pw.pw_dir}: "
+                                          f"{r.stderr.strip()[-300:]}")
+            subprocess.run(["chown", "-R", "--no-dereference", f"{pw.pw_uid}:{pw.pw_gid}", pw.pw_dir], check=True,
+                           capture_output=True)
+            if state in (model.State.RUNNING, model.State.PAUSED):
+                self.start(handle)
+            if state is model.State.PAUSED:
+                self.pause(handle)
+        except BaseException:
+            self.destroy(handle)
+            raise
+        return handle
 
     # ---------------------------------------------------------------------- exec
     def spawn(self, handle: HostHandle, options: ExecOptions) -> subprocess.Popen:

@@ -47,6 +47,15 @@ class ExecOptions:
     working_directory: str = ""
 
 
+@dataclasses.dataclass
+class Package:
+    """A workspace serialised for migration: its files on this host by role (what the
+    destination must receive), and what the same backend on the destination needs to know to
+    restore it (JSON-able)."""
+    files: dict[str, Path]
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
 SETUP_FIELD = "workspace.spec.software.setup_script"
 
 
@@ -168,6 +177,21 @@ class Backend(abc.ABC):
     def reboot(self, handle: HostHandle) -> str | None:
         raise errors.FailedPrecondition(
             f"{handle.kind.cli_name} workspaces have no system to reboot; stop and start it instead")
+
+    def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir: Path) -> Package:
+        """Serialises the workspace for migration (files into workdir, or files it already has):
+        nothing runs in it afterwards until revert_pack here or unpack on the destination."""
+        raise errors.FailedPrecondition(f"{handle.kind.cli_name} workspaces cannot migrate from this manager "
+                                        f"({self.name})")
+
+    def revert_pack(self, handle: HostHandle, package: Package, state: model.State) -> None:
+        """The migration failed: the workspace carries on here as it was, in state."""
+
+    def unpack(self, workspace_id: str, spec: model.WorkspaceSpec, package: Package, state: model.State
+               ) -> HostHandle:
+        """On the destination: makes the workspace from a package received, in state (one of
+        model.MIGRATABLE). On failure nothing is left."""
+        raise errors.FailedPrecondition(f"{spec.kind.cli_name} workspaces cannot migrate to this manager ({self.name})")
 
     def describe(self, handle: HostHandle) -> str:
         """How messages name what realises the workspace on the host, e.g. `account vws-w1`."""

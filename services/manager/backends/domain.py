@@ -169,3 +169,26 @@ def workspace_of(xml: str) -> tuple[str, str] | None:
     if el is None:
         return None
     return el.get("name", ""), el.get("manager", "")
+
+
+def relocate(xml: str, *, manager: str, disk: str, console_log: str, kernel: str = "", initrd: str = "",
+             bridge: str = "") -> str:
+    """A domain's XML (as libvirt gives it) for another manager and its paths: the migration's
+    destination defines and restores it with this."""
+    ET.register_namespace(METADATA_PREFIX, METADATA_URI)
+    root = ET.fromstring(xml)
+    owner = root.find(f"metadata/{{{METADATA_URI}}}workspace")
+    if owner is not None:
+        owner.set("manager", manager)
+    for tag, path in (("kernel", kernel), ("initrd", initrd)):
+        el = root.find(f"os/{tag}")
+        if el is not None and path:
+            el.text = path
+    for source in root.findall("devices/disk/source"):
+        source.set("file", disk)
+    for log in root.findall("devices/*/log"):
+        log.set("file", console_log)
+    for source in root.findall("devices/interface/source"):
+        if bridge and source.get("bridge") is not None:
+            source.set("bridge", bridge)
+    return ET.tostring(root, encoding="unicode")

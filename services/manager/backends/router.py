@@ -7,7 +7,7 @@ import logging
 import subprocess
 
 from vws.common import errors, model
-from vws.manager.backends.base import Backend, Counters, ExecOptions, HostHandle
+from vws.manager.backends.base import Backend, Counters, ExecOptions, HostHandle, Package
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -58,6 +58,17 @@ class KindRouter(Backend):
 
     def reboot(self, handle: HostHandle) -> str | None:
         return self._for(handle.kind).reboot(handle)
+
+    def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir) -> Package:
+        return self._for(handle.kind).pack(handle, spec, state, workdir)
+
+    def revert_pack(self, handle: HostHandle, package: Package, state: model.State) -> None:
+        self._for(handle.kind).revert_pack(handle, package, state)
+
+    def unpack(self, workspace_id: str, spec: model.WorkspaceSpec, package: Package, state: model.State
+               ) -> HostHandle:
+        handle = self._for(spec.kind).unpack(workspace_id, spec, package, state)
+        return dataclasses.replace(handle, kind=spec.kind)
 
     def describe(self, handle: HostHandle) -> str:
         return self._for(handle.kind).describe(handle)

@@ -35,7 +35,7 @@ from pathlib import Path
 from vws.common import errors, model, units
 from vws.manager.backends import domain as dom_xml
 from vws.manager.backends import netshape
-from vws.manager.backends.base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle,
+from vws.manager.backends.base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package,
                                        ProgressFn, host_capacity)
 from vws.manager.backends.images import ImageCache
 from vws.native import copysum
@@ -413,6 +413,133 @@ class LibvirtBackend(Backend):
         return (f"suspended in {time.monotonic() - t0:.1f}s: memory state {units.format_size(memory.size)} "
                 f"({memory.digest}), disk overlay {units.format_size(overlay.size)} ({overlay.digest})")
 
+    # ----------------------------------------------------------------- migration
+    # A guest moves as its saved memory (virDomainSave), its overlay and the files of its
+    # image (the destination's cache usually has those: the transfer then sends nothing of
+    # them). The domain is undefined here while it travels, so that a destination on the same
+    # host can define the same name; its XML rides in the package and comes back on a revert.
+    def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir: Path) -> Package:
+        wdir = self._dir(handle.workspace_id)
+        saved = wdir / "memory.save"
+        d = self._domain(handle)
+        xml = d.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
+        saved_now = state in (model.State.RUNNING, model.State.PAUSED)
+        if saved_now:
+            try:
+                d.save(str(saved))
+            except libvirt.libvirtError as exc:
+                saved.unlink(missing_ok=True)
+                raise errors.BackendError(f"the guest of workspaces/{handle.workspace_id} could not be saved for "
+                                          f"migration: {_vir_error(exc)}") from None
+            self._booted.pop(handle.host_identity, None)
+        plan = self._plan_file(handle.workspace_id)
+        meta = {"xml": xml, "plan": plan, "saved_now": saved_now, "root": str(self.root),
+                "dir": str(wdir), "suspend": {}}
+        files = {"overlay": wdir / "overlay.qcow2"}
+        if saved.exists():
+            files["memory"] = saved
+        if state is model.State.SUSPENDED:
+            meta["suspend"] = json.loads((wdir / "suspend.json").read_text())
+        image = self.resolve_image(plan.get("image") or spec.software.image)
+        meta["image"] = {f.role.value: {"digest": f.digest, "format": f.format.value} for f in image.files}
+        for f in image.files:
+            files[f"image-{f.role.value.lower()}"] = self.images.path(f.digest)
+        try:
+            d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError as exc:
+            self.revert_pack(handle, Package(files, meta), state)
+            raise errors.BackendError(f"domain {handle.host_identity} could not be handed over: "
+                                      f"{_vir_error(exc)}") from None
+        self._unlink(handle.workspace_id)  # its addresses go with it
+        (wdir / "plan.json").write_text(json.dumps({k: v for k, v in plan.items() if k != "link"}))
+        return Package(files, meta)
+
+    def revert_pack(self, handle: HostHandle, package: Package, state: model.State) -> None:
+        meta = package.meta
+        wdir = self._dir(handle.workspace_id)
+        if not self.exists(handle) and meta.get("xml"):
+            self.connection().defineXML(meta["xml"])
+        if meta.get("plan") and "link" not in self._plan_file(handle.workspace_id):
+            self._take_link(handle.workspace_id, dict(meta["plan"]))
+        # Saved for this migration (or before a restart cut the packing short): it ran, so it runs again.
+        if state in (model.State.RUNNING, model.State.PAUSED) and (wdir / "memory.save").exists():
+            self._restore_saved(handle, state, None, "after the failed migration")
+
+    def _take_link(self, workspace_id: str, plan: dict) -> netshape.Link:
+        """The link plan names (its addresses are in the guest's memory), or the next free one;
+        plan.json records which."""
+        path = self._dir(workspace_id) / "plan.json"
+        path.write_text(json.dumps(plan))
+        link = netshape.reserve(int(plan.get("link", 0)), path)
+        if link.index != plan.get("link"):
+            log.warning("workspaces/%s is on link %d, not %s: the guest keeps its old address until it reboots",
+                        workspace_id, link.index, plan.get("link"))
+        plan.update(link=link.index, guest_addr=link.inner_addr, host_addr=link.host_addr)
+        path.write_text(json.dumps(plan))
+        return link
+
+    def _restore_saved(self, handle: HostHandle, state: model.State, xml: str | None, when: str) -> None:
+        """Restores the guest from its memory.save, running or paused as state says."""
+        self._ensure_link(handle.workspace_id)
+        saved = self._dir(handle.workspace_id) / "memory.save"
+        flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if state is model.State.PAUSED else libvirt.VIR_DOMAIN_SAVE_RUNNING
+        try:
+            self.connection().restoreFlags(str(saved), xml, flags)
+        except libvirt.libvirtError as exc:
+            raise errors.BackendError(f"the guest of workspaces/{handle.workspace_id} could not be restored {when}: "
+                                      f"{_vir_error(exc)}") from None
+        saved.unlink(missing_ok=True)
+        self._booted.setdefault(handle.host_identity, 0.0)
+        self._limit_memory(handle)
+
+    def unpack(self, workspace_id: str, spec: model.WorkspaceSpec, package: Package, state: model.State
+               ) -> HostHandle:
+        meta, files = package.meta, package.files
+        handle = HostHandle(workspace_id, self.domain_name(workspace_id), model.Kind.VIRTUAL_MACHINE)
+        if self.exists(handle):
+            raise errors.FailedPrecondition(f"domain {handle.host_identity} already exists on this host")
+        wdir = self._dir(workspace_id)
+        wdir.mkdir(parents=True, exist_ok=True)
+        try:
+            cached: dict[str, Path] = {}
+            for role, info in meta["image"].items():
+                path = self.images.path(info["digest"])
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(files[f"image-{role.lower()}"]), path)
+                cached[role] = path
+            overlay = wdir / "overlay.qcow2"
+            shutil.move(str(files["overlay"]), overlay)
+            disk = meta["image"].get(model.FileRole.DISK.value)
+            if disk is not None:  # the overlay's backing file is the image in this cache now
+                r = subprocess.run(["qemu-img", "rebase", "-u", "-F", disk["format"].lower(), "-b",
+                                    str(cached[model.FileRole.DISK.value]), str(overlay)], capture_output=True, text=True)
+                if r.returncode:
+                    raise errors.BackendError(f"the overlay of workspaces/{workspace_id} could not be rebased: "
+                                              f"{r.stderr.strip()}")
+            link = self._take_link(workspace_id, dict(meta["plan"]))
+            xml = dom_xml.relocate(meta["xml"], manager=self.manager, disk=str(overlay),
+                                   console_log=str(wdir / "console.log"),
+                                   kernel=str(cached.get(model.FileRole.KERNEL.value, "")),
+                                   initrd=str(cached.get(model.FileRole.INITRD.value, "")),
+                                   bridge=link_names(link)[0])
+            try:
+                self.connection().defineXML(xml)
+            except libvirt.libvirtError as exc:
+                raise errors.BackendError(f"libvirt refused the arriving domain of workspaces/{workspace_id}: "
+                                          f"{_vir_error(exc)}") from None
+            saved = wdir / "memory.save"
+            if "memory" in files:
+                shutil.move(str(files["memory"]), saved)
+            if state is model.State.SUSPENDED:
+                (wdir / "suspend.json").write_text(json.dumps(meta["suspend"]))
+            elif state in (model.State.RUNNING, model.State.PAUSED):
+                self._restore_saved(handle, state, xml, "here")
+        except BaseException:
+            self.destroy(handle)
+            raise
+        return handle
+
     def reboot(self, handle: HostHandle) -> str | None:
         d = self._domain(handle)
         try:
@@ -422,6 +549,15 @@ class LibvirtBackend(Backend):
         self._booted[handle.host_identity] = time.monotonic()
         return "rebooted (reset)"
 
+    def _owner(self, d) -> str:
+        """The manager a domain's metadata names, or "" when it has none of ours."""
+        try:
+            xml = d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, dom_xml.METADATA_URI)
+        except libvirt.libvirtError:
+            return ""
+        owner = dom_xml.workspace_of(f'<domain><metadata>{_with_ns(xml)}</metadata></domain>')
+        return owner[1] if owner else ""
+
     def destroy(self, handle: HostHandle) -> None:
         try:
             d = self.connection().lookupByName(handle.host_identity)
@@ -429,6 +565,8 @@ class LibvirtBackend(Backend):
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
             d = None
+        if d is not None and self._owner(d) not in (self.manager, ""):
+            d = None  # the same name, another manager's: a guest that migrated to it on this host
         if d is not None:
             if d.isActive():
                 self._power_off(d)
