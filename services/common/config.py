@@ -102,6 +102,12 @@ class ManagerSettings:
     transfer_fsync: bool = _field(True, "make a file another manager sent durable (fsync) before its transfer "
                                   "completes; off only where losing it in a host crash is acceptable (benchmarks)",
                                   "bool")
+    transfer_stall_timeout: dt.timedelta = _field(dt.timedelta(seconds=30), "a migration's transfer stream that "
+                                                  "moves nothing for this long is taken as broken and started again "
+                                                  "from the last verified chunk", "duration")
+    transfer_give_up_after: dt.timedelta = _field(dt.timedelta(minutes=10), "a migration's transfer of one file "
+                                                  "that has not completed after this long fails, and the migration "
+                                                  "is rolled back", "duration")
 
 
 SECTIONS = {"repository": RepositorySettings, "factory": FactorySettings, "manager": ManagerSettings}

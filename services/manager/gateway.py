@@ -5,7 +5,7 @@ import grpc
 
 from vws.common import clients, converters, errors, model
 from vws.manager.state import Report
-from vws.v1 import record_pb2, repository_pb2
+from vws.v1 import manager_pb2, record_pb2, repository_pb2
 
 TIMEOUT = 10.0
 
@@ -63,6 +63,27 @@ class GrpcRepository:
             raise
         return converters.workspace_from_pb(resp.workspace)
 
+    def manager_address(self, name: str) -> str:
+        """Where a registered, available manager answers; NotFound or FailedPrecondition otherwise."""
+        token = ""
+        while True:
+            resp = self._repo.ListManagers(repository_pb2.ListManagersRequest(page_size=1000, page_token=token),
+                                           timeout=TIMEOUT)
+            for m in resp.managers:
+                if m.name == name:
+                    if converters.manager_from_pb(m).state is not model.ManagerState.AVAILABLE:
+                        raise errors.FailedPrecondition(f"manager {name} is not available (no heartbeat); "
+                                                        "migrate when it is back (`vws managers`)")
+                    return m.address
+            token = resp.next_page_token
+            if not token:
+                raise errors.NotFound(f"destination: no manager {name} is registered (`vws managers` lists them)")
+
+    def move(self, name: str, source: str, endpoint: model.Endpoint, message: str = "") -> model.Workspace:
+        r = self._records.MoveWorkspace(record_pb2.MoveWorkspaceRequest(
+            name=name, source=source, endpoint=converters.endpoint_to_pb(endpoint), message=message), timeout=TIMEOUT)
+        return converters.workspace_from_pb(r.workspace)
+
     def progress(self, manager: str, name: str, progress: model.Progress | None) -> None:
         self._records.ReportWorkspaceProgress(record_pb2.ReportWorkspaceProgressRequest(
             name=name, manager=manager, progress=converters.progress_to_pb(progress) if progress else None),
@@ -78,3 +99,37 @@ class GrpcRepository:
                                       "(`vws image list` shows them)") from None
             raise
         return converters.image_from_pb(resp.image)
+
+
+class GrpcPeers:
+    """Other managers, as the migration's source reaches its destination: ManagerService for
+    the migration's steps, TransferService (vws.manager.transfer) for the files."""
+    ACCEPT_TIMEOUT = 60.0
+    FINISH_TIMEOUT = 600.0  # restoring a guest's memory, unpacking a home
+
+    def __init__(self, stall_timeout: float = 30.0, give_up_after: float = 600.0):
+        self.stall_timeout, self.give_up_after = stall_timeout, give_up_after
+
+    def accept(self, address: str, workspace: model.Workspace, source: str, files, package: str) -> dict[str, str]:
+        r = clients.manager(address).AcceptMigration(manager_pb2.AcceptMigrationRequest(
+            workspace=converters.workspace_to_pb(workspace), source=source, package=package,
+            files=[manager_pb2.MigrationFile(role=f.role, size_bytes=f.size_bytes, digest=f.digest) for f in files]),
+            timeout=self.ACCEPT_TIMEOUT)
+        return dict(r.transfer_ids)
+
+    def send(self, address: str, path, transfer_id: str, hint: list[str], progress):
+        from vws.manager import migration, transfer
+        r = transfer.send_file(address, path, transfer_id, candidates_hint=hint,
+                               progress=lambda p: progress(p.bytes_done, p.bytes_total),
+                               options=transfer.SendOptions(stall_timeout=self.stall_timeout,
+                                                            give_up_after=self.give_up_after))
+        return migration.Sent(r.bytes_total, r.bytes_sent, r.bytes_reused, r.bytes_zero, r.resumes)
+
+    def finish(self, address: str, name: str) -> model.Workspace:
+        r = clients.manager(address).FinishMigration(manager_pb2.FinishMigrationRequest(name=name),
+                                                     timeout=self.FINISH_TIMEOUT)
+        return converters.workspace_from_pb(r.workspace)
+
+    def abort(self, address: str, name: str, reason: str) -> None:
+        clients.manager(address).AbortMigration(manager_pb2.AbortMigrationRequest(name=name, reason=reason),
+                                                timeout=TIMEOUT)

@@ -10,7 +10,8 @@ from vws.manager.accounting import UsageAccounting
 from vws.manager.backends import make_backend
 from vws.manager.backends.base import BackendSettings
 from vws.manager.backends.router import KindRouter
-from vws.manager.gateway import GrpcRepository
+from vws.manager.gateway import GrpcPeers, GrpcRepository
+from vws.manager.migration import Migrations
 from vws.manager.service import ManagerIdentity, WorkspaceManager
 from vws.manager.servicer import ManagerServicer
 from vws.manager.state import LocalState
@@ -64,6 +65,9 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
     # What other managers send this one (migration); the image cache is where base images are.
     manager.transfers = transfer.TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache",
                                                fsync=settings.transfer_fsync)
+    manager.migrations = Migrations(manager, GrpcPeers(settings.transfer_stall_timeout.total_seconds(),
+                                                       settings.transfer_give_up_after.total_seconds()),
+                                    manager.transfers, state_dir / "migration")
     return manager
 
 

@@ -30,6 +30,8 @@ class RepositoryGateway(Protocol):
     def workspaces_on(self, manager: str) -> list[model.Workspace]: ...
     def get(self, name: str) -> model.Workspace | None: ...
     def progress(self, manager: str, name: str, progress: model.Progress | None) -> None: ...
+    def manager_address(self, name: str) -> str: ...  # an available manager's address
+    def move(self, name: str, source: str, endpoint: model.Endpoint, message: str = "") -> model.Workspace: ...
 
 
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
@@ -72,6 +74,8 @@ class WorkspaceManager:
         self._clock = clock
         # Usage accounting (vws.manager.accounting.UsageAccounting), attached by server.build().
         self.accounting = None
+        # Migrations to and from other managers (vws.manager.migration.Migrations), attached likewise.
+        self.migrations = None
 
     # ----------------------------------------------------------------- helpers
     def _lock(self, name: str) -> threading.Lock:
@@ -263,6 +267,11 @@ class WorkspaceManager:
         """Makes the host, the local state and the repository agree. Runs at every start."""
         done: dict[str, list[str]] = {"undone": [], "orphans_removed": [], "vanished": [], "destroyed": [],
                                       "adopted": []}
+        # 0. Migrations a restart cut short are finished or undone first: a guest in transit has
+        # no domain here, which the host check below would call vanished.
+        in_transit: set[str] = set()
+        if self.migrations is not None:
+            in_transit = set(self.migrations.reconcile()["unsettled"])
         # 1. Deploys interrupted by a crash are undone: their client got no answer and may retry.
         for ws in self.state.all():
             if ws.state in (State.PENDING, State.PROPAGATING):
@@ -323,7 +332,7 @@ class WorkspaceManager:
                 self.backend.reclaim(hid)
                 done["orphans_removed"].append(hid)
         for ws in local.values():
-            if ws.state in (State.FAILED,) or not ws.host_identity:
+            if ws.state in (State.FAILED,) or not ws.host_identity or ws.name in in_transit:
                 continue
             if not self.backend.exists(self._handle(ws)):
                 self.state.change(ws, State.FAILED, f"its {self.backend.describe(self._handle(ws))} vanished from "
@@ -374,6 +383,8 @@ class WorkspaceManager:
         self.flush()
         if not self._reconciled_with_repository:
             self.reconcile()
+        elif self.migrations is not None and self.migrations.unsettled:
+            self.migrations.reconcile(self.migrations.unsettled)  # the repository answers again
         return True
 
     def _loop(self, interval: float, body: Callable[[], object], what: str) -> None:

@@ -11,8 +11,9 @@ import threading
 
 import grpc
 
-from vws.common import converters, errors
+from vws.common import converters, errors, model
 from vws.common.model import Action
+from vws.manager.migration import FileOffer
 from vws.manager.service import WorkspaceManager
 from vws.v1 import manager_pb2, manager_pb2_grpc
 
@@ -23,6 +24,55 @@ CHUNK = 64 * 1024
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
     def __init__(self, manager: WorkspaceManager):
         self.manager = manager
+
+    # ----------------------------------------------------------------- migration
+    def _migrations(self):
+        if self.manager.migrations is None:
+            raise errors.Unimplemented(f"manager {self.manager.identity.name} does not migrate workspaces")
+        return self.manager.migrations
+
+    def MigrateWorkspace(self, request, context):
+        """The migration runs in a thread of its own: a client that goes away does not stop it."""
+        migrations = self._migrations()
+        events: queue.Queue = queue.Queue()
+
+        def progress(activity: str, done: int, total: int, rate: float) -> None:
+            events.put(("progress", manager_pb2.MigrateWorkspaceResponse(progress=converters.progress_to_pb(
+                model.Progress(activity, done, total, rate, model.utcnow())))))
+
+        def work() -> None:
+            try:
+                events.put(("result", migrations.migrate(request.name, request.destination, progress)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the call, which maps it
+                events.put(("error", exc))
+        threading.Thread(target=work, daemon=True, name=f"migrate {request.name}").start()
+        while True:
+            kind, value = events.get()
+            if kind == "progress":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                r = value
+                yield manager_pb2.MigrateWorkspaceResponse(result=manager_pb2.MigrationResult(
+                    workspace=converters.workspace_to_pb(r.workspace), source=r.source, destination=r.destination,
+                    total_bytes=r.total_bytes, sent_bytes=r.sent_bytes, reused_bytes=r.reused_bytes,
+                    resumes=r.resumes, seconds=r.seconds))
+                return
+
+    def AcceptMigration(self, request, context):
+        ids = self._migrations().accept(converters.workspace_from_pb(request.workspace), request.source,
+                                        [FileOffer(f.role, f.size_bytes, f.digest) for f in request.files],
+                                        request.package)
+        return manager_pb2.AcceptMigrationResponse(transfer_ids=ids)
+
+    def FinishMigration(self, request, context):
+        ws = self._migrations().finish(request.name)
+        return manager_pb2.FinishMigrationResponse(workspace=converters.workspace_to_pb(ws))
+
+    def AbortMigration(self, request, context):
+        self._migrations().abort(request.name, request.reason)
+        return manager_pb2.AbortMigrationResponse()
 
     def DeployWorkspace(self, request, context):
         ws = self.manager.deploy(converters.workspace_from_pb(request.workspace))

@@ -36,6 +36,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_type TEXT NOT NULL,
     enforcement TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS migrations (
+    name TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    peer_address TEXT NOT NULL,
+    prior_state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    start_time TEXT NOT NULL
+);
 """
 
 
@@ -66,6 +75,20 @@ class Report:
     host_identity: str
     event_type: model.EventType
     enforcement: model.Enforcement | None = None
+
+
+@dataclasses.dataclass
+class Migration:
+    """A migration under way, on record before the host changes so that a restart finds it:
+    direction "out" on the source, "in" on the destination; record holds what each end needs
+    to finish or undo it (the package, the transfer ids, the workspace as it arrived)."""
+    name: str
+    direction: str
+    peer: str  # managers/{id} at the other end
+    peer_address: str
+    prior_state: model.State
+    record: dict = dataclasses.field(default_factory=dict)
+    start_time: dt.datetime | None = None
 
 
 def _t(value: dt.datetime | None) -> str | None:
@@ -104,6 +127,27 @@ class LocalState:
             name=r[0], spec=cached[1], state=model.State(r[2]), state_message=r[3],
             host_identity=r[4], owner=r[5], labels=json.loads(r[6]), termination_time=_pt(r[7]),
             create_time=_pt(r[8]))
+
+    # ------------------------------------------------------------- migrations
+    def put_migration(self, m: Migration) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO migrations VALUES (?,?,?,?,?,?,?)",
+                             (m.name, m.direction, m.peer, m.peer_address, m.prior_state.value, json.dumps(m.record),
+                              _t(m.start_time or model.utcnow())))
+
+    def migration(self, name: str) -> Migration | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM migrations WHERE name = ?", (name,)).fetchone()
+        return Migration(r[0], r[1], r[2], r[3], model.State(r[4]), json.loads(r[5]), _pt(r[6])) if r else None
+
+    def migrations(self) -> list[Migration]:
+        with self._lock:
+            names = [r[0] for r in self._db.execute("SELECT name FROM migrations ORDER BY start_time")]
+        return [m for n in names if (m := self.migration(n)) is not None]
+
+    def drop_migration(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM migrations WHERE name = ?", (name,))
 
     def get(self, name: str) -> LocalWorkspace | None:
         with self._lock:
