@@ -402,6 +402,44 @@ def cmd_destroy(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    conn = Connection(args)
+    name = workspace_name(args.name)
+    destination = args.to if args.to.startswith("managers/") else f"managers/{args.to}"
+    names.parse_manager_name(destination, "--to")
+    ws = conn.get(name)
+    stub, address = conn.manager_of(ws)
+    bar = out.ProgressBar(sys.stderr)
+    result = None
+    try:
+        for msg in stub.MigrateWorkspace(manager_pb2.MigrateWorkspaceRequest(name=name, destination=destination),
+                                         timeout=args.timeout):
+            if msg.WhichOneof("event") == "progress":
+                bar.show(msg.progress)
+            else:
+                result = msg.result
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and not exc.details().startswith("migration"):
+            raise CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {name}", 3) from None
+        raise
+    finally:
+        bar.show(None)
+    if result is None:
+        raise CliError(f"{ws.endpoint.manager} ended the migration of {name} without an outcome; "
+                       f"`vws show {name}` says where it is")
+    if args.output == "json":
+        out.print_json(out.to_dict(result))
+        return 0
+    w = result.workspace
+    rate = out.rate(result.total_bytes / result.seconds) if result.seconds > 0 else "-"
+    print(f"{w.name}  {state_name(w.state)}  on {result.destination} ({w.endpoint.manager_address}), "
+          f"{host_noun(w.spec.kind)} {w.endpoint.host_identity or '-'}")
+    print(f"moved {out.size(result.total_bytes) or '0B'} from {result.source} in {result.seconds:.1f}s ({rate}): "
+          f"{out.size(result.sent_bytes) or '0B'} sent, {out.size(result.reused_bytes) or '0B'} already there or "
+          f"empty" + (f"; resumed {result.resumes} time(s) after a broken transfer" if result.resumes else ""))
+    return 0
+
+
 def cmd_extend(args) -> int:
     conn = Connection(args)
     name = workspace_name(args.name)
@@ -847,6 +885,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", metavar="NAME")
     c.add_argument("--wait", action="store_true", help="return when it is TERMINATED")
     c.add_argument("--timeout", type=float, default=120.0)
+    c = command("migrate", cmd_migrate, "move a workspace to another manager; it keeps its name and state",
+                read=True)
+    c.description = (
+        "Move a workspace to another manager, where it carries on under the same name and in the same state: "
+        "a virtual machine with its memory and disk, an account or sandbox workspace with its files. Only what "
+        "the destination lacks is sent, a broken transfer resumes from its last verified chunk, and if anything "
+        "fails the workspace is back where it was, as it was. Running processes of account and sandbox "
+        "workspaces do not move: they are frozen while the files are copied and end when it arrives, where it "
+        "starts afresh (RUNNING, with no processes). A virtual machine's processes move with its memory.")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--to", required=True, metavar="MANAGER", help="the destination, e.g. host-2 or managers/host-2 "
+                                                                  "(`vws managers` lists them)")
+    c.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
     c = command("extend", cmd_extend, "move a workspace's termination time", read=True)
     c.add_argument("name", metavar="NAME")
     c.add_argument("by", nargs="?", help="how much longer from its current termination time, e.g. 2h")

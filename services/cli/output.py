@@ -113,6 +113,9 @@ class ProgressBar:
             done, figures = 0, f"  {size(p.done_bytes) if p.done_bytes else '0B'}"
         if p.bytes_per_second:
             figures += f"  {rate(p.bytes_per_second)}"
+            if p.total_bytes and done < p.total_bytes:
+                left = (p.total_bytes - done) / p.bytes_per_second
+                figures += f"  {units.format_duration(dt.timedelta(seconds=round(left)))} left"
         return self.line(label, done, p.total_bytes, figures, columns)
 
     def steps(self, label: str, done: int, total: int) -> None:

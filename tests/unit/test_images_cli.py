@@ -38,8 +38,8 @@ def test_the_bar_is_drawn_in_place_on_a_terminal_and_taken_away():
     assert term.getvalue().endswith("\r\033[K") and not bar.drawn
     bar.show(None)  # nothing drawn: nothing to take away
     assert term.getvalue().count("\r") == 3
-    line = bar.render(progress(), 60)
-    assert len(line) <= 60 and line.startswith("propagating image busybox [")
+    line = bar.render(progress(), 70)
+    assert len(line) <= 70 and line.startswith("propagating image busybox [") and line.endswith("  2s left")
     assert bar.render(progress(), 20) == "propagating image b"[:19]  # too narrow for a bar: cut
 
 
