@@ -36,8 +36,11 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: s
 
 
 class Process:
-    def __init__(self, service: str, data_dir: pathlib.Path, flags: list[str], env: dict[str, str]):
+    def __init__(self, service: str, data_dir: pathlib.Path, flags: list[str], env: dict[str, str],
+                 prefix: list[str] | tuple[str, ...] = ()):
+        """prefix: what the command runs under, e.g. nsenter into a network namespace."""
         self.service, self.data_dir, self.flags, self.env = service, data_dir, flags, env
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self.log_path = data_dir / f"{service}.log"
@@ -47,7 +50,7 @@ class Process:
         run = self.data_dir / "run" / f"{self.service}.json"
         run.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PY, "-m", "vws.cli.main", self.service, "--data-dir", str(self.data_dir),
+        self.proc = subprocess.Popen([*self.prefix, PY, "-m", "vws.cli.main", self.service, "--data-dir", str(self.data_dir),
                                       "--log-level", "DEBUG", *self.flags],
                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env)
         log.close()
@@ -99,15 +102,16 @@ class Process:
 class Stack:
     """Repository + factory + any number of managers, each in its own process."""
 
-    def __init__(self, root: pathlib.Path, repository_flags=(), factory_flags=()):
-        self.root = root
+    def __init__(self, root: pathlib.Path, repository_flags=(), factory_flags=(), host: str = "127.0.0.1"):
+        """host: the address the repository and the factory serve on (managers: see add_manager)."""
+        self.root, self.host = root, host
         self.tag = secrets.token_hex(2)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for k in list(self.env):
             if k.startswith("VWS_"):
                 del self.env[k]
         self.repository = Process("repository", root / "repository",
-                                  ["--listen", "127.0.0.1:0", "--heartbeat-timeout", "1.5s",
+                                  ["--listen", f"{host}:0", "--heartbeat-timeout", "1.5s",
                                    "--expiry-interval", "0.2s", *repository_flags], self.env)
         self.factory: Process | None = None
         self._factory_flags = list(factory_flags)
@@ -120,20 +124,22 @@ class Stack:
     def start(self, managers: int = 1, **manager_options) -> "Stack":
         self.repository.start()
         self.factory = Process("factory", self.root / "factory",
-                               ["--listen", "127.0.0.1:0", "--repository", self.repository.address,
+                               ["--listen", f"{self.host}:0", "--repository", self.repository.address,
                                 "--resume-interval", "0.5s", *self._factory_flags], self.env).start()
         for i in range(managers):
             self.add_manager(f"m{i}", **manager_options)
         return self
 
-    def add_manager(self, name: str, backend: str = "dynamic-accounts", **options) -> Process:
-        flags = ["--listen", "127.0.0.1:0", "--repository", self.repository.address, "--name",
+    def add_manager(self, name: str, backend: str = "dynamic-accounts", host: str = "127.0.0.1",
+                    prefix: tuple[str, ...] = (), **options) -> Process:
+        """host: the address it serves on; prefix: what it runs under (a network namespace)."""
+        flags = ["--listen", f"{host}:0", "--repository", self.repository.address, "--name",
                  f"t{self.tag}-{name}", "--backend", backend, "--account-prefix", f"{self.prefix}{name}-",
                  "--pool-prefix", f"vp{self.tag}{name}", "--heartbeat-interval", "0.2s", "--quarantine", "0s",
                  "--cpu", "64"]  # CPU is not what these tests are about; admission by CPU is tested apart
         for k, v in options.items():
             flags += ["--" + k.replace("_", "-"), str(v)]
-        p = Process("manager", self.root / f"manager-{name}", flags, self.env).start()
+        p = Process("manager", self.root / f"manager-{name}", flags, self.env, prefix).start()
         self.managers[name] = p
         return p
 
@@ -145,9 +151,14 @@ class Stack:
         return sorted(p.pw_name for p in pwd.getpwall()
                       if p.pw_name.startswith(self.prefix) or p.pw_name.startswith(f"vp{self.tag}"))
 
+    def cli_argv(self, *args: str) -> list[str]:
+        return [PY, "-m", "vws.cli.main", *args]
+
+    def cli_env(self) -> dict[str, str]:
+        return {**self.env, "VWS_ENDPOINT": self.factory.address}
+
     def cli(self, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**self.env, "VWS_ENDPOINT": self.factory.address}
-        return subprocess.run([PY, "-m", "vws.cli.main", *args], capture_output=True, input=input, env=env,
+        return subprocess.run(self.cli_argv(*args), capture_output=True, input=input, env=self.cli_env(),
                               timeout=timeout)
 
     def close(self) -> None:
