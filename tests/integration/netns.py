@@ -71,14 +71,7 @@ class Hosts:
             stop(p)
         self.procs.clear()
         for ns in self.ns.values():
-            # Anything still inside (e.g. a child of a process started here) goes with it.
-            pids = _ip("netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _ip("netns", "del", ns, check=False)  # takes the veth pair with it
+            remove_namespace(ns)  # takes the veth pair with it
 
     # ---- running things in a namespace ----
 
@@ -183,6 +176,17 @@ class Manager:
 
     def log(self) -> str:
         return _tail(self.data_dir / "manager.log")
+
+
+def remove_namespace(ns: str) -> None:
+    """Deletes a network namespace; anything still inside (a child of a process started there)
+    is killed first."""
+    for pid in _ip("netns", "pids", ns, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    _ip("netns", "del", ns, check=False)
 
 
 def stop(p: subprocess.Popen) -> None:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.integration.netns import remove_namespace
 from tests.integration.stack import Stack, wait_until
 from tests.integration.test_vms import GUEST, add_image, create_vm, domains_of, virsh
 from vws.common import clients
@@ -239,12 +240,7 @@ class Lan:
 
     def close(self) -> None:
         for ns in self.ns.values():
-            for pid in ip("netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", ns, check=False)
+            remove_namespace(ns)
         ip("link", "del", self.bridge, check=False)
 
     def prefix(self, side: str) -> tuple[str, ...]:
