@@ -23,6 +23,7 @@ from vws.common import converters, errors, model, names, units
 from vws.common.model import EventType, State
 from vws.manager.backends.base import HostHandle, Package
 from vws.manager.state import LocalWorkspace, Migration
+from vws.v1 import workspace_pb2
 
 log = logging.getLogger("vws.manager.migration")
 
@@ -248,15 +249,18 @@ class Migrations:
             m.state.put_migration(Migration(name, IN, source, "", workspace.state, record))
             return ids
 
+    def arriving(self) -> list[model.WorkspaceSpec]:
+        """The specs of workspaces accepted here and still on their way: room is kept for them."""
+        return [_arriving(mig).spec for mig in self.m.state.migrations()
+                if mig.direction == IN and self.m.state.get(mig.name) is None]
+
     def finish(self, name: str) -> model.Workspace:
         m = self.m
         with m._lock(name):
             mig = m.state.migration(name)
             if mig is None or mig.direction != IN:
                 raise errors.NotFound(f"no migration of {name} to {m.identity.name} was accepted")
-            from vws.v1 import workspace_pb2
-            arriving = converters.workspace_from_pb(
-                workspace_pb2.Workspace.FromString(base64.b64decode(mig.record["workspace"])))
+            arriving = _arriving(mig)
             try:
                 files = {role: self.transfers.take(tid) for role, tid in mig.record["transfer_ids"].items()}
             except errors.NotFound as exc:
@@ -340,6 +344,11 @@ class Migrations:
         if any(done.values()):
             log.info("migrations reconciled: %s", {k: v for k, v in done.items() if v})
         return done
+
+
+def _arriving(mig: Migration) -> model.Workspace:
+    """The workspace an accepted migration brings, as the source sent it."""
+    return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(base64.b64decode(mig.record["workspace"])))
 
 
 def _as(ws: LocalWorkspace, state: State) -> LocalWorkspace:

@@ -107,12 +107,14 @@ class WorkspaceManager:
 
     # ------------------------------------------------------------- lifecycle
     def allocated(self) -> model.Capacity:
+        """What the workspaces held here take, and those accepted and on their way (migrations)."""
         total = model.Capacity()
-        for ws in self.state.all():
+        arriving = self.migrations.arriving() if self.migrations is not None else []
+        for spec in [ws.spec for ws in self.state.all()] + arriving:
             total.workspaces += 1
-            total.memory_bytes += ws.spec.resources.memory_bytes
-            total.disk_bytes += ws.spec.resources.disk_bytes
-            total.cpu_millis += ws.spec.resources.cpu_millis
+            total.memory_bytes += spec.resources.memory_bytes
+            total.disk_bytes += spec.resources.disk_bytes
+            total.cpu_millis += spec.resources.cpu_millis
         return total
 
     def _check_room(self, spec: model.WorkspaceSpec) -> None:

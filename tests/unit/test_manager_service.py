@@ -246,3 +246,19 @@ def test_reconcile_with_the_repository_down_still_cleans_the_host(parts):
     assert not mgr.heartbeat_once()
     repo.up = True
     assert mgr.heartbeat_once() and repo.registered == ["managers/m1"]
+
+
+def test_room_is_kept_for_a_workspace_on_its_way_here(parts, tmp_path):
+    from vws.manager.migration import FileOffer, Migrations
+    mgr, backend, repo = parts
+    backend.slots = 2
+    mgr.migrations = Migrations(mgr, peers=None, transfers=None, workdir=tmp_path / "migration")
+    mgr.deploy(placed("workspaces/wfirst000001"))
+    arriving = placed("workspaces/warriving001")
+    arriving.state = State.RUNNING
+    ids = mgr.migrations.accept(arriving, "managers/m2", [FileOffer("home", 10)], "{}")
+    assert ids == {"home": "migrate-warriving001-home"}
+    assert mgr.migrations.accept(arriving, "managers/m2", [FileOffer("home", 10)], "{}") == ids  # a retry
+    assert mgr.allocated().workspaces == 2
+    with pytest.raises(errors.ResourceExhausted, match="2 of 2 workspaces in use"):
+        mgr.deploy(placed("workspaces/wthird000001"))
