@@ -173,6 +173,21 @@ def source_size(fd: int, path) -> int:
     raise ValueError(f"{os.fspath(path)!r} is not a regular file or block device")
 
 
+def open_source(path) -> tuple[int, int]:
+    """(fd, size) of a file about to be read once from start to end; the caller closes fd."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = source_size(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except OSError:  # pragma: no cover - advice only
+        pass
+    return fd, size
+
+
 def shrank() -> OSError:
     return OSError(errno.EIO, "the source file shrank while it was being read")
 
@@ -298,13 +313,8 @@ def run_copy(core: Core, src, dst, *, expected: str | None, progress: Progress |
     want = parse_digest(expected, chunk_size=chunk_size)[1] if expected is not None else None
     dst = os.fspath(dst)
     partial = dst + (PARTIAL_SUFFIX.encode() if isinstance(dst, bytes) else PARTIAL_SUFFIX)
-    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    sfd, size = open_source(src)
     try:
-        size = source_size(sfd, src)
-        try:
-            os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:  # pragma: no cover - advice only
-            pass
         dfd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             try:
@@ -341,13 +351,8 @@ def run_copy(core: Core, src, dst, *, expected: str | None, progress: Progress |
 def run_digest(core: Core, path, *, progress: Progress | None, chunk_size: int) -> CopyResult:
     t0 = time.perf_counter()
     check_chunk_size(chunk_size)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, size = open_source(path)
     try:
-        size = source_size(fd, path)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:  # pragma: no cover - advice only
-            pass
         digests, data_bytes, _ = core(fd, -1, size, chunk_size, progress)
     finally:
         os.close(fd)
@@ -387,14 +392,9 @@ def chunk_positions(size: int, chunk_size: int, indices) -> list[int]:
 def run_read(scan, path, consume: Consume, *, indices, chunk_size: int) -> tuple[int, int]:
     """read_chunks around a scan core: open, check the indices, scan, close."""
     check_chunk_size(chunk_size)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, size = open_source(path)
     try:
-        size = source_size(fd, path)
         positions = chunk_positions(size, chunk_size, indices)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:  # pragma: no cover - advice only
-            pass
         return size, scan(fd, size, chunk_size, positions, consume)
     finally:
         os.close(fd)

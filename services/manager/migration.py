@@ -112,7 +112,7 @@ class Migrations:
                 mig.record.update(stage="packed", package=_package_record(package))
                 m.state.put_migration(mig)
                 offers = self._offers(package)
-                ids = self.peers.accept(address, m.view(_as(ws, prior)), m.identity.name, offers,
+                ids = self.peers.accept(address, m.view(dataclasses.replace(ws, state=prior)), m.identity.name, offers,
                                         json.dumps(package.meta))
                 mig.record.update(stage="sending", transfer_ids=ids)
                 m.state.put_migration(mig)
@@ -349,10 +349,6 @@ class Migrations:
 def _arriving(mig: Migration) -> model.Workspace:
     """The workspace an accepted migration brings, as the source sent it."""
     return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(base64.b64decode(mig.record["workspace"])))
-
-
-def _as(ws: LocalWorkspace, state: State) -> LocalWorkspace:
-    return dataclasses.replace(ws, state=state)
 
 
 def _why(exc: BaseException) -> str:

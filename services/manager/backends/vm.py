@@ -396,15 +396,8 @@ class LibvirtBackend(Backend):
     def suspend(self, handle: HostHandle) -> str | None:
         wdir = self._dir(handle.workspace_id)
         saved = wdir / "memory.save"
-        d = self._domain(handle)
         t0 = time.monotonic()
-        try:
-            d.save(str(saved))
-        except libvirt.libvirtError as exc:
-            saved.unlink(missing_ok=True)
-            raise errors.BackendError(f"the guest of workspaces/{handle.workspace_id} could not be saved: "
-                                      f"{_vir_error(exc)}") from None
-        self._booted.pop(handle.host_identity, None)
+        self._save(handle, self._domain(handle), "")
         memory = copysum.digest_file(str(saved))
         overlay = copysum.digest_file(str(wdir / "overlay.qcow2"))
         (wdir / "suspend.json").write_text(json.dumps({
@@ -412,6 +405,17 @@ class LibvirtBackend(Backend):
             "overlay_digest": overlay.digest, "overlay_bytes": overlay.size, "time": time.time()}))
         return (f"suspended in {time.monotonic() - t0:.1f}s: memory state {units.format_size(memory.size)} "
                 f"({memory.digest}), disk overlay {units.format_size(overlay.size)} ({overlay.digest})")
+
+    def _save(self, handle: HostHandle, d, why: str) -> None:
+        """The guest's memory into its memory.save (the domain stops); nothing left on failure."""
+        saved = self._dir(handle.workspace_id) / "memory.save"
+        try:
+            d.save(str(saved))
+        except libvirt.libvirtError as exc:
+            saved.unlink(missing_ok=True)
+            raise errors.BackendError(f"the guest of workspaces/{handle.workspace_id} could not be saved{why}: "
+                                      f"{_vir_error(exc)}") from None
+        self._booted.pop(handle.host_identity, None)
 
     # ----------------------------------------------------------------- migration
     # A guest moves as its saved memory (virDomainSave), its overlay and the files of its
@@ -423,18 +427,10 @@ class LibvirtBackend(Backend):
         saved = wdir / "memory.save"
         d = self._domain(handle)
         xml = d.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_INACTIVE)
-        saved_now = state in (model.State.RUNNING, model.State.PAUSED)
-        if saved_now:
-            try:
-                d.save(str(saved))
-            except libvirt.libvirtError as exc:
-                saved.unlink(missing_ok=True)
-                raise errors.BackendError(f"the guest of workspaces/{handle.workspace_id} could not be saved for "
-                                          f"migration: {_vir_error(exc)}") from None
-            self._booted.pop(handle.host_identity, None)
+        if state in (model.State.RUNNING, model.State.PAUSED):
+            self._save(handle, d, " for migration")
         plan = self._plan_file(handle.workspace_id)
-        meta = {"xml": xml, "plan": plan, "saved_now": saved_now, "root": str(self.root),
-                "dir": str(wdir), "suspend": {}}
+        meta = {"xml": xml, "plan": plan, "suspend": {}}
         files = {"overlay": wdir / "overlay.qcow2"}
         if saved.exists():
             files["memory"] = saved
