@@ -18,11 +18,17 @@ _channels: dict[str, grpc.Channel] = {}
 _lock = threading.Lock()
 
 
+def new_channel(address: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+    """A channel of its own (not cached), with this process's transport security and
+    credentials; `options`: its channel arguments (default OPTIONS)."""
+    return grpc.insecure_channel(address, options=OPTIONS if options is None else options)
+
+
 def channel(address: str) -> grpc.Channel:
     with _lock:
         ch = _channels.get(address)
         if ch is None:
-            ch = grpc.insecure_channel(address, options=OPTIONS)
+            ch = new_channel(address)
             _channels[address] = ch
         return ch
 

@@ -50,7 +50,7 @@ from typing import Callable, Iterable
 import grpc
 from blake3 import blake3
 
-from vws.common import errors
+from vws.common import clients, errors
 from vws.native import copysum
 from vws.native.copysum_py import Extents
 from vws.v1 import transfer_pb2, transfer_pb2_grpc
@@ -840,7 +840,7 @@ class _Sender:
             # A connection of its own per stream (a local subchannel pool: not shared with
             # each other or with other channels to the receiver), new at every attempt, so
             # that nothing of a broken connection is reused.
-            channels = [grpc.insecure_channel(self.target, options=channel_options(self.cs) + [
+            channels = [clients.new_channel(self.target, options=channel_options(self.cs) + [
                 ("grpc.use_local_subchannel_pool", 1)]) for _ in range(max(1, o.streams))]
             try:
                 self.attempt(channels)
