@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import pathlib
@@ -191,10 +192,23 @@ def _is_ip(h: str) -> bool:
 def ensure(data_dir: str | os.PathLike, hosts: Iterable[str] = (), now: dt.datetime | None = None) -> LocalPki:
     """Makes (or keeps) the local PKI in `<data_dir>/pki`. `hosts`: extra names and addresses
     the services answer on (the machine's host name is always added)."""
+    return ensure_dir(pathlib.Path(data_dir) / "pki", hosts, now)
+
+
+def ensure_dir(d: str | os.PathLike, hosts: Iterable[str] = (), now: dt.datetime | None = None) -> LocalPki:
+    """As `ensure`, in the PKI directory `d` itself."""
     now = now or _now()
-    d = pathlib.Path(data_dir) / "pki"
+    d = pathlib.Path(d)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
+    # Services of one site may start at once: one of them makes what is missing, the others
+    # then find it made.
+    with open(d / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(d, hosts, now)
+
+
+def _ensure(d: pathlib.Path, hosts: Iterable[str], now: dt.datetime) -> LocalPki:
     pair = lambda n: KeyPair(d / f"{n}.pem", d / f"{n}.key")  # noqa: E731
     ca_pair, admin = pair("ca"), pair("admin")
     services = {s: pair(s) for s in SERVICES}
