@@ -105,7 +105,7 @@ def test_a_certificate_not_from_the_site_ca_is_refused(site, tmp_path):
 
 
 def test_a_manager_name_is_checked(site):
-    with pytest.raises(InvalidArgument, match="not a manager name"):
+    with pytest.raises(InvalidArgument, match="not a manager or user name"):
         site.issue_manager("a/b")
     with pytest.raises(InvalidArgument, match="CSR cannot be read"):
         site.issue_manager("node", csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")

@@ -46,6 +46,8 @@ class Caller:
     principal: Principal | None = None
     administrator: bool = False
     service_role: str = ""
+    # What the site's policy allows this caller (a vws.v1.Entitlement), when it was asked for.
+    entitlement: object | None = dataclasses.field(default=None, compare=False)
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -129,7 +131,7 @@ RULES: dict[str, Rule] = {
     "AuthService/Login": PUBLIC,
     # Factory.
     "FactoryService/CreateWorkspace": _user(audited=True),
-    "FactoryService/GetSiteInfo": _user(),
+    "FactoryService/GetSiteInfo": PUBLIC,    # what the site offers, and where to log in
     # Manager.
     "ManagerService/DeployWorkspace": _svc("factory"),
     "ManagerService/StartWorkspace": _user(O, "name", audited=True),
@@ -172,6 +174,7 @@ class Call:
     source: str                # the peer address
     authorization: str = ""    # the `authorization` metadata value
     certificate: bytes = b""   # the client's TLS certificate (PEM)
+    service: str = ""          # which service answers it (repository, factory, managers/{id})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,15 @@ class AuditRecord:
     service: str
     outcome: str               # OK or a status code name
     message: str = ""
+    attributes: tuple[str, ...] = ()   # the caller's, when it travelled without its principal
+
+    @property
+    def identity(self) -> str:
+        return self.caller.identity if self.caller else ""
+
+    @property
+    def caller_attributes(self) -> tuple[str, ...]:
+        return self.attributes or (self.caller.attributes if self.caller else ())
 
 
 class Authorizer(Protocol):
@@ -235,7 +247,7 @@ class Gate:
         cert = tls.peer_certificate(context)
         call = Call(action=short(method), target=str(getattr(request, rule.target, "") or "") if rule.target else "",
                     source=context.peer() or "", authorization=metadata_value(context, AUTHORIZATION),
-                    certificate=cert or b"")
+                    certificate=cert or b"", service=self.service)
         service = self.service_caller(cert)
         if rule.who == "service":
             if service is None or service.service_role not in rule.roles:

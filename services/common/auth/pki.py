@@ -64,8 +64,18 @@ class LocalPki:
                       now: dt.datetime | None = None) -> tuple[bytes, bytes | None]:
         """A manager certificate signed by this CA: (certificate PEM, key PEM or None when a CSR
         brought the public key). Its subject is /O=vws/OU=managers/CN=<name>."""
+        return self._issue(OU_MANAGERS, name, [*LOOPBACK, name, *hosts], csr_pem, now)
+
+    def issue_user(self, name: str, csr_pem: bytes | None = None, now: dt.datetime | None = None
+                   ) -> tuple[bytes, bytes | None]:
+        """A user's client certificate signed by this CA, /O=vws/OU=users/CN=<name> (for sites
+        without a grid CA, and for tests)."""
+        return self._issue(OU_USERS, name, None, csr_pem, now)
+
+    def _issue(self, ou: str, name: str, hosts: list[str] | None, csr_pem: bytes | None,
+               now: dt.datetime | None) -> tuple[bytes, bytes | None]:
         if not name or any(c in name for c in "/=,+\n"):
-            raise InvalidArgument(f"{name!r} is not a manager name; use letters, digits, '.', '-'", "name")
+            raise InvalidArgument(f"{name!r} is not a manager or user name; use letters, digits, '.', '-'", "name")
         key = None
         if csr_pem is not None:
             try:
@@ -80,8 +90,7 @@ class LocalPki:
             key = ec.generate_private_key(ec.SECP256R1())
             public = key.public_key()
         ca_cert, ca_key = _load_pair(self.ca)
-        cert = _leaf(_name(OU_MANAGERS, name), public, ca_cert, ca_key, [*LOOPBACK, name, *hosts], server=True,
-                     now=now or _now())
+        cert = _leaf(_name(ou, name), public, ca_cert, ca_key, hosts, server=hosts is not None, now=now or _now())
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()) if key else None
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
