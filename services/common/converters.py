@@ -162,6 +162,8 @@ def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
         msg.enforcement.CopyFrom(enforcement_to_pb(w.enforcement))
     if w.progress is not None:
         msg.progress.CopyFrom(progress_to_pb(w.progress))
+    if w.customisation is not None:
+        msg.customisation.CopyFrom(customisation_to_pb(w.customisation))
     for field in ("create_time", "update_time", "termination_time"):
         value = getattr(w, field)
         if value is not None:
@@ -178,7 +180,17 @@ def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
         request_id=msg.request_id,
         enforcement=enforcement_from_pb(msg.enforcement) if msg.HasField("enforcement") else None,
         progress=progress_from_pb(msg.progress) if msg.HasField("progress") else None,
+        customisation=customisation_from_pb(msg.customisation) if msg.HasField("customisation") else None,
     )
+
+
+def customisation_to_pb(c: model.Customisation) -> pb.Customisation:
+    return pb.Customisation(rule=c.rule, quota_group=c.quota_group, account_pool=c.account_pool,
+                            unix_group=c.unix_group, environment=c.environment, image=c.image)
+
+
+def customisation_from_pb(m: pb.Customisation) -> model.Customisation:
+    return model.Customisation(m.rule, m.quota_group, m.account_pool, m.unix_group, dict(m.environment), m.image)
 
 
 def progress_to_pb(p: model.Progress) -> pb.Progress:
