@@ -67,7 +67,8 @@ def customisation_to_json(c: model.Customisation | None) -> dict[str, Any] | Non
 def customisation_from_json(doc: dict[str, Any] | None) -> model.Customisation | None:
     if not doc:
         return None
-    return model.Customisation(**{f.name: doc[f.name] for f in dataclasses.fields(model.Customisation) if f.name in doc})
+    known = {f.name for f in dataclasses.fields(model.Customisation)}
+    return model.Customisation(**{k: v for k, v in doc.items() if k in known})
 
 
 def progress_to_json(p: model.Progress | None) -> dict[str, Any] | None:
