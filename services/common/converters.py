@@ -7,7 +7,9 @@ import datetime as dt
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from vws.common import model
-from vws.v1 import image_pb2
+from vws.common.auth.gate import Caller
+from vws.common.auth.principal import CredentialKind, Principal
+from vws.v1 import access_pb2, image_pb2
 from vws.v1 import workspace_pb2 as pb
 
 _STATE_TO_PB = {s: pb.Workspace.State.Value(f"STATE_{s.value}") for s in model.State}
@@ -284,3 +286,29 @@ def manager_from_pb(msg: pb.Manager) -> model.ManagerInfo:
         state={v: k for k, v in _MSTATE_TO_PB.items()}.get(msg.state, model.ManagerState.UNSPECIFIED),
         register_time=ts_from_pb(msg, "register_time"), heartbeat_time=ts_from_pb(msg, "heartbeat_time"),
         heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2))
+
+
+_CREDENTIAL_TO_PB = {k: access_pb2.Caller.CredentialKind.Value(f"CREDENTIAL_KIND_{k.name}") for k in CredentialKind}
+_CREDENTIAL_FROM_PB = {v: k for k, v in _CREDENTIAL_TO_PB.items()}
+
+
+def caller_to_pb(c: Caller) -> access_pb2.Caller:
+    msg = access_pb2.Caller(identity=c.identity, administrator=c.administrator, service_role=c.service_role)
+    p = c.principal
+    if p is not None:
+        msg.credential_kind = _CREDENTIAL_TO_PB[p.kind]
+        msg.attributes.extend(p.attributes)
+        msg.scopes.extend(p.scopes)
+        msg.vo, msg.issuer, msg.digest = p.vo, p.issuer, p.digest
+        msg.expire_time.CopyFrom(ts_to_pb(p.expiry))
+    return msg
+
+
+def caller_from_pb(m: access_pb2.Caller) -> Caller:
+    """The caller as the repository verified it (AuthorizeCall's answer)."""
+    kind = _CREDENTIAL_FROM_PB.get(m.credential_kind)
+    principal = Principal(identity=m.identity, kind=kind, attributes=tuple(m.attributes),
+                          expiry=ts_from_pb(m, "expire_time") or dt.datetime.max.replace(tzinfo=dt.timezone.utc),
+                          digest=m.digest, issuer=m.issuer, vo=m.vo, scopes=tuple(m.scopes)) if kind else None
+    return Caller(identity=m.identity, principal=principal, administrator=m.administrator,
+                  service_role=m.service_role)
