@@ -3,6 +3,7 @@ statuses (with google.rpc details), health checking, reflection, and a graceful 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import signal
 import threading
@@ -112,9 +113,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return _Peeked(first, request), gate.enter(method, first, context)
             return request, gate.enter(method, request, context)
 
-        def leave(entered, exc, context):
+        def leave(entered, exc, context, answer=None):
             if entered is None:
                 return
+            rule, call = entered
+            made = getattr(getattr(answer, "workspace", None), "name", "")
+            if call is not None and not call.target and made:  # a create: the audit names what it made
+                entered = rule, dataclasses.replace(call, target=made)
             if exc is not None and _is_abort(exc):  # the servicer aborted with a status of its own
                 code = context.code() if hasattr(context, "code") else None
                 outcome = (code.name if code is not None else "UNKNOWN", context.details() or "")
@@ -133,7 +138,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     if _is_abort(exc):
                         raise
                     _abort_for(exc, context, method)
-                leave(entered, None, context)
+                leave(entered, None, context, answer)
                 return answer
             return inner
 

@@ -93,10 +93,12 @@ def grid_roots(directory: pathlib.Path | None) -> bytes:
 
 
 def server_credentials(identity: Identity, client_roots: bytes) -> grpc.ServerCredentials:
-    """TLS with the service's certificate. A client certificate is asked for and, when given,
-    must chain to `client_roots`; none is needed (bearer tokens), the services' own checks decide."""
+    """TLS with the service's certificate; every client presents a certificate chaining to
+    `client_roots`. (gRPC's Python server cannot ask for a certificate without requiring one:
+    callers proving who they are with a bearer token present the site's public client
+    certificate, which names no one; see vws.common.auth.pki.)"""
     return grpc.ssl_server_credentials([(identity.key_pem, identity.cert_pem)], root_certificates=client_roots,
-                                       require_client_auth=False)
+                                       require_client_auth=True)
 
 
 def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:

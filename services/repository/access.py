@@ -348,7 +348,7 @@ class LocalAuthorizer:
             if rule.audited:
                 outcome = "UNAUTHENTICATED" if isinstance(refusal, errors.Unauthenticated) else "PERMISSION_DENIED"
                 try:
-                    self.access.append(AuditRecord(caller, call, self.service, outcome, refusal.message))
+                    self.access.append(AuditRecord(caller, call, call.service or self.service, outcome, refusal.message))
                 except Exception:  # noqa: BLE001 - the refusal stands; the log keeps the entry
                     log.exception("could not record the refusal of %s on %s by %s (%s)", call.action, call.target,
                                   caller.identity if caller else "?", outcome)

@@ -47,38 +47,41 @@ def quota_to_pb(q: Quota | GroupUsage) -> access_pb2.Quota:
                             cpu_millis=q.cpu_millis or 0, reserved_minutes=q.reserved_minutes or 0.0)
 
 
+def entitlement(policy: PolicyFile | None, access: AccessStore, caller: gate.Caller) -> access_pb2.Entitlement:
+    """What the policy allows the caller, with its quota group's holdings now (`vws whoami`, and
+    what the factory customises a create with)."""
+    if policy is None:
+        return access_pb2.Entitlement(reason=NO_POLICY)
+    if caller.principal is None:
+        return access_pb2.Entitlement(reason=f"{caller.identity} is a vws service, not a person; services "
+                                             "create nothing for themselves")
+    # The rule's terms for this principal, placeholders filled; what was asked does not matter here.
+    d = policy.decide(caller.principal, WorkspaceRequest(kind="account"))
+    if not d.rule:
+        return access_pb2.Entitlement(reason=d.reasons[0].message if d.reasons else "")
+    lim = d.limits
+    msg = access_pb2.Entitlement(
+        rule=d.rule, kinds=d.kinds, quota_group=d.quota_group, quota=quota_to_pb(d.quota),
+        usage=quota_to_pb(access.group_usage(d.quota_group)),
+        max_resources=workspace_pb2.ResourceAllocation(
+            memory_bytes=lim.memory_bytes or 0, disk_bytes=lim.disk_bytes or 0, cpu_millis=lim.cpu_millis or 0,
+            network_bits_per_second=lim.bandwidth_bits_per_second or 0),
+        customisation=workspace_pb2.Customisation(
+            account_pool=d.customisation.account_pool, unix_group=d.customisation.unix_group,
+            environment=d.customisation.environment, image=d.customisation.image))
+    if lim.lifetime is not None:
+        msg.max_lifetime.CopyFrom(converters.duration_to_pb(lim.lifetime))
+    return msg
+
+
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     def __init__(self, access: AccessStore, policy: PolicyFile | None):
         self.access, self.policy = access, policy
 
-    def entitlement(self, caller: gate.Caller) -> access_pb2.Entitlement:
-        if self.policy is None:
-            return access_pb2.Entitlement(reason=NO_POLICY)
-        if caller.principal is None:
-            return access_pb2.Entitlement(reason=f"{caller.identity} is a vws service, not a person; services "
-                                                 "create nothing for themselves")
-        # The rule's terms for this principal, placeholders filled; what was asked does not matter here.
-        d = self.policy.decide(caller.principal, WorkspaceRequest(kind="account"))
-        if not d.rule:
-            return access_pb2.Entitlement(reason=d.reasons[0].message if d.reasons else "")
-        lim = d.limits
-        msg = access_pb2.Entitlement(
-            rule=d.rule, kinds=d.kinds, quota_group=d.quota_group, quota=quota_to_pb(d.quota),
-            usage=quota_to_pb(self.access.group_usage(d.quota_group)),
-            max_resources=workspace_pb2.ResourceAllocation(
-                memory_bytes=lim.memory_bytes or 0, disk_bytes=lim.disk_bytes or 0, cpu_millis=lim.cpu_millis or 0,
-                network_bits_per_second=lim.bandwidth_bits_per_second or 0),
-            customisation=workspace_pb2.Customisation(
-                account_pool=d.customisation.account_pool, unix_group=d.customisation.unix_group,
-                environment=d.customisation.environment, image=d.customisation.image))
-        if lim.lifetime is not None:
-            msg.max_lifetime.CopyFrom(converters.duration_to_pb(lim.lifetime))
-        return msg
-
     def GetCaller(self, request, context):
         caller = gate.current()
         return access_pb2.GetCallerResponse(caller=converters.caller_to_pb(caller),
-                                            entitlement=self.entitlement(caller))
+                                            entitlement=entitlement(self.policy, self.access, caller))
 
     def ListRoleBindings(self, request, context):
         return access_pb2.ListRoleBindingsResponse(

@@ -186,10 +186,13 @@ def add_event(session: Session, row: WorkspaceRow, type: model.EventType, previo
 
 
 def list_rows(session: Session, *, states: Iterable[model.State], owner: str, labels: dict[str, str],
-              manager: str, after: tuple[dt.datetime, int] | None, limit: int) -> list[WorkspaceRow]:
-    """Newest first, keyset-paged on (create_time, id)."""
+              manager: str, after: tuple[dt.datetime, int] | None, limit: int,
+              visible: sa.ColumnElement | None = None) -> list[WorkspaceRow]:
+    """Newest first, keyset-paged on (create_time, id); `visible`: only the rows it allows."""
     w = WorkspaceRow
     query = sa.select(w)
+    if visible is not None:
+        query = query.where(visible)
     states = list(states)
     if states:
         query = query.where(w.state.in_([s.value for s in states]) if len(states) > 1

@@ -16,6 +16,7 @@ from vws.common.auth.tokens import TokenVerifier
 from vws.common.auth.voms import VomsDir
 from vws.common.errors import Unauthenticated
 
+PUBLIC_CLIENT = "/O=vws/OU=public/CN=client"  # the site's public client certificate: names no one
 AUTHORIZATION = "authorization"  # gRPC metadata key: "Bearer <WLCG token or vws session token>"
 
 
@@ -156,7 +157,9 @@ class Authenticator:
                     raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
                 return self.bearer(token.strip())
         if peer_certificate:
-            return self.certificate(peer_certificate)
+            principal = self.certificate(peer_certificate)
+            if principal.identity != PUBLIC_CLIENT:
+                return principal
         raise Unauthenticated("no credential: connect with a client certificate, or send "
                               "'authorization: Bearer <token>' (a WLCG token, or the session from `vws login`)")
 

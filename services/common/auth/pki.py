@@ -31,7 +31,7 @@ CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
 ORG = "vws"
-OU_SERVICES, OU_MANAGERS, OU_USERS = "services", "managers", "users"
+OU_SERVICES, OU_MANAGERS, OU_USERS, OU_PUBLIC = "services", "managers", "users", "public"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class LocalPki:
     services: dict[str, KeyPair]
     admin: KeyPair
     made: list[str]            # what this call (re)made; empty when everything was kept
+    public_client: KeyPair | None = None   # names no one: for callers with a bearer token
 
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem()
@@ -151,9 +152,9 @@ def _write(path: pathlib.Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def _save(pair: KeyPair, cert: x509.Certificate, key) -> None:
+def _save(pair: KeyPair, cert: x509.Certificate, key, key_mode: int = 0o600) -> None:
     _write(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()), 0o600)
+                                       serialization.NoEncryption()), key_mode)
     _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
@@ -163,12 +164,13 @@ def _load_pair(pair: KeyPair):
     return cert, key
 
 
-def _usable(pair: KeyPair, ca: x509.Certificate | None, hosts: list[str], now: dt.datetime) -> bool:
-    """Readable, key matching, private key 0600, signed by `ca` (None: self-signed), not about
-    to expire, covering `hosts`."""
+def _usable(pair: KeyPair, ca: x509.Certificate | None, hosts: list[str], now: dt.datetime,
+            public: bool = False) -> bool:
+    """Readable, key matching, private key 0600 (unless `public`), signed by `ca` (None:
+    self-signed), not about to expire, covering `hosts`."""
     try:
         cert, key = _load_pair(pair)
-        if pair.key.stat().st_mode & 0o077:
+        if pair.key.stat().st_mode & 0o077 and not public:
             return False
     except (OSError, ValueError, TypeError):
         return False
@@ -250,8 +252,21 @@ def _ensure(d: pathlib.Path, hosts: Iterable[str], now: dt.datetime) -> LocalPki
         key = ec.generate_private_key(ec.SECP256R1())
         _save(admin, _leaf(_name(OU_USERS, "admin"), key.public_key(), ca_cert, ca_key, None, False, now), key)
         made.append("admin")
-    return LocalPki(d, ca_pair, services, admin, made)
+    # The public client credential: gRPC's Python server can only require a client certificate
+    # or not ask for one, so every client presents one; a caller proving who they are with a
+    # bearer token (a WLCG token, a proxy's session) presents this one, which names no one.
+    public = pair("public-client")
+    if "ca" in made or not _usable(public, ca_cert, [], now, public=True):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _save(public, _leaf(_name(OU_PUBLIC, "client"), key.public_key(), ca_cert, ca_key, None, False, now), key,
+              key_mode=0o644)
+        made.append("public-client")
+    return LocalPki(d, ca_pair, services, admin, made, public)
 
 
 def admin_identity() -> str:
     return slash_dn(_name(OU_USERS, "admin"))
+
+
+def public_client_identity() -> str:
+    return slash_dn(_name(OU_PUBLIC, "client"))
