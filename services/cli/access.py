@@ -34,7 +34,7 @@ def member_of(text: str) -> str:
 def cmd_whoami(args) -> int:
     from vws.cli.main import Connection
     r = Connection(args).access().GetCaller(access_pb2.GetCallerRequest(), timeout=TIMEOUT)
-    choice = getattr(args, "credential", None)
+    choice = args.credential
     if args.output == "json":
         out.print_json({"caller": out.to_dict(r.caller), "entitlement": out.to_dict(r.entitlement),
                         "credential_source": choice.source if choice else ""})
@@ -86,13 +86,13 @@ def cmd_whoami(args) -> int:
 
 def cmd_login(args) -> int:
     """Logs a proxy in now (later commands reuse the session until it ends)."""
-    from vws.cli.main import CliError, Connection, data_dir
-    choice = getattr(args, "credential", None)
-    if choice is None or choice.kind != "proxy":
+    from vws.cli.main import CliError, Connection
+    conn = Connection(args)
+    conn.ready()
+    choice = args.credential
+    if choice.kind != "proxy":
         raise CliError("vws login is for proxies: give --proxy FILE or set X509_USER_PROXY (certificates and "
                        "tokens need no login)", 2)
-    conn = Connection(args)
-    credentials.configure(args, data_dir(args), conn.repository_address)  # CA only, then a fresh login
     token = credentials.session_for(choice.path, conn.repository_address(), fresh=True)
     r = conn.access().GetCaller(access_pb2.GetCallerRequest(), timeout=TIMEOUT)
     expiry = r.caller.expire_time.ToDatetime(dt.timezone.utc)

@@ -98,6 +98,20 @@ def ca_bundle(args, dd: pathlib.Path) -> bytes:
             "or give --ca FILE (or VWS_CA) with the site's CA certificate", "ca") from None
 
 
+def public_client(args, dd: pathlib.Path) -> tuple[bytes, bytes]:
+    """The site's public client certificate and key (they name no one), beside the CA
+    certificate: what a caller with a bearer token presents to TLS."""
+    ca_path = pathlib.Path(getattr(args, "ca", None) or _env("VWS_CA") or dd / "pki" / "ca.pem")
+    for d in (ca_path.parent, dd / "pki"):
+        try:
+            return (d / "public-client.pem").read_bytes(), (d / "public-client.key").read_bytes()
+        except OSError:
+            continue
+    raise errors.InvalidArgument(
+        f"no public-client.pem and public-client.key beside {ca_path}: a token or proxy user needs the site's "
+        "public client certificate (the site publishes it with its CA certificate)", "ca")
+
+
 def _read_pair(choice: Choice) -> tuple[bytes, bytes]:
     try:
         return pathlib.Path(choice.path).read_bytes(), pathlib.Path(choice.key).read_bytes()
@@ -117,13 +131,12 @@ def configure(args, dd: pathlib.Path, repository_address=None) -> Choice:
     if choice.kind in ("certificate", "admin"):
         cert, key = _read_pair(choice)
         clients.use(tls.Identity(ca, cert, key))
-    elif choice.kind == "token":
-        clients.use(tls.Identity(ca), bearer=choice.token)
     else:
-        clients.use(tls.Identity(ca))
-        address = repository_address() if repository_address else ""
-        choice.token = session_for(choice.path, address)
-        clients.use(tls.Identity(ca), bearer=choice.token)
+        anyone = tls.Identity(ca, *public_client(args, dd))
+        if choice.kind == "proxy":
+            clients.use(anyone)
+            choice.token = session_for(choice.path, repository_address() if repository_address else "")
+        clients.use(anyone, bearer=choice.token)
     return choice
 
 

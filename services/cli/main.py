@@ -81,22 +81,29 @@ class Connection:
         self.factory_address, self.source = factory_address(args)
         self._repository_address = ""
 
+    def ready(self) -> None:
+        """Before the first call: the user's credential found and the process's calls set up."""
+        use_credentials(self.args)
+
     def unreachable(self, what: str, address: str) -> CliError:
         return CliError(f"cannot reach the {what} at {address} (from {self.source}); is the stack running? "
                         "Start it with `vws up`, or point at it with --endpoint or VWS_ENDPOINT", 3)
 
     def factory(self):
+        self.ready()
         return clients.factory(self.factory_address)
 
     def site(self) -> factory_pb2.GetSiteInfoResponse:
+        self.ready()
         try:
-            return self.factory().GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=TIMEOUT)
+            return clients.factory(self.factory_address).GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=TIMEOUT)
         except grpc.RpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 raise self.unreachable("factory", self.factory_address) from None
             raise
 
     def repository_address(self) -> str:
+        self.ready()
         if not self._repository_address:
             run = config.read_run_file(data_dir(self.args), "repository")
             if self.source.startswith("the stack") and run and run.get("address"):
@@ -1016,15 +1023,18 @@ NO_CREDENTIALS = {"repository", "factory", "manager", "up", "down", "status"}
 
 
 def use_credentials(args) -> credentials.Choice:
-    return credentials.configure(args, data_dir(args), repository_address=Connection(args).repository_address)
+    """Finds the user's credential and sets up the process's calls with it (once per command)."""
+    if getattr(args, "credential", None) is None:
+        args.credential = True  # set first: Connection(args) below must not come back here
+        args.credential = credentials.configure(args, data_dir(args),
+                                                repository_address=Connection(args).repository_address)
+    return args.credential
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command not in NO_CREDENTIALS:
-            args.credential = use_credentials(args)
         return args.fn(args) or 0
     except CliError as exc:
         print(f"vws: {exc}", file=sys.stderr)
