@@ -1026,8 +1026,14 @@ def use_credentials(args) -> credentials.Choice:
     """Finds the user's credential and sets up the process's calls with it (once per command)."""
     if getattr(args, "credential", None) is None:
         args.credential = True  # set first: Connection(args) below must not come back here
-        args.credential = credentials.configure(args, data_dir(args),
-                                                repository_address=Connection(args).repository_address)
+        try:
+            args.credential = credentials.configure(args, data_dir(args),
+                                                    repository_address=Connection(args).repository_address)
+        except errors.VwsError as exc:
+            if factory_address(args)[1] == "the default" and config.read_run_file(data_dir(args), "factory") is None:
+                raise CliError(f"{exc.message}. No stack runs in {data_dir(args)}: start one with `vws up`, or point "
+                               "at a site with --endpoint (or VWS_ENDPOINT) and --ca", 3) from None
+            raise
     return args.credential
 
 

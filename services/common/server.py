@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import signal
 import threading
@@ -69,18 +70,6 @@ def _outcome(exc: BaseException | None) -> tuple[str, str]:
     return "INTERNAL", "internal error"
 
 
-class _Peeked:
-    """A request stream whose first message was read (to find what the call acts on)."""
-
-    def __init__(self, first, rest):
-        self.first, self.rest = first, rest
-
-    def __iter__(self):
-        if self.first is not None:
-            yield self.first
-        yield from self.rest
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so that no traceback ever reaches a client; with a gate, every call
     is first authenticated and authorised, and state-changing calls are audited."""
@@ -110,7 +99,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             if streaming_requests:
                 request = iter(request)
                 first = next(request, None)
-                return _Peeked(first, request), gate.enter(method, first, context)
+                # the servicer reads the stream from its first message on, as it came
+                return itertools.chain(() if first is None else (first,), request), gate.enter(method, first, context)
             return request, gate.enter(method, request, context)
 
         def leave(entered, exc, context, answer=None):
