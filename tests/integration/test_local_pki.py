@@ -24,7 +24,7 @@ def site(tmp_path):
 
 
 def test_first_start_makes_the_ca_services_and_admin(site, tmp_path):
-    assert site.made == ["ca", "repository", "factory", "manager", "admin"]
+    assert site.made == ["ca", "repository", "factory", "manager", "admin", "public-client"]
     assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
     for kp in [site.ca, site.admin, *site.services.values()]:
         assert stat.S_IMODE(kp.key.stat().st_mode) == 0o600

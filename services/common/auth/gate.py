@@ -23,7 +23,7 @@ import grpc
 
 from vws.common import errors, tls
 from vws.common.auth.credentials import AUTHORIZATION, Authenticator
-from vws.common.auth.pki import service_role
+from vws.common.auth.pki import admin_identity, service_role
 from vws.common.auth.principal import Principal
 
 log = logging.getLogger("vws.gate")
@@ -226,13 +226,17 @@ class Gate:
         self.service, self.services, self.authorizer = service, services, authorizer
 
     def service_caller(self, certificate: bytes | None) -> Caller | None:
-        """The vws service presenting this certificate, or None when it is not one."""
+        """The vws service, or the site's own administrator, presenting this certificate of the
+        site's CA; None for anyone else. Every service knows these itself, so the administrator
+        keeps control of a manager while the repository is away."""
         if not certificate:
             return None
         try:
             p = self.services.certificate(certificate)
         except errors.Unauthenticated:
             return None
+        if p.identity == admin_identity():
+            return Caller(identity=p.identity, principal=p, administrator=True)
         role = service_role(p.identity)
         return Caller(identity=p.identity, principal=p, service_role=role) if role else None
 
@@ -250,7 +254,7 @@ class Gate:
                     certificate=cert or b"", service=self.service)
         service = self.service_caller(cert)
         if rule.who == "service":
-            if service is None or service.service_role not in rule.roles:
+            if service is None or service.service_role not in rule.roles:  # an administrator is not a service
                 who = service.identity if service else "a caller without a vws service certificate"
                 refusal = errors.PermissionDenied(
                     f"{call.action} is for vws {' or '.join(rule.roles)} services only, and {who} is not one")
@@ -259,7 +263,7 @@ class Gate:
                 raise refusal
             caller = service
         elif service is not None and not call.authorization:
-            caller = service       # a vws service acting for the site: no user check
+            caller = service       # a vws service or the administrator: no user check
         else:
             caller = self.authorizer.authorize(call, rule)
         _current.set(caller)
