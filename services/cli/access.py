@@ -80,7 +80,9 @@ def cmd_whoami(args) -> int:
                   "env " + " ".join(f"{k}={v}" for k, v in sorted(cu.environment.items())) if cu.environment else ""]
         if any(custom):
             rows.append(["customised", "; ".join(x for x in custom if x)])
-    print(out.table(rows, ["", ""]).split("\n", 1)[1] if rows else "")
+    width = max(len(k) for k, _ in rows) + 2
+    for k, v in rows:
+        print(f"{k:<{width}}{v}")
     return 0
 
 

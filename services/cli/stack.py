@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.cli import output as out
-from vws.cli.main import CliError, data_dir, describe_rpc_error
+from vws.cli.main import CliError, data_dir, describe_rpc_error, use_credentials
 from vws.common import clients, config, errors
 from vws.v1 import image_pb2, repository_pb2
 
@@ -95,7 +95,6 @@ def up(args) -> int:
         made = pki.ensure_dir(dd / "pki").made
         if made:
             print(f"{'pki':<10} made {', '.join(made)} in {dd / 'pki'}")
-    from vws.cli.main import use_credentials
     use_credentials(args)
     started = {}
     for service in SERVICES:
@@ -164,7 +163,6 @@ def status(args) -> int:
     dd = data_dir(args)
     rows, doc = [], {}
     try:
-        from vws.cli.main import use_credentials
         use_credentials(args)
     except (errors.VwsError, CliError):
         pass  # no stack was ever started here: every service shows as stopped

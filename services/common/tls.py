@@ -44,14 +44,13 @@ def require_loopback(address: str, field: str = "insecure") -> None:
             "--insecure) or listen on 127.0.0.1", field)
 
 
-def _read(path: pathlib.Path, what: str, fix: str) -> bytes:
+def _read(path: pathlib.Path, what: str, field: str, fix: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise errors.InvalidArgument(f"{what} {path} does not exist; {fix}", what.split()[-1]) from None
+        raise errors.InvalidArgument(f"{what} {path} does not exist; {fix}", field) from None
     except PermissionError:
-        raise errors.InvalidArgument(f"{what} {path} cannot be read by this user; {fix}",
-                                     what.split()[-1]) from None
+        raise errors.InvalidArgument(f"{what} {path} cannot be read by this user; {fix}", field) from None
 
 
 def pki_dir(settings) -> pathlib.Path:
@@ -68,11 +67,11 @@ def service_identity(settings, role: str) -> Identity | None:
         from vws.common.auth import pki  # cryptography work only when it is needed
         pki.ensure_dir(d)
     fix = "give --certificate, --private-key and --ca, or leave them empty to use the local PKI"
-    return Identity(ca_pem=_read(pathlib.Path(settings.ca or d / "ca.pem"), "CA certificate ca", fix),
-                    cert_pem=_read(pathlib.Path(settings.certificate or d / f"{role}.pem"),
-                                   "TLS certificate certificate", fix),
-                    key_pem=_read(pathlib.Path(settings.private_key or d / f"{role}.key"),
-                                  "TLS private key private_key", fix))
+    return Identity(ca_pem=_read(pathlib.Path(settings.ca or d / "ca.pem"), "the CA certificate", "ca", fix),
+                    cert_pem=_read(pathlib.Path(settings.certificate or d / f"{role}.pem"), "the TLS certificate",
+                                   "certificate", fix),
+                    key_pem=_read(pathlib.Path(settings.private_key or d / f"{role}.key"), "the TLS private key",
+                                  "private_key", fix))
 
 
 def grid_roots(directory: pathlib.Path | None) -> bytes:

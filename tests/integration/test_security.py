@@ -23,6 +23,7 @@ W = workspace_pb2.Workspace
 ACCOUNT = workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT
 SANDBOX = workspace_pb2.WorkspaceSpec.KIND_SANDBOX
 AUDIENCE = "https://vws.example.org"
+ALICE, BOB = "/O=vws/OU=users/CN=alice", "/O=vws/OU=users/CN=bob"   # site.user("alice"), site.user("bob")
 POLICY = """
 [[rule]]
 name = "administrator"
@@ -262,13 +263,13 @@ def test_a_user_learns_nothing_of_anothers_workspace_until_granted_a_role(site):
     code, _ = code_of(lambda: bob.repo.DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=30))
     assert code is grpc.StatusCode.PERMISSION_DENIED
     code, _ = code_of(lambda: bob.access.GrantRole(access_pb2.GrantRoleRequest(
-        name=ws.name, binding=access_pb2.RoleBinding(member=f"identity:{bob_dn(site)}",
+        name=ws.name, binding=access_pb2.RoleBinding(member=f"identity:{BOB}",
                                                      role=access_pb2.RoleBinding.ROLE_MANAGER)), timeout=10))
     assert code is grpc.StatusCode.PERMISSION_DENIED
 
     # Operator: bob sees it, stops and starts it, but may not destroy it or grant.
     alice.access.GrantRole(access_pb2.GrantRoleRequest(name=ws.name, binding=access_pb2.RoleBinding(
-        member=f"identity:{bob_dn(site)}", role=access_pb2.RoleBinding.ROLE_OPERATOR)), timeout=10)
+        member=f"identity:{BOB}", role=access_pb2.RoleBinding.ROLE_OPERATOR)), timeout=10)
     assert ws.name in [w.name for w in bob.repo.ListWorkspaces(repository_pb2.ListWorkspacesRequest(),
                                                                  timeout=10).workspaces]
     assert manager.StopWorkspace(manager_pb2.StopWorkspaceRequest(name=ws.name), timeout=60).workspace.state == \
@@ -278,22 +279,14 @@ def test_a_user_learns_nothing_of_anothers_workspace_until_granted_a_role(site):
     assert code is grpc.StatusCode.PERMISSION_DENIED
     acl = alice.access.ListRoleBindings(access_pb2.ListRoleBindingsRequest(name=ws.name), timeout=10).bindings
     assert [(b.member, b.role) for b in acl] == [
-        (f"identity:{alice_dn(site)}", access_pb2.RoleBinding.ROLE_MANAGER),
-        (f"identity:{bob_dn(site)}", access_pb2.RoleBinding.ROLE_OPERATOR)]
+        (f"identity:{ALICE}", access_pb2.RoleBinding.ROLE_MANAGER),
+        (f"identity:{BOB}", access_pb2.RoleBinding.ROLE_OPERATOR)]
 
     # Revoked: back to nothing.
-    alice.access.RevokeRole(access_pb2.RevokeRoleRequest(name=ws.name, member=f"identity:{bob_dn(site)}"),
+    alice.access.RevokeRole(access_pb2.RevokeRoleRequest(name=ws.name, member=f"identity:{BOB}"),
                             timeout=10)
     code, _ = code_of(lambda: bob.repo.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=ws.name), timeout=10))
     assert code is grpc.StatusCode.PERMISSION_DENIED
-
-
-def alice_dn(site) -> str:
-    return "/O=vws/OU=users/CN=alice"
-
-
-def bob_dn(site) -> str:
-    return "/O=vws/OU=users/CN=bob"
 
 
 def test_a_group_role_reaches_every_member_of_the_group(site, world):
@@ -352,17 +345,17 @@ def test_every_state_change_and_refusal_is_audited(site):
     entries = clients.access(site.repository.address).ListAuditEntries(
         access_pb2.ListAuditEntriesRequest(target=ws.name), timeout=10).entries
     seen = [(e.identity, e.action, e.outcome) for e in entries]
-    assert (alice_dn(site), "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") not in seen
-    assert (bob_dn(site), "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") in seen
-    assert (alice_dn(site), "ManagerService/StopWorkspace", "OK") in seen
+    assert (ALICE, "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") not in seen
+    assert (BOB, "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") in seen
+    assert (ALICE, "ManagerService/StopWorkspace", "OK") in seen
     stop = next(e for e in entries if e.action == "ManagerService/StopWorkspace")
     assert stop.source.startswith("ipv4:127.0.0.1:") and stop.service.startswith("managers/")
     create = clients.access(site.repository.address).ListAuditEntries(
-        access_pb2.ListAuditEntriesRequest(identity=alice_dn(site)), timeout=10).entries
+        access_pb2.ListAuditEntriesRequest(identity=ALICE), timeout=10).entries
     assert any(e.action == "FactoryService/CreateWorkspace" and e.outcome == "OK" for e in create)
     # Others see their own entries only.
     mine = bob.access.ListAuditEntries(access_pb2.ListAuditEntriesRequest(), timeout=10).entries
-    assert mine and {e.identity for e in mine} == {bob_dn(site)}
+    assert mine and {e.identity for e in mine} == {BOB}
 
 
 def test_the_cli_finds_its_credentials_and_shows_who_you_are(site, world):
