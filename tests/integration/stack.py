@@ -98,7 +98,8 @@ class Process:
                 return False
             # a channel of its own: a cached one to a port an earlier test's server used may
             # still be backing off
-            with clients.new_channel(info["address"]) as channel:
+            plain = "--insecure" in self.flags
+            with (grpc.insecure_channel(info["address"]) if plain else clients.new_channel(info["address"])) as channel:
                 try:
                     r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
                 except grpc.RpcError:
