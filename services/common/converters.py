@@ -119,6 +119,7 @@ def spec_to_pb(spec: model.WorkspaceSpec) -> pb.WorkspaceSpec:
             setup_script=spec.software.setup_script,
             files=[pb.StagedFile(path=f.path, content=f.content, mode=f.mode) for f in spec.software.files],
             image=spec.software.image,
+            unix_group=spec.software.unix_group,
         ),
         resources=resources_to_pb(spec.resources),
         start_on_create=spec.start_on_create,
@@ -138,6 +139,7 @@ def spec_from_pb(msg: pb.WorkspaceSpec) -> model.WorkspaceSpec:
             setup_script=sw.setup_script,
             files=[model.StagedFile(f.path, f.content, f.mode or 0o644) for f in sw.files],
             image=sw.image,
+            unix_group=sw.unix_group,
         ),
         resources=resources_from_pb(msg.resources),
         lifetime=duration_from_pb(msg, "lifetime"),
@@ -269,7 +271,8 @@ def manager_to_pb(m: model.ManagerInfo) -> pb.Manager:
     msg = pb.Manager(
         name=m.name, address=m.address, kinds=[kind_to_pb(k) for k in m.kinds], backend=m.backend,
         capacity=capacity_to_pb(m.capacity), allocated=capacity_to_pb(m.allocated),
-        state=_MSTATE_TO_PB[m.state], heartbeat_interval=duration_to_pb(m.heartbeat_interval))
+        state=_MSTATE_TO_PB[m.state], heartbeat_interval=duration_to_pb(m.heartbeat_interval),
+        account_pool=m.account_pool, identity=m.identity)
     for field in ("register_time", "heartbeat_time"):
         value = getattr(m, field)
         if value is not None:
@@ -285,7 +288,8 @@ def manager_from_pb(msg: pb.Manager) -> model.ManagerInfo:
         allocated=capacity_from_pb(msg.allocated),
         state={v: k for k, v in _MSTATE_TO_PB.items()}.get(msg.state, model.ManagerState.UNSPECIFIED),
         register_time=ts_from_pb(msg, "register_time"), heartbeat_time=ts_from_pb(msg, "heartbeat_time"),
-        heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2))
+        heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2),
+        account_pool=msg.account_pool, identity=msg.identity)
 
 
 _CREDENTIAL_TO_PB = {k: access_pb2.Caller.CredentialKind.Value(f"CREDENTIAL_KIND_{k.name}") for k in CredentialKind}

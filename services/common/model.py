@@ -140,6 +140,7 @@ class Software:
     setup_script: str = ""
     files: list[StagedFile] = dataclasses.field(default_factory=list)
     image: str = ""
+    unix_group: str = ""  # set from the site's policy only (Customisation.unix_group)
 
 
 @dataclasses.dataclass
@@ -197,6 +198,11 @@ class Workspace:
     progress: Progress | None = None
     customisation: Customisation | None = None
 
+    @property
+    def account_pool(self) -> str:
+        """The account pool the site's policy puts it in: only managers of that pool take it."""
+        return self.customisation.account_pool if self.customisation is not None else ""
+
 
 @dataclasses.dataclass
 class Event:
@@ -235,6 +241,8 @@ class ManagerInfo:
     register_time: dt.datetime | None = None
     heartbeat_time: dt.datetime | None = None
     heartbeat_interval: dt.timedelta = dt.timedelta(seconds=2)
+    account_pool: str = ""  # the pool it leases accounts from (its pool prefix); "" for none
+    identity: str = ""  # the certificate it registered with (the repository's record)
 
 
 def utcnow() -> dt.datetime:

@@ -23,6 +23,7 @@ def spec_to_json(spec: model.WorkspaceSpec) -> dict[str, Any]:
         "kind": spec.kind.value if spec.kind else None,
         "software": {
             "environment": dict(sw.environment), "setup_script": sw.setup_script, "image": sw.image,
+            "unix_group": sw.unix_group,
             "files": [{"path": f.path, "content": base64.b64encode(f.content).decode(), "mode": f.mode}
                       for f in sw.files],
         },
@@ -40,7 +41,7 @@ def spec_from_json(doc: dict[str, Any]) -> model.WorkspaceSpec:
             environment=dict(sw.get("environment") or {}), setup_script=sw.get("setup_script", ""),
             files=[model.StagedFile(f["path"], base64.b64decode(f.get("content", "")), f.get("mode", 0o644))
                    for f in sw.get("files") or []],
-            image=sw.get("image", "")),
+            image=sw.get("image", ""), unix_group=sw.get("unix_group", "")),
         resources=model.Resources(**{f.name: r.get(f.name, 0) for f in dataclasses.fields(model.Resources)}),
         lifetime=dt.timedelta(seconds=doc["lifetime"]) if doc.get("lifetime") is not None else None,
         start_on_create=doc.get("start_on_create", True),
@@ -112,7 +113,8 @@ def to_manager(row: ManagerRow, now: dt.datetime, timeout: dt.timedelta) -> mode
         capacity=_capacity(row.capacity), allocated=_capacity(row.allocated),
         state=model.ManagerState.AVAILABLE if alive else model.ManagerState.UNREACHABLE,
         register_time=row.register_time, heartbeat_time=row.heartbeat_time,
-        heartbeat_interval=dt.timedelta(seconds=row.heartbeat_interval))
+        heartbeat_interval=dt.timedelta(seconds=row.heartbeat_interval), account_pool=row.account_pool,
+        identity=row.identity or "")
 
 
 # ----------------------------------------------------------------------------- workspaces
@@ -245,6 +247,7 @@ def upsert_manager(session: Session, info: model.ManagerInfo, now: dt.datetime) 
     row.address = info.address
     row.kinds = [k.value for k in info.kinds]
     row.backend = info.backend
+    row.account_pool = info.account_pool
     row.capacity = _capacity_json(info.capacity)
     row.allocated = _capacity_json(info.allocated)
     row.register_time = now
