@@ -493,11 +493,12 @@ def cmd_managers(args) -> int:
         return 0
     M = workspace_pb2.Manager
     rows = [[m.name.split("/", 1)[1], out.enum_name(M.State, m.state, "STATE_"), m.address, m.backend,
-             f"{m.allocated.workspaces}/{m.capacity.workspaces}",
+             m.account_pool or "-", f"{m.allocated.workspaces}/{m.capacity.workspaces}",
              f"{out.size(m.allocated.memory_bytes)}/{out.size(m.capacity.memory_bytes)}",
              f"{m.allocated.cpu_millis}m/{m.capacity.cpu_millis}m", out.when(m.heartbeat_time)]
             for m in r.managers]
-    print(out.table(rows, ["NAME", "STATE", "ADDRESS", "BACKEND", "WORKSPACES", "MEMORY", "CPU", "LAST HEARTBEAT"]))
+    print(out.table(rows, ["NAME", "STATE", "ADDRESS", "BACKEND", "POOL", "WORKSPACES", "MEMORY", "CPU",
+                           "LAST HEARTBEAT"]))
     return 0
 
 

@@ -99,6 +99,9 @@ class Migrations:
                 need = " or ".join(sorted(s.value for s in model.MIGRATABLE))
                 raise errors.FailedPrecondition(f"cannot migrate {name}: it is {ws.state.value}; migration needs {need}")
             address = m.repository.manager_address(destination)
+            # The record's customisation goes along: the destination takes it only in the same account pool.
+            record = m.repository.get(name)
+            customisation = record.customisation if record is not None else None
             prior, t0 = ws.state, self.clock()
             mig = Migration(name, OUT, destination, address, prior, {"stage": "packing"})
             m.state.put_migration(mig)
@@ -112,8 +115,9 @@ class Migrations:
                 mig.record.update(stage="packed", package=_package_record(package))
                 m.state.put_migration(mig)
                 offers = self._offers(package)
-                ids = self.peers.accept(address, m.view(dataclasses.replace(ws, state=prior)), m.identity.name, offers,
-                                        json.dumps(package.meta))
+                ids = self.peers.accept(address, dataclasses.replace(m.view(dataclasses.replace(ws, state=prior)),
+                                                                     customisation=customisation),
+                                        m.identity.name, offers, json.dumps(package.meta))
                 mig.record.update(stage="sending", transfer_ids=ids)
                 m.state.put_migration(mig)
                 figures = self._send(address, package, offers, ids, self._reporting(name, progress))
@@ -232,6 +236,7 @@ class Migrations:
         if workspace.spec.kind not in m.backend.kinds:
             raise errors.FailedPrecondition(f"manager {m.identity.name} ({m.backend.name}) does not realise "
                                             f"{workspace.spec.kind.cli_name} workspaces")
+        m.check_pool(workspace)
         try:
             json.loads(package)
         except ValueError:

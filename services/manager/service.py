@@ -135,6 +135,16 @@ class WorkspaceManager:
                 f"manager {self.identity.name} has no room: " + "; ".join(d for _, d in short),
                 [(f"{self.identity.name}/{s}", d) for s, d in short])
 
+    def check_pool(self, workspace: model.Workspace) -> None:
+        """A workspace the site's policy puts in an account pool is realised only by a manager
+        leasing from that pool."""
+        pool, mine = workspace.account_pool, self.backend.account_pool
+        if pool and pool != mine:
+            raise errors.FailedPrecondition(
+                f"the site's policy puts {workspace.name} in account pool {pool}, and manager {self.identity.name} "
+                f"leases from {'pool ' + mine if mine else 'no pool'}; choose a manager of pool {pool} "
+                "(vws managers shows each one's pool)")
+
     def deploy(self, workspace: model.Workspace) -> model.Workspace:
         """Realises a placed workspace. Idempotent on its name; on failure nothing is left."""
         wid = names.parse_workspace_name(workspace.name, "workspace.name")
@@ -142,6 +152,7 @@ class WorkspaceManager:
             raise errors.Unimplemented(
                 f"manager {self.identity.name} ({self.backend.name}) does not realise "
                 f"{workspace.spec.kind.value if workspace.spec.kind else 'unspecified'} workspaces")
+        self.check_pool(workspace)
         with self._lock(workspace.name):
             existing = self.state.get(workspace.name)
             if existing is not None:
@@ -366,7 +377,8 @@ class WorkspaceManager:
         return model.ManagerInfo(
             name=self.identity.name, address=self.identity.address, kinds=sorted(self.backend.kinds, key=lambda k: k.value),
             backend=self.backend.name, capacity=self.backend.capacity(), allocated=self.allocated(),
-            heartbeat_interval=model.dt.timedelta(seconds=self.identity.heartbeat_interval))
+            heartbeat_interval=model.dt.timedelta(seconds=self.identity.heartbeat_interval),
+            account_pool=self.backend.account_pool)
 
     def heartbeat_once(self) -> bool:
         """One heartbeat (registering first if needed). True when the repository answered."""

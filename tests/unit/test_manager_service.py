@@ -262,3 +262,19 @@ def test_room_is_kept_for_a_workspace_on_its_way_here(parts, tmp_path):
     assert mgr.allocated().workspaces == 2
     with pytest.raises(errors.ResourceExhausted, match="2 of 2 workspaces in use"):
         mgr.deploy(placed("workspaces/wthird000001"))
+
+
+def test_a_workspace_of_an_account_pool_comes_only_to_a_manager_of_that_pool(parts, tmp_path):
+    from vws.manager.migration import FileOffer, Migrations
+    mgr, backend, repo = parts
+    mgr.migrations = Migrations(mgr, peers=None, transfers=None, workdir=tmp_path / "migration")
+    pooled = dataclasses.replace(placed("workspaces/wpooled00001"), customisation=model.Customisation(
+        account_pool="atlas"))
+    with pytest.raises(errors.FailedPrecondition, match="account pool atlas.*leases from no pool"):
+        mgr.deploy(pooled)
+    arriving = dataclasses.replace(pooled, state=State.RUNNING)
+    with pytest.raises(errors.FailedPrecondition, match="account pool atlas"):
+        mgr.migrations.accept(arriving, "managers/m2", [FileOffer("home", 10)], "{}")
+    assert mgr.state.all() == [] and backend.accounts == {} and mgr.state.migrations() == []
+    backend.account_pool = "atlas"
+    assert mgr.deploy(pooled).state is State.RUNNING

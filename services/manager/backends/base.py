@@ -128,6 +128,9 @@ class Backend(abc.ABC):
 
     # What the host identity names, for messages: "account", "domain".
     host_noun: str = "account"
+    # The pool its accounts are leased from, published with the manager's registration: a
+    # workspace the site's policy puts in a pool goes only to managers of that pool.
+    account_pool: str = ""
 
     @abc.abstractmethod
     def realise(self, workspace_id: str, spec: model.WorkspaceSpec, progress: ProgressFn | None = None) -> HostHandle:

@@ -23,6 +23,7 @@ class KindRouter(Backend):
                 self._by_kind.setdefault(k, b)
         self.kinds = frozenset(self._by_kind)
         self.name = "+".join(b.name for b in backends)
+        self.account_pool = next((b.account_pool for b in backends if b.account_pool), "")
 
     def _for(self, kind: model.Kind | None) -> Backend:
         try:
