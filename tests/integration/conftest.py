@@ -1,4 +1,6 @@
 import os
+import secrets
+import subprocess
 
 import pytest
 
@@ -29,3 +31,12 @@ def stack_factory(tmp_path):
 @pytest.fixture
 def stack(stack_factory):
     return stack_factory()
+
+
+@pytest.fixture
+def unix_group():
+    """A Unix group of the host made for the test (a site's group a policy names), then removed."""
+    name = f"vwsg{secrets.token_hex(3)}"
+    subprocess.run(["groupadd", name], check=True, capture_output=True)
+    yield name
+    subprocess.run(["groupdel", name], capture_output=True)

@@ -14,7 +14,7 @@ import pytest
 from tests.integration.stack import reclaim_everything
 from vws.common import errors, model
 from vws.manager.backends import make_backend
-from vws.manager.backends.accounts import DynamicAccounts, getpw, is_locked, uid_pids
+from vws.manager.backends.accounts import DynamicAccounts, getpw, is_locked, supplementary_groups, uid_pids
 from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle, SetupFailed
 from vws.manager.backends.pool import AccountPool
 
@@ -208,6 +208,23 @@ def test_stop_kills_everything_and_locks(backend):
         for q in (p, outside):
             if q.poll() is None:
                 q.kill()
+
+
+def test_the_policys_unix_group_is_the_accounts_until_it_is_returned(backend, unix_group):
+    h = backend.realise(_wid(), model.WorkspaceSpec(software=model.Software(unix_group=unix_group)))
+    assert supplementary_groups(h.host_identity) == [unix_group]
+    backend.start(h)
+    code, out, err = run(backend, h, ["id", "-nG"])
+    assert code == 0 and unix_group in out.split(), err
+    backend.destroy(h)
+    assert supplementary_groups(h.host_identity) == []  # deleted, or a pool account back without it
+
+
+def test_a_unix_group_the_host_lacks_is_refused_before_anything_is_made(backend):
+    before = backend.inventory()
+    with pytest.raises(errors.FailedPrecondition, match="groupadd vws-no-such-group"):
+        backend.realise(_wid(), model.WorkspaceSpec(software=model.Software(unix_group="vws-no-such-group")))
+    assert backend.inventory() == before
 
 
 def test_destroy_removes_every_trace(backend):

@@ -3,6 +3,7 @@ tc. Needs root and bwrap; every account, sandbox, interface and reservation the 
 removed, even when a test fails."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import secrets
@@ -147,6 +148,13 @@ def test_every_exec_enters_the_same_sandbox(backend):
     # exit statuses and signals come back through nsenter
     assert run(backend, h, "exit 7")[0] == 7
     assert run(backend, h, "kill -TERM $$")[0] == -signal.SIGTERM
+
+
+def test_the_policys_unix_group_reaches_programs_in_the_sandbox(backend, unix_group):
+    s = spec()
+    h = backend.realise(_wid(), dataclasses.replace(s, software=dataclasses.replace(s.software, unix_group=unix_group)))
+    backend.start(h)
+    assert unix_group in ok(backend, h, "id -nG").split()
 
 
 def test_setup_script_runs_in_the_sandbox(backend):

@@ -5,6 +5,7 @@ in pool.py."""
 from __future__ import annotations
 
 import dataclasses
+import grp
 import logging
 import os
 import pwd
@@ -91,6 +92,11 @@ def getpw(name: str) -> pwd.struct_passwd | None:
         return pwd.getpwnam(name)
     except KeyError:
         return None
+
+
+def supplementary_groups(name: str) -> list[str]:
+    """The groups an account belongs to besides its own (/etc/group's member lists)."""
+    return sorted(g.gr_name for g in grp.getgrall() if name in g.gr_mem)
 
 
 def uid_pids(uid: int) -> list[int]:
@@ -228,7 +234,17 @@ class AccountBackend(Backend):
     # --------------------------------------------------------------- enforcement
     def _check_admission(self, spec: model.WorkspaceSpec) -> None:
         """Refuses (ResourceExhausted, naming each resource) a spec this host cannot enforce as
-        asked, before anything is made: a limit is never accepted and silently weakened."""
+        asked, before anything is made: a limit is never accepted and silently weakened. A Unix
+        group the policy names that the host lacks is FailedPrecondition, also before anything."""
+        group = spec.software.unix_group
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise errors.FailedPrecondition(
+                    f"workspace.spec.software.unix_group: the site's policy puts this workspace's account in Unix "
+                    f"group {group!r}, which does not exist on manager {self.manager_id}; create it there (groupadd "
+                    f"{group}) or change the policy's customise.unix_group") from None
         r = spec.resources
         cap = self.capacity()
         v: list[tuple[str, str]] = []
@@ -371,6 +387,9 @@ class AccountBackend(Backend):
     def _prepare(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
         """Stages files and environment and runs the setup script. Raises on any failure;
         the caller undoes."""
+        group = spec.software.unix_group
+        if group and group not in supplementary_groups(pw.pw_name):
+            run_account_tool(["usermod", "--append", "--groups", group, pw.pw_name])
         self._apply_limits(workspace_id, spec)
         self._mount_disk(pw, workspace_id, spec)
         home = Path(pw.pw_dir)

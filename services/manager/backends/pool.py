@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vws.common import errors, model
 from vws.manager.backends.accounts import (
-    AccountBackend, getpw, run_account_tool, validate_prefix)
+    AccountBackend, getpw, run_account_tool, supplementary_groups, validate_prefix)
 from vws.manager.backends.base import BackendSettings, HostHandle
 from vws.manager.backends.cgroups import CgroupDriver
 
@@ -34,7 +34,7 @@ class AccountPool(AccountBackend):
         self.digits = max(3, len(str(settings.pool_size - 1)))
         validate_prefix(settings.pool_prefix, "pool_prefix", self.digits)
         super().__init__(settings, cgroups)
-        self.prefix = settings.pool_prefix
+        self.prefix = self.account_pool = settings.pool_prefix
         self.gecos = f"vws-pool/{self.manager_id}"
         self.clock = clock
         self.accounts = [f"{self.prefix}{i:0{self.digits}d}" for i in range(settings.pool_size)]
@@ -164,6 +164,8 @@ class AccountPool(AccountBackend):
         self._scrub(pw, workspace_id)
         if pw is not None:
             self.lock(account)
+            if supplementary_groups(account):  # the groups a policy gave the last lease go with it
+                run_account_tool(["usermod", "--groups", "", account])
             self._restore_home(pw)
         with self._lock:
             self._set(account, "", QUARANTINED, self.clock() + self.settings.quarantine_seconds)
