@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import errors, model, names, units
+from vws.common import converters, errors, model, names, units
 from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from vws.common.model import State
 from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
@@ -53,17 +53,24 @@ class Refusal:
 
 def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
     """The caller owns it; their policy's default environment variables go under the request's
-    own, and its default image is booted when the request names none."""
+    own, its default image is booted when the request names none, and its account joins the
+    policy's Unix group (which only the policy sets)."""
+    if workspace.spec.software.unix_group:
+        raise errors.InvalidArgument("is set by the site's policy from your attributes, not by a request; leave it "
+                                     "empty (vws whoami shows yours)", "workspace.spec.software.unix_group")
     if caller.principal is not None:
         workspace = dataclasses.replace(workspace, owner=caller.identity)
     c = getattr(caller.entitlement, "customisation", None)
     if c is None:
         return workspace
     software = dataclasses.replace(workspace.spec.software, environment={**c.environment,
-                                                                         **workspace.spec.software.environment})
+                                                                         **workspace.spec.software.environment},
+                                   unix_group=c.unix_group)
     if c.image and not software.image and workspace.spec.kind is model.Kind.VIRTUAL_MACHINE:
         software.image = c.image
-    return dataclasses.replace(workspace, spec=dataclasses.replace(workspace.spec, software=software))
+    # Placement reads the account pool from it; the repository records its own decision.
+    return dataclasses.replace(workspace, spec=dataclasses.replace(workspace.spec, software=software),
+                               customisation=converters.customisation_from_pb(c))
 
 
 def free_room(m: model.ManagerInfo) -> model.Capacity:
@@ -72,13 +79,17 @@ def free_room(m: model.ManagerInfo) -> model.Capacity:
                           c.disk_bytes - a.disk_bytes, c.cpu_millis - a.cpu_millis)
 
 
-def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec) -> str:
-    """Why this manager cannot take the workspace, or '' when it can."""
+def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str = "") -> str:
+    """Why this manager cannot take the workspace, or '' when it can. `account_pool`: the
+    pool the site's policy puts it in (model.Workspace.account_pool)."""
     if m.state is not model.ManagerState.AVAILABLE:
         return f"{m.state.value.lower()}: no heartbeat since {m.heartbeat_time:%H:%M:%S}" if m.heartbeat_time \
             else "not heard from"
     if spec.kind not in m.kinds:
         return f"does not offer {spec.kind.cli_name} workspaces"
+    if account_pool and m.account_pool != account_pool:
+        return (f"leases from {'account pool ' + m.account_pool if m.account_pool else 'no account pool'}; the site's "
+                f"policy puts your workspaces in pool {account_pool}")
     free, r = free_room(m), spec.resources
     if free.workspaces < 1:
         return f"all {m.capacity.workspaces} workspaces in use"
@@ -187,7 +198,7 @@ class WorkspaceFactory:
         for m in managers:
             if m.name == record.endpoint.manager:
                 continue
-            why = shortfall(m, record.spec)
+            why = shortfall(m, record.spec, record.account_pool)
             if why:
                 refusals.append(Refusal(m.name, why))
             else:
@@ -218,7 +229,7 @@ class WorkspaceFactory:
                 raise
             self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
-                                       endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
+                                       customisation=record.customisation, endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
         if not managers:
             raise errors.ResourceExhausted(
                 "no manager has registered with the repository; start one (vws manager) or wait for it",

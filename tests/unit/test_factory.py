@@ -241,6 +241,38 @@ def test_shortfall_and_rank():
     assert [x.name for x in rank([manager("x", free=1), manager("y", free=5)])] == ["managers/y", "managers/x"]
 
 
+def _entitled(pool="", group=""):
+    """A caller whose policy entitlement customises with an account pool and a Unix group."""
+    from vws.common.auth.gate import PLAIN_TEXT_CALLER
+    from vws.v1 import access_pb2, workspace_pb2
+    e = access_pb2.Entitlement(rule="r", customisation=workspace_pb2.Customisation(account_pool=pool,
+                                                                                   unix_group=group))
+    return dataclasses.replace(PLAIN_TEXT_CALLER, entitlement=e)
+
+
+def test_the_policys_account_pool_places_only_on_that_pools_managers(limits):
+    pooled = dataclasses.replace(manager("p", free=1), account_pool="atlas")
+    f, records, mgrs = make(limits, [manager("a", free=8), dataclasses.replace(manager("q"), account_pool="cms"),
+                                     pooled])
+    out = f.create("req-1", ws(), caller=_entitled(pool="atlas", group="atlasprd"))
+    assert out.endpoint.manager == "managers/p" and mgrs.calls == ["p:1"]
+    assert out.spec.software.unix_group == "atlasprd" and out.customisation.account_pool == "atlas"
+    assert "no account pool" in shortfall(manager("a"), model.WorkspaceSpec(), "atlas")
+    assert "leases from account pool cms" in shortfall(dataclasses.replace(manager("q"), account_pool="cms"),
+                                                       model.WorkspaceSpec(), "atlas")
+    # A workspace of no pool goes to any manager.
+    assert shortfall(dataclasses.replace(manager("p"), account_pool="atlas"), model.WorkspaceSpec()) == ""
+    with pytest.raises(errors.ResourceExhausted, match="policy puts your workspaces in pool atlas"):
+        make(limits, [manager("a")])[0].create("req-2", ws(), caller=_entitled(pool="atlas"))
+
+
+def test_a_request_cannot_name_its_own_unix_group(limits):
+    f, records, _ = make(limits, [manager("a")])
+    with pytest.raises(errors.InvalidArgument, match="site's policy") as err:
+        f.create("req-1", ws(software=model.Software(unix_group="root")), caller=_entitled(group="atlasprd"))
+    assert err.value.violations[0][0] == "workspace.spec.software.unix_group" and not records.records
+
+
 def test_placements_between_registry_reads_are_counted_so_load_still_spreads(limits):
     f, records, mgrs = make(limits, [manager("a", free=4), manager("b", free=4)])
     for i in range(4):
