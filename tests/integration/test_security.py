@@ -5,7 +5,9 @@ state-changing call and every refusal in the audit trail, services authenticatin
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import json
+import subprocess
 
 import grpc
 import pytest
@@ -366,7 +368,6 @@ def test_the_cli_finds_its_credentials_and_shows_who_you_are(site, world):
     env = {k: v for k, v in site.cli_env().items() if k not in ("X509_USER_CERT", "X509_USER_KEY")}
     env["X509_USER_PROXY"] = str(world.production)
     env["XDG_CACHE_HOME"] = str(world.root / "cache")
-    import subprocess
     r = subprocess.run(site.cli_argv("whoami"), capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert world.alice.dn in r.stdout and "/atlas/Role=production" in r.stdout and "atlas-production" in r.stdout
@@ -381,3 +382,55 @@ def test_the_cli_finds_its_credentials_and_shows_who_you_are(site, world):
     assert r.returncode == 0, r.stderr
     actions = [e["action"] for e in json.loads(r.stdout)["entries"]]
     assert "FactoryService/CreateWorkspace" in actions and "AccessService/GrantRole" in actions
+
+
+def _production_customised(site, world, extra: str) -> As:
+    """The policy's production rule customising `extra` (TOML keys) too; alice's production
+    proxy once the repository has reloaded it."""
+    production = 'customise = { environment = { VO = "{vo}", SITE_ROLE = "production" } }'
+    site.policy_path.write_text(POLICY.replace(production, production.replace("customise = {",
+                                                                              f"customise = {{ {extra},")))
+    alice = site.proxy(world.production)
+    wait_until(lambda: alice.access.GetCaller(access_pb2.GetCallerRequest(), timeout=10)
+               .entitlement.customisation.unix_group, what="the new policy")
+    return alice
+
+
+def test_the_policy_puts_a_vo_in_its_account_pool_and_unix_group(site, world, unix_group):
+    """customise.account_pool: only a manager of that pool takes the workspace; customise.unix_group:
+    its account is in that group (and its programs run with it) until it is returned."""
+    group, pool = unix_group, f"vp{site.tag}p"
+    site.add_manager("p", backend="account-pool", pool_size=2)
+    alice = _production_customised(site, world, f'account_pool = "{pool}", unix_group = "{group}"')
+    r = site.cli("managers", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    p = next(m for m in json.loads(r.stdout)["managers"] if m["name"] == site.manager_name("p"))
+    assert p["account_pool"] == pool and p["identity"].endswith("CN=manager")  # the site's manager certificate
+    # Only the policy names a group: a request that does is refused, naming the field.
+    code, details = code_of(lambda: alice.create(unix_group="root"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "spec.software.unix_group" in details
+    ws = alice.create()
+    assert ws.endpoint.manager == site.manager_name("p"), "m0 leases from no pool"
+    assert ws.spec.software.unix_group == group and ws.customisation.account_pool == pool
+    account = ws.endpoint.host_identity
+    assert account.startswith(pool) and account in grp.getgrnam(group).gr_mem
+    r = site.cli("exec", ws.name, "--", "id", "-nG")
+    assert r.returncode == 0, r.stderr
+    assert group in r.stdout.decode().split()
+    alice.manager(ws.endpoint.manager_address).DestroyWorkspace(
+        manager_pb2.DestroyWorkspaceRequest(name=ws.name), timeout=60)
+    assert account not in grp.getgrnam(group).gr_mem  # the next lease starts without it
+    # The placement refusal names the pool when no manager of it is there.
+    site.managers["p"].stop()
+    code, details = code_of(lambda: alice.create())
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"pool {pool}" in details, details
+
+
+def test_a_unix_group_missing_on_the_host_is_refused_leaving_nothing(site, world):
+    alice = _production_customised(site, world, 'unix_group = "vws-no-such-group"')
+    before = site.accounts()
+    code, details = code_of(lambda: alice.create())
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "vws-no-such-group" in details and "groupadd" in details
+    assert site.accounts() == before
+    assert not alice.repo.ListWorkspaces(repository_pb2.ListWorkspacesRequest(), timeout=10).workspaces
