@@ -229,7 +229,8 @@ class WorkspaceFactory:
                 raise
             self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
-                                       customisation=record.customisation, endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
+                                       customisation=record.customisation,
+                                       endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
         if not managers:
             raise errors.ResourceExhausted(
                 "no manager has registered with the repository; start one (vws manager) or wait for it",
