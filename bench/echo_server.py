@@ -1,8 +1,11 @@
 """The anchor for request throughput: a trivial gRPC server that answers every unary call with
-its request bytes, built the same way as ours (thread pool, one port), nothing else."""
+its request bytes, built the same way as ours (thread pool, one port), nothing else. With a
+PKI directory as its argument it serves mutual TLS with the repository's certificate, as ours
+does by default; without, plain text."""
 from __future__ import annotations
 
 import concurrent.futures
+import pathlib
 import sys
 
 import grpc
@@ -13,7 +16,13 @@ def main() -> None:
         "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 1:
+        from vws.common import tls
+        d = pathlib.Path(sys.argv[1])
+        identity = tls.Identity(*((d / n).read_bytes() for n in ("ca.pem", "repository.pem", "repository.key")))
+        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(identity, identity.ca_pem))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()
