@@ -1,7 +1,7 @@
 """The anchor for request throughput: a trivial gRPC server that answers every unary call with
-its request bytes, built the same way as ours (thread pool, one port), nothing else. With a
-PKI directory as its argument it serves mutual TLS with the repository's certificate, as ours
-does by default; without, plain text."""
+its request bytes, built the same way as ours (thread pool, one port), nothing else. Given
+the CA certificate, a certificate and its key (paths), it serves mutual TLS as ours does by
+default; given nothing, plain text."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -18,8 +18,7 @@ def main() -> None:
     server.add_generic_rpc_handlers((handler,))
     if len(sys.argv) > 1:
         from vws.common import tls
-        d = pathlib.Path(sys.argv[1])
-        identity = tls.Identity(*((d / n).read_bytes() for n in ("ca.pem", "repository.pem", "repository.key")))
+        identity = tls.Identity(*(pathlib.Path(p).read_bytes() for p in sys.argv[1:4]))
         port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(identity, identity.ca_pem))
     else:
         port = server.add_insecure_port("127.0.0.1:0")

@@ -53,7 +53,9 @@ def throughput(call, seconds=SECONDS, threads=CLIENTS) -> float:
 def echo():
     """The echo server over mutual TLS with the site's repository certificate, called with the
     credentials the repository's callers use."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(site_pki().directory)],
+    site = site_pki()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(site.ca.cert),
+                             str(site.services["repository"].cert), str(site.services["repository"].key)],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     channel = clients.new_channel(f"127.0.0.1:{port}")

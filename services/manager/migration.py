@@ -115,9 +115,8 @@ class Migrations:
                 mig.record.update(stage="packed", package=_package_record(package))
                 m.state.put_migration(mig)
                 offers = self._offers(package)
-                ids = self.peers.accept(address, dataclasses.replace(m.view(dataclasses.replace(ws, state=prior)),
-                                                                     customisation=customisation),
-                                        m.identity.name, offers, json.dumps(package.meta))
+                sent = dataclasses.replace(m.view(dataclasses.replace(ws, state=prior)), customisation=customisation)
+                ids = self.peers.accept(address, sent, m.identity.name, offers, json.dumps(package.meta))
                 mig.record.update(stage="sending", transfer_ids=ids)
                 m.state.put_migration(mig)
                 figures = self._send(address, package, offers, ids, self._reporting(name, progress))

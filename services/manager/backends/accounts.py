@@ -388,7 +388,7 @@ class AccountBackend(Backend):
         """Stages files and environment and runs the setup script. Raises on any failure;
         the caller undoes."""
         group = spec.software.unix_group
-        if group and group not in supplementary_groups(pw.pw_name):
+        if group and pw.pw_name not in grp.getgrnam(group).gr_mem:
             run_account_tool(["usermod", "--append", "--groups", group, pw.pw_name])
         self._apply_limits(workspace_id, spec)
         self._mount_disk(pw, workspace_id, spec)
