@@ -195,7 +195,9 @@ def test_stop_kills_everything_and_locks(backend):
                                 "sleep", "100"])
     try:
         deadline = time.monotonic() + 5
-        while len(uid_pids(pw.pw_uid)) < 4 and time.monotonic() < deadline:
+        # until the outside one runs as the account too (setpriv has switched), not just any 4
+        while ((outside.pid not in uid_pids(pw.pw_uid) or len(uid_pids(pw.pw_uid)) < 4)
+               and time.monotonic() < deadline):
             time.sleep(0.01)
         backend.stop(h)
         assert p.wait(timeout=5) == -9
