@@ -12,6 +12,10 @@ rsync daemon in the receiving one (the fair anchor: no ssh), in the same run.
     1.2x). Two readings of "blocks": 4 MiB (the chunks: 3 of 256 changed, each by a 64 KiB
     write at a random place inside it) and 64 KiB (a qcow2 cluster: 164 of 16384, at random,
     so most chunks hold a change and go as CHUNK_SOURCE_BASE with only the blocks written).
+(a') The same 1 GiB over TLS (mutual, ECDSA P-256 certificates of a throwaway local PKI,
+    vws.common.auth.pki), to a transfer service in b serving on a secure port, against
+    `rsync -W -e ssh` to an sshd in b (the encrypted anchor; AES-GCM on both sides). Same
+    goal, and the CPU time of both ends.
 (c) A 4 GiB sparse file holding 200 MiB (the layouts of bench/test_copy.py: 50 extents of
     4 MiB, chunk-aligned or each straddling two chunks): bytes sent (goal <= 1.05 x 200 MiB),
     also as counted on the interface, and the copy's allocation at the receiver.
@@ -24,11 +28,14 @@ run, bench/test_copy.py's _prepare: outputs deleted, sync, source read through, 
 the output touched (see there why). rsync and send_file take turns first. Medians of ROUNDS."""
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import random
 import re
 import resource
 import shutil
+import subprocess
 import sys
 import time
 
@@ -46,6 +53,9 @@ GiB = 1 << 30
 CHUNK = copysum.CHUNK
 BIG = 1 * GiB
 RSYNC_PORT = 8730
+SSH_PORT = 8722
+# The encrypted anchor's cipher: OpenSSH's fastest here (AES-NI), like the AES-GCM TLS 1.3 gives gRPC.
+SSH_CIPHER = "aes128-gcm@openssh.com"
 
 
 class Pair:
@@ -195,6 +205,120 @@ def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
                "(for information)")
 
 
+class TlsPair:
+    """The encrypted pair, on the hosts of `pair`: in b, a transfer service over TLS (its own
+    process, this module's `serve`, with mutual TLS from a throwaway local PKI) and an sshd for
+    `rsync -e ssh` (a throwaway host key, one authorised key)."""
+
+    def __init__(self, pair: Pair, root):
+        from vws.common.auth import pki
+        self.pair, self.hosts, self.root = pair, pair.hosts, root
+        b = self.hosts.addr["b"]
+        self.pki = pki.ensure(root / "tls", hosts=[b]).directory
+        self.store = root / "tls-receiver"
+        self.server = self.hosts.popen("b", sys.executable, "-m", "bench.test_transfer", "serve", f"{b}:0",
+                                       str(self.store), str(self.pki), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.server.stdout.readline()
+        if not line:
+            raise AssertionError(f"the TLS transfer service did not start (exit {self.server.wait()})")
+        self.address = f"{b}:{json.loads(line)['port']}"
+        self.rsync_dir = root / "rsync-ssh"
+        self.rsync_dir.mkdir()
+        ssh = root / "ssh"
+        ssh.mkdir(mode=0o700)
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / name)], check=True)
+        (ssh / "authorized_keys").write_text((ssh / "client.pub").read_text())
+        (ssh / "sshd_config").write_text(
+            f"ListenAddress {b}:{SSH_PORT}\nHostKey {ssh / 'host'}\nAuthorizedKeysFile {ssh / 'authorized_keys'}\n"
+            f"PidFile {ssh / 'sshd.pid'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nCompression no\n"
+            f"Ciphers {SSH_CIPHER}\n")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self.sshd = self.hosts.popen("b", shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
+                                     "-f", str(ssh / "sshd_config"), stderr=open(ssh / "sshd.log", "ab"))
+        self.ssh = (f"ssh -i {ssh / 'client'} -p {SSH_PORT} -c {SSH_CIPHER} -o Compression=no -o BatchMode=yes "
+                    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        deadline = time.monotonic() + 20
+        while self.hosts.exec("a", *self.ssh.split(), f"root@{b}", "true", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sshd did not answer in 20 s:\n{(ssh / 'sshd.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def send(self, src, transfer_id: str) -> dict:
+        """send_file over TLS (this module's `send`, timed and its CPU counted by itself); the
+        receiver's CPU from its process."""
+        self.hosts.exec("a", sys.executable, "-m", "bench.test_transfer", "abort", self.address, transfer_id,
+                        str(self.pki), cwd=ROOT)
+        receiver = _cpu(self.server.pid)
+        out = self.hosts.exec("a", sys.executable, "-m", "bench.test_transfer", "send", self.address, str(src),
+                              transfer_id, str(self.pki), cwd=ROOT, check=False)
+        lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        assert lines and "result" in lines[-1], f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        return {**lines[-1]["result"], "cpu": (lines[-1]["cpu"], _cpu(self.server.pid) - receiver)}
+
+    def rsync(self, src, name: str) -> tuple[float, float]:
+        """`rsync -W -e ssh` of src: (wall seconds, CPU seconds of both ends: rsync and ssh
+        here, sshd and rsync there)."""
+        cpu = _children_cpu() + _cpu(self.sshd.pid)
+        t0 = time.perf_counter()
+        self.hosts.exec("a", "rsync", "-W", "-e", self.ssh, str(src), f"root@{self.hosts.addr['b']}:{self.rsync_dir / name}")
+        t = time.perf_counter() - t0
+        time.sleep(0.1)  # for sshd to reap the session (its CPU time then counts)
+        return t, _children_cpu() + _cpu(self.sshd.pid) - cpu
+
+    def received(self, transfer_id: str):
+        return json.loads((self.store / "files.json").read_text())[transfer_id]
+
+
+@pytest.fixture(scope="module")
+def tls(pair):
+    if shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
+        pytest.fail("sshd not found (Debian's openssh-server): run make setup", pytrace=False)
+    return TlsPair(pair, pair.root)
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_full_1gib_over_tls_beside_rsync_over_ssh(benchmark, pair, tls, big, report):
+    rsync_dst = tls.rsync_dir / "big"
+    ours, theirs, results, rsync_cpu = [], [], [], []
+    order = [0]
+
+    def run_rsync():
+        _prepare(big, rsync_dst, out=BIG)
+        t, cpu = tls.rsync(big, "big")
+        theirs.append(t)
+        rsync_cpu.append(cpu)
+
+    def setup():
+        order[0] ^= 1
+        if order[0]:
+            run_rsync()
+        _prepare(big, rsync_dst, out=BIG)
+        return (), {}
+
+    def target():
+        results.append(tls.send(big, "bench/full-tls"))
+        ours.append(results[-1]["seconds"])
+        if not order[0]:
+            run_rsync()
+    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1)
+
+    want = copysum.digest_file(big).digest
+    assert all(r["digest"] == want for r in results) and tls.received("bench/full-tls")["digest"] == want
+    o, t = median(ours), median(theirs)
+    print(f"\n[bench] transfer 1 GiB over TLS: send_file {[round(x, 3) for x in ours]}, rsync -W -e ssh "
+          f"{[round(x, 3) for x in theirs]}; CPU send_file {[tuple(round(c, 2) for c in r['cpu']) for r in results]}, "
+          f"rsync {[round(c, 2) for c in rsync_cpu]}", file=sys.stderr)
+    report.row(f"transfer 1 GiB over TLS (mutual, AES-GCM), median of {ROUNDS}", f"{_s(o)}, {_rate(BIG, o)}",
+               f"rsync -W -e ssh ({SSH_CIPHER}) {_s(t)}, {_rate(BIG, t)}", f"{t / o:.2f}x rsync's throughput",
+               _goal(t / o >= 1.5, ">= 1.5x"))
+    sender, receiver = median([r["cpu"][0] for r in results]), median([r["cpu"][1] for r in results])
+    report.row("  CPU time of both ends", f"{_s(sender + receiver)} (sender {sender:.2f}, receiver {receiver:.2f})",
+               f"rsync and ssh, both ends {_s(median(rsync_cpu))}", f"{(sender + receiver) / median(rsync_cpu):.2f}x",
+               "(for information)")
+
+
 def _changed(src, dst, block: int, seed: int) -> int:
     """dst: src with 1% of its `block`-byte blocks changed, each by up to 64 KiB of new bytes
     at a random place inside; the number of blocks changed."""
@@ -294,3 +418,54 @@ def test_sparse_4gib_holding_200mib(benchmark, pair, report, layout):
                "its data, 200 MiB", f"{wire / data:.3f}x", "(for information)")
     report.row("  allocated at the receiver", f"{got / MiB:.1f} MiB", f"source {orig / MiB:.1f} MiB",
                f"{got / orig:.3f}x", _goal(got <= orig, "as sparse as the source"))
+
+
+# ============================================================================ the TLS pair's two ends
+# `python -m bench.test_transfer serve ADDRESS STORE PKI_DIR`: a transfer service (the manager's
+# TransferStore and servicer, fsync off as the manager's in `Pair`) on a TLS port, mutual TLS
+# with the local PKI's manager certificate; prints {"port": ...}. `send TARGET PATH ID PKI_DIR`:
+# send_file over TLS with the same certificate as client; prints {"result": ..., "cpu": ...}
+# (the process's CPU seconds during send_file). `abort TARGET ID PKI_DIR`: AbortTransfer.
+
+def _tls_main(argv: list[str]) -> int:
+    import concurrent.futures
+
+    import grpc
+
+    from vws.manager import transfer
+    from vws.manager.transfer_servicer import TransferServicer, add_to_server
+    from vws.v1 import transfer_pb2, transfer_pb2_grpc
+
+    command, pki_dir = argv[0], pathlib.Path(argv[-1])
+    ca, key, cert = ((pki_dir / n).read_bytes() for n in ("ca.pem", "manager.key", "manager.pem"))
+    if command == "serve":
+        store = transfer.TransferStore(pathlib.Path(argv[2]), fsync=False)
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=32),
+                             options=transfer.channel_options(transfer.MAX_CHUNK))
+        add_to_server(TransferServicer(store), server)
+        port = server.add_secure_port(argv[1], grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True))
+        server.start()
+        print(json.dumps({"port": port}), flush=True)
+        server.wait_for_termination()
+        return 0
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+
+    def channel(target: str, options=None) -> grpc.Channel:
+        return grpc.secure_channel(target, credentials, options=options)
+    if command == "abort":
+        with channel(argv[1]) as ch:
+            transfer_pb2_grpc.TransferServiceStub(ch).AbortTransfer(
+                transfer_pb2.AbortTransferRequest(transfer_id=argv[2]), timeout=30)
+        return 0
+    c0 = resource.getrusage(resource.RUSAGE_SELF)
+    r = transfer.send_file(argv[1], argv[2], argv[3], channel_factory=channel,
+                           options=transfer.SendOptions(give_up_after=120.0, stall_timeout=10.0))
+    c1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"result": r.as_dict(),
+                      "cpu": c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_tls_main(sys.argv[1:]))
