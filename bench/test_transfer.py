@@ -12,6 +12,10 @@ rsync daemon in the receiving one (the fair anchor: no ssh), in the same run.
     1.2x). Two readings of "blocks": 4 MiB (the chunks: 3 of 256 changed, each by a 64 KiB
     write at a random place inside it) and 64 KiB (a qcow2 cluster: 164 of 16384, at random,
     so most chunks hold a change and go as CHUNK_SOURCE_BASE with only the blocks written).
+    Beside them, in the same run, the transport's own ceilings between the same namespaces:
+    gRPC alone (256 messages of 4 MiB on 2 streams, discarded: no file, no hash) and TCP
+    alone (one socket, 4 MiB writes and reads), each with both ends' CPU time: what is left
+    of the transfer's time and CPU beyond them is reading, hashing, verifying and writing.
 (a') The same 1 GiB over TLS (mutual, ECDSA P-256 certificates of a throwaway local PKI,
     vws.common.auth.pki), to a transfer service in b serving on a secure port, against
     `rsync -W -e ssh` to an sshd in b (the encrypted anchor; AES-GCM on both sides). Same
@@ -139,6 +143,33 @@ def big(pair):
     os.unlink(src)
 
 
+class Ceiling:
+    """This module's `sink` in namespace b (a gRPC method that discards what it is sent, and a
+    TCP port that does the same); `pump` in a sends 1 GiB to either."""
+
+    def __init__(self, pair: Pair):
+        self.hosts = pair.hosts
+        self.sink = self.hosts.popen("b", sys.executable, "-m", "bench.test_transfer", "sink", self.hosts.addr["b"],
+                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.sink.stdout.readline()
+        if not line:
+            raise AssertionError(f"the sink did not start (exit {self.sink.wait()})")
+        self.ports = json.loads(line)
+
+    def pump(self, kind: str) -> tuple[float, float, float]:
+        """(wall seconds, CPU seconds of the sender, of the receiver) to move 1 GiB."""
+        receiver = _cpu(self.sink.pid)
+        out = self.hosts.exec("a", sys.executable, "-m", "bench.test_transfer", "pump", kind,
+                              f"{self.hosts.addr['b']}:{self.ports[kind]}", str(BIG), cwd=ROOT).stdout
+        r = json.loads(out.splitlines()[-1])
+        return r["seconds"], r["cpu"], _cpu(self.sink.pid) - receiver
+
+
+@pytest.fixture(scope="module")
+def ceiling(pair):
+    return Ceiling(pair)
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds of a process and of its children it has reaped."""
     with open(f"/proc/{pid}/stat") as f:
@@ -164,7 +195,7 @@ def _goal(ok: bool, text: str) -> str:
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
+def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report, ceiling):
     rsync_dst = pair.rsync_dir / "big"
     ours, theirs, results, rsync_cpu = [], [], [], []
     order = [0]
@@ -203,6 +234,20 @@ def test_full_1gib_beside_rsync_whole_file(benchmark, pair, big, report):
                f"{_s(sender + receiver)} (sender {sender:.2f}, receiver {receiver:.2f})",
                f"rsync {_s(median(rsync_cpu))}", f"{(sender + receiver) / median(rsync_cpu):.2f}x",
                "(for information)")
+    # The transport's own ceilings, in the same run.
+    moved = {"grpc": [], "tcp": []}
+    for _ in range(ROUNDS):
+        for kind in moved:
+            _prepare(big, out=BIG)
+            moved[kind].append(ceiling.pump(kind))
+    (gt, gs, gr), (tt, ts, tr) = ([median([m[i] for m in moved[k]]) for i in range(3)] for k in ("grpc", "tcp"))
+    print(f"\n[bench] 1 GiB moved by gRPC alone {[tuple(round(x, 2) for x in m) for m in moved['grpc']]}, "
+          f"TCP alone {[tuple(round(x, 2) for x in m) for m in moved['tcp']]} (seconds, CPU sender, receiver)",
+          file=sys.stderr)
+    report.row("  ceiling: 1 GiB moved by gRPC alone (4 MiB messages, 2 streams, discarded)",
+               f"{_s(gt)}, CPU {gs + gr:.2f} s (sender {gs:.2f}, receiver {gr:.2f})",
+               f"TCP alone (1 socket) {_s(tt)}, CPU {ts + tr:.2f} s (sender {ts:.2f}, receiver {tr:.2f})",
+               f"transfer = {(sender + receiver) / (gs + gr):.2f}x gRPC's CPU", "(for information)")
 
 
 class TlsPair:
@@ -420,12 +465,80 @@ def test_sparse_4gib_holding_200mib(benchmark, pair, report, layout):
                f"{got / orig:.3f}x", _goal(got <= orig, "as sparse as the source"))
 
 
-# ============================================================================ the TLS pair's two ends
-# `python -m bench.test_transfer serve ADDRESS STORE PKI_DIR`: a transfer service (the manager's
-# TransferStore and servicer, fsync off as the manager's in `Pair`) on a TLS port, mutual TLS
-# with the local PKI's manager certificate; prints {"port": ...}. `send TARGET PATH ID PKI_DIR`:
-# send_file over TLS with the same certificate as client; prints {"result": ..., "cpu": ...}
-# (the process's CPU seconds during send_file). `abort TARGET ID PKI_DIR`: AbortTransfer.
+# ============================================================================ helpers run in the namespaces
+# `python -m bench.test_transfer ...`:
+#   serve ADDRESS STORE PKI_DIR   a transfer service (the manager's TransferStore and servicer,
+#                                 fsync off as the manager's in `Pair`) on a TLS port, mutual
+#                                 TLS with the local PKI's manager certificate; prints {"port"}
+#   send TARGET PATH ID PKI_DIR   send_file over TLS, the same certificate as client; prints
+#                                 {"result", "cpu"} (the process's CPU seconds in send_file)
+#   abort TARGET ID PKI_DIR       AbortTransfer over TLS
+#   sink ADDRESS, pump ...        the ceilings (_ceiling_main)
+
+def _ceiling_main(argv: list[str]) -> int:
+    """`sink ADDRESS`: a gRPC method and a TCP port that discard what they are sent; prints
+    {"grpc": port, "tcp": port}. `pump grpc|tcp HOST:PORT BYTES`: sends BYTES in 4 MiB
+    messages or writes; prints {"seconds": ..., "cpu": ...} (the process's CPU seconds)."""
+    import concurrent.futures
+    import socket
+    import threading
+
+    import grpc
+
+    from vws.manager import transfer
+    transfer.keep_chunk_buffers()
+    method = ("vws.bench.Sink", "Take")
+    if argv[0] == "sink":
+        def take(requests, context):
+            for _ in requests:
+                pass
+            return b""
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8),
+                             options=[("grpc.so_reuseport", 0), *transfer.channel_options(CHUNK)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            method[0], {method[1]: grpc.stream_unary_rpc_method_handler(take)}),))
+        port = server.add_insecure_port(f"{argv[1]}:0")
+        server.start()
+        listener = socket.create_server((argv[1], 0))
+
+        def drain():
+            buf = memoryview(bytearray(CHUNK))
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    while conn.recv_into(buf):
+                        pass
+        threading.Thread(target=drain, daemon=True).start()
+        print(json.dumps({"grpc": port, "tcp": listener.getsockname()[1]}), flush=True)
+        server.wait_for_termination()
+        return 0
+    kind, target, total = argv[1], argv[2], int(argv[3])
+    message = os.urandom(CHUNK + 64)  # a chunk and its SendChunksRequest fields
+    count = total // CHUNK
+    if kind == "grpc":
+        channels = [grpc.insecure_channel(target, options=transfer.channel_options(CHUNK) + [
+            ("grpc.use_local_subchannel_pool", 1)]) for _ in range(2)]
+        for ch in channels:
+            grpc.channel_ready_future(ch).result(timeout=30)
+    else:
+        host, _, port = target.rpartition(":")
+        sock = socket.create_connection((host, int(port)))
+    c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    if kind == "grpc":
+        calls = [ch.stream_unary("/" + "/".join(method)).future(iter([message] * (count // 2))) for ch in channels]
+        for call in calls:
+            call.result()
+    else:
+        view = memoryview(message)[:CHUNK]
+        for _ in range(count):
+            sock.sendall(view)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # the sink has read everything when it closes
+        sock.close()
+    t, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": t, "cpu": c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime}), flush=True)
+    return 0
+
 
 def _tls_main(argv: list[str]) -> int:
     import concurrent.futures
@@ -468,4 +581,4 @@ def _tls_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_tls_main(sys.argv[1:]))
+    sys.exit((_ceiling_main if sys.argv[1] in ("sink", "pump") else _tls_main)(sys.argv[1:]))
