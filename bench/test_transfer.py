@@ -280,8 +280,9 @@ class TlsPair:
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nCompression no\n"
             f"Ciphers {SSH_CIPHER}\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-        self.sshd = self.hosts.popen("b", shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
-                                     "-f", str(ssh / "sshd_config"), stderr=open(ssh / "sshd.log", "ab"))
+        with open(ssh / "sshd.log", "ab") as log:
+            self.sshd = self.hosts.popen("b", shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
+                                         "-f", str(ssh / "sshd_config"), stderr=log)
         self.ssh = (f"ssh -i {ssh / 'client'} -p {SSH_PORT} -c {SSH_CIPHER} -o Compression=no -o BatchMode=yes "
                     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         deadline = time.monotonic() + 20
