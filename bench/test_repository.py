@@ -1,5 +1,6 @@
-"""Repository reads: Get throughput beside a trivial echo gRPC server, and the first page of
-List with 100,000 workspaces stored."""
+"""Repository reads: Get throughput beside a trivial echo gRPC server, Get with TLS and
+authorisation beside the same call in plain text, and the first page of List with 100,000
+workspaces stored."""
 from __future__ import annotations
 
 import datetime as dt
@@ -15,15 +16,16 @@ import pytest
 import sqlalchemy as sa
 
 from bench.conftest import ms
-from tests.integration.stack import Process
-from vws.common import clients, converters, model, names
+from tests.integration.stack import Process, site_pki
+from vws.common import clients, converters, model, names, tls
 from vws.repository import db, store
-from vws.v1 import repository_pb2, workspace_pb2
+from vws.v1 import repository_pb2, repository_pb2_grpc, workspace_pb2
 
 SECONDS = 2.0
 ROUNDS = 5
 CLIENTS = 4
 STORED = 100_000
+USERS = "/O=vws/OU=users/CN=user"   # owners: user0 .. user49, as the local CA names users
 
 
 def throughput(call, seconds=SECONDS, threads=CLIENTS) -> float:
@@ -68,7 +70,7 @@ def populate(url: str, n: int) -> list[str]:
         t = now - dt.timedelta(seconds=n - i)
         row = dict(name=names.workspace_name(names.new_workspace_id()), spec=spec,
                    state=model.State.RUNNING.value if i % 10 else model.State.TERMINATED.value,
-                   state_message="", state_time=t, owner=f"user{i % 50}", manager_name="managers/bench",
+                   state_message="", state_time=t, owner=f"{USERS}{i % 50}", manager_name="managers/bench",
                    manager_address="127.0.0.1:1", host_identity=f"vws-{i}", labels={},
                    request_id=str(uuid.uuid4()), request_digest="", create_time=t, update_time=t,
                    termination_time=t + dt.timedelta(days=1), destroy_reason="", event_seq=0)
@@ -87,13 +89,20 @@ def populate(url: str, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
+    """The repository as it runs by default (TLS, every call authenticated and authorised),
+    and a second process over the same database in plain text (--insecure), for comparison."""
     data = tmp_path_factory.mktemp("repo")
     url = db.default_url(data)
     t0 = time.perf_counter()
     stored = populate(url, STORED)
     print(f"\nstored {STORED} workspaces in {time.perf_counter() - t0:.1f}s")
-    p = Process("repository", data, ["--listen", "127.0.0.1:0"], None).start()
+    site = site_pki()
+    p = Process("repository", data, ["--listen", "127.0.0.1:0", "--pki-dir", str(site.directory)], None).start()
+    plain = Process("repository", tmp_path_factory.mktemp("repo-plain"),
+                    ["--listen", "127.0.0.1:0", "--database-url", url, "--insecure", "true"], None).start()
+    p.plain = plain
     yield p, stored
+    plain.stop()
     p.stop()
 
 
@@ -143,7 +152,7 @@ def test_list_first_page_with_100k_stored(benchmark, repository, report):
     samples.sort()
     p50 = samples[len(samples) // 2]
     # the anchor: the same page with a filter on one owner's 2,000 (the index's own best case)
-    owner = repository_pb2.ListWorkspacesRequest(page_size=50, owner="user7")
+    owner = repository_pb2.ListWorkspacesRequest(page_size=50, owner=f"{USERS}7")
     anchor = []
     for _ in range(200):
         t0 = time.perf_counter()
@@ -155,3 +164,39 @@ def test_list_first_page_with_100k_stored(benchmark, repository, report):
                f"{ms(p50)} / {ms(samples[int(len(samples) * 0.99) - 1])}",
                f"one owner's page p50 {ms(a50)}", f"{p50 / a50:.2f}x",
                "<= 50 ms" + (" (met)" if p50 <= 0.05 else " (MISSED)"))
+
+
+@pytest.mark.benchmark(group="repository-get-secure")
+def test_get_throughput_with_tls_and_authorisation(benchmark, repository, report):
+    """A user (a certificate of the site's CA) reading their own workspaces, every call over
+    TLS, authenticated and checked against the workspace's owner and role bindings, beside the
+    same calls to the same database in plain text with no checks."""
+    proc, stored = repository
+    site = site_pki()
+    cert, key = site.issue_user("user7")
+    secure = grpc.secure_channel(proc.address, tls.channel_credentials(tls.Identity(site.ca_pem(), cert, key)),
+                                 options=clients.OPTIONS)
+    plain = grpc.insecure_channel(proc.plain.address, options=clients.OPTIONS)
+    mine = [n for i, n in enumerate(stored) if i % 50 == 7][-2000:]
+    stubs = {"tls": repository_pb2_grpc.RepositoryServiceStub(secure),
+             "plain": repository_pb2_grpc.RepositoryServiceStub(plain)}
+    counter = iter(range(10 ** 9))
+    requests = [repository_pb2.GetWorkspaceRequest(name=n) for n in mine]
+    for stub in stubs.values():
+        for r in requests[:200]:
+            stub.GetWorkspace(r, timeout=10)
+    rounds: dict[str, list[float]] = {"tls": [], "plain": []}
+    for _ in range(ROUNDS):
+        for k, stub in stubs.items():
+            rounds[k].append(throughput(lambda: stub.GetWorkspace(requests[next(counter) % len(requests)],
+                                                                  timeout=10)))
+    tls_rps, plain_rps = statistics.median(rounds["tls"]), statistics.median(rounds["plain"])
+    benchmark.extra_info.update(tls_rps=tls_rps, plain_rps=plain_rps)
+    benchmark.pedantic(lambda: stubs["tls"].GetWorkspace(requests[0], timeout=10), rounds=500, iterations=1)
+    ratio = tls_rps / plain_rps
+    report.row(f"Repository Get with TLS + authentication + authorisation (a user's own workspaces, "
+               f"{CLIENTS} threads, median of {ROUNDS}x{SECONDS:g}s)", f"{tls_rps:,.0f} req/s",
+               f"plain text, no checks {plain_rps:,.0f} req/s", f"{ratio:.2f}x",
+               ">= 0.7x" + (" (met)" if ratio >= 0.7 else " (MISSED)"))
+    secure.close()
+    plain.close()

@@ -16,9 +16,10 @@ import uuid
 
 import grpc
 
+from vws.cli import access, credentials
 from vws.cli import output as out
 from vws.common import clients, config, errors, names, units
-from vws.v1 import (factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2)
+from vws.v1 import (access_pb2, factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2)
 
 W = workspace_pb2.Workspace
 IMG = image_pb2.Image
@@ -80,29 +81,50 @@ class Connection:
         self.factory_address, self.source = factory_address(args)
         self._repository_address = ""
 
+    def ready(self) -> None:
+        """Before the first call: the user's credential found and the process's calls set up."""
+        use_credentials(self.args)
+
     def unreachable(self, what: str, address: str) -> CliError:
         return CliError(f"cannot reach the {what} at {address} (from {self.source}); is the stack running? "
                         "Start it with `vws up`, or point at it with --endpoint or VWS_ENDPOINT", 3)
 
     def factory(self):
+        self.ready()
         return clients.factory(self.factory_address)
 
     def site(self) -> factory_pb2.GetSiteInfoResponse:
+        self.ready()
         try:
-            return self.factory().GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=TIMEOUT)
+            return clients.factory(self.factory_address).GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=TIMEOUT)
         except grpc.RpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 raise self.unreachable("factory", self.factory_address) from None
             raise
 
-    def repository(self):
+    def repository_address(self) -> str:
+        self.ready()
         if not self._repository_address:
             run = config.read_run_file(data_dir(self.args), "repository")
             if self.source.startswith("the stack") and run and run.get("address"):
                 self._repository_address = run["address"]
             else:
                 self._repository_address = self.site().repository_address
-        return clients.repository(self._repository_address)
+        return self._repository_address
+
+    def repository(self):
+        return clients.repository(self.repository_address())
+
+    def identity(self) -> str:
+        """Who the site takes this user for (the local user name on a plain-text stack)."""
+        try:
+            caller = self.access().GetCaller(access_pb2.GetCallerRequest(), timeout=TIMEOUT).caller
+        except grpc.RpcError:
+            return getpass.getuser()
+        return caller.identity if caller.credential_kind else getpass.getuser()
+
+    def access(self):
+        return clients.access(self.repository_address())
 
     def get(self, name: str) -> W:
         return self.repository().GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name), timeout=TIMEOUT).workspace
@@ -498,7 +520,7 @@ def cmd_site(args) -> int:
               f"max {units.format_duration(s.max_lifetime.ToTimedelta())}")
         try:
             images = conn.repository().ListImages(repository_pb2.ListImagesRequest(
-                owner=getpass.getuser(), page_size=1000), timeout=TIMEOUT).images
+                owner=conn.identity(), page_size=1000), timeout=TIMEOUT).images
         except grpc.RpcError:
             return
         print("images      " + (", ".join(i.name.split("/", 1)[1] for i in images) + " (vws image list)"
@@ -718,7 +740,7 @@ def cmd_image_add(args) -> int:
 
 def cmd_image_list(args) -> int:
     conn = Connection(args)
-    req = repository_pb2.ListImagesRequest(owner="" if args.all else getpass.getuser(), page_size=1000)
+    req = repository_pb2.ListImagesRequest(owner="" if args.all else conn.identity(), page_size=1000)
     found = []
     while True:
         r = conn.repository().ListImages(req, timeout=TIMEOUT)
@@ -803,6 +825,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "then the stack `vws up` started)")
     p.add_argument("--data-dir", dest="global_data_dir", metavar="DIR", help="the stack's data directory (default: $VWS_DATA_DIR or "
                                       f"{config.default_data_dir()})")
+    g = p.add_argument_group("credentials (default: found as `vws whoami` shows; see README, Security)")
+    g.add_argument("--cert", help="your certificate (PEM; mutual TLS), with --key (default: $X509_USER_CERT)")
+    g.add_argument("--key", help="its private key (default: the --cert file, or $X509_USER_KEY)")
+    g.add_argument("--proxy", help="a VOMS proxy (voms-proxy-init makes one; default: $X509_USER_PROXY, then "
+                                   "/tmp/x509up_u<uid>), logged in once per session")
+    g.add_argument("--token", help="a WLCG bearer token, or @FILE (default: $BEARER_TOKEN, $BEARER_TOKEN_FILE)")
+    g.add_argument("--ca", help="the site's CA certificate, to check the services with (default: $VWS_CA, then "
+                                "DATA_DIR/pki/ca.pem)")
+    g.add_argument("--insecure", action="store_true", help="plain text, for a stack started with --insecure "
+                                                          "(loopback only)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -951,6 +983,8 @@ def build_parser() -> argparse.ArgumentParser:
     from vws.cli import fftbench  # here, not at the top: it builds on this module
     fftbench.add_parser(sub, command)
 
+    access.add_parsers(command)
+
     c = command("exec", cmd_exec, "run a program in a workspace; exits with its code")
     c.add_argument("name", metavar="NAME")
     c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -978,7 +1012,29 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
     text = details or ""
     if extra and not all(e in text for e in extra):
         text = "; ".join(extra)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        text += credentials.explain_unavailable(exc)
     return f"{code.name if code else 'ERROR'}: {text}"
+
+
+# Commands that make no calls as a user (the services run as themselves; `up` sets up the
+# credentials once the stack's PKI is there).
+NO_CREDENTIALS = {"repository", "factory", "manager", "up", "down", "status"}
+
+
+def use_credentials(args) -> credentials.Choice:
+    """Finds the user's credential and sets up the process's calls with it (once per command)."""
+    if getattr(args, "credential", None) is None:
+        args.credential = True  # set first: Connection(args) below must not come back here
+        try:
+            args.credential = credentials.configure(args, data_dir(args),
+                                                    repository_address=Connection(args).repository_address)
+        except errors.VwsError as exc:
+            if factory_address(args)[1] == "the default" and config.read_run_file(data_dir(args), "factory") is None:
+                raise CliError(f"{exc.message}. No stack runs in {data_dir(args)}: start one with `vws up`, or point "
+                               "at a site with --endpoint (or VWS_ENDPOINT) and --ca", 3) from None
+            raise
+    return args.credential
 
 
 def main(argv: list[str] | None = None) -> int:

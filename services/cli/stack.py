@@ -18,8 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.cli import output as out
-from vws.cli.main import CliError, data_dir, describe_rpc_error
-from vws.common import clients, config
+from vws.cli.main import CliError, data_dir, describe_rpc_error, use_credentials
+from vws.common import clients, config, errors
 from vws.v1 import image_pb2, repository_pb2
 
 SERVICES = ("repository", "factory", "manager")
@@ -88,6 +88,14 @@ def _start(dd: pathlib.Path, service: str, flags: list[str], timeout: float) -> 
 def up(args) -> int:
     dd = data_dir(args)
     dd.mkdir(parents=True, exist_ok=True)
+    if not args.insecure:
+        # The site's CA, the services' certificates and the administrator's credential, made
+        # on the first start (and renewed when near their end); the CLI finds them there.
+        from vws.common.auth import pki
+        made = pki.ensure_dir(dd / "pki").made
+        if made:
+            print(f"{'pki':<10} made {', '.join(made)} in {dd / 'pki'}")
+    use_credentials(args)
     started = {}
     for service in SERVICES:
         info = running(dd, service)
@@ -103,6 +111,8 @@ def up(args) -> int:
             flags += ["--repository", started["repository"]["address"]]
         if service == "manager" and args.backend:
             flags += ["--backend", args.backend]
+        if args.insecure:
+            flags += ["--insecure", "true"]
         t0 = time.monotonic()
         started[service] = _start(dd, service, flags, args.timeout)
         print(f"{service:<10} serving at {started[service]['address']} (pid {started[service]['pid']}, "
@@ -152,6 +162,10 @@ def down(args) -> int:
 def status(args) -> int:
     dd = data_dir(args)
     rows, doc = [], {}
+    try:
+        use_credentials(args)
+    except (errors.VwsError, CliError):
+        pass  # no stack was ever started here: every service shows as stopped
     for service in SERVICES:
         info = config.read_run_file(dd, service) or {}
         pid = int(info.get("pid", 0))

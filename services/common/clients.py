@@ -1,11 +1,14 @@
-"""Channels and stubs for calling the vws services, one channel per address."""
+"""Channels and stubs for calling the vws services, one channel per address, all with this
+process's transport security (`use`): TLS with the process's certificate and/or a bearer token,
+or plain text when none was set (an explicitly insecure deployment, or a unit test)."""
 from __future__ import annotations
 
 import threading
 
 import grpc
 
-from vws.v1 import factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
+from vws.common import tls
+from vws.v1 import access_pb2_grpc, auth_pb2_grpc, factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
 
 # Reconnect within a second of a peer coming back (a restarted service, a reused port) rather
 # than after gRPC's default backoff, which grows to two minutes.
@@ -16,12 +19,35 @@ OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
 
 _channels: dict[str, grpc.Channel] = {}
 _lock = threading.Lock()
+_identity: tls.Identity | None = None
+_bearer: str = ""
+
+
+def use(identity: tls.Identity | None, bearer: str = "") -> None:
+    """How this process calls: TLS trusting `identity.ca_pem`, presenting its certificate when
+    it has one, and sending `authorization: Bearer <bearer>` when given; None: plain text."""
+    global _identity, _bearer
+    with _lock:
+        _identity, _bearer = identity, bearer
+        for ch in _channels.values():
+            ch.close()
+        _channels.clear()
+
+
+def identity() -> tls.Identity | None:
+    return _identity
 
 
 def new_channel(address: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
     """A channel of its own (not cached), with this process's transport security and
     credentials; `options`: its channel arguments (default OPTIONS)."""
-    return grpc.insecure_channel(address, options=OPTIONS if options is None else options)
+    options = OPTIONS if options is None else options
+    if _identity is None:
+        return grpc.insecure_channel(address, options=options)
+    creds = tls.channel_credentials(_identity)
+    if _bearer:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(_bearer))
+    return grpc.secure_channel(address, creds, options=options)
 
 
 def channel(address: str) -> grpc.Channel:
@@ -47,3 +73,11 @@ def factory(address: str) -> factory_pb2_grpc.FactoryServiceStub:
 
 def manager(address: str) -> manager_pb2_grpc.ManagerServiceStub:
     return manager_pb2_grpc.ManagerServiceStub(channel(address))
+
+
+def access(address: str) -> access_pb2_grpc.AccessServiceStub:
+    return access_pb2_grpc.AccessServiceStub(channel(address))
+
+
+def auth(address: str) -> auth_pb2_grpc.AuthServiceStub:
+    return auth_pb2_grpc.AuthServiceStub(channel(address))

@@ -19,7 +19,7 @@ from typing import Any
 from vws.common import units
 from vws.common.errors import InvalidArgument
 
-SHARED_FIELDS = {"data_dir", "repository"}
+SHARED_FIELDS = {"data_dir", "repository", "pki_dir", "insecure", "ca"}
 
 
 def default_data_dir() -> pathlib.Path:
@@ -36,20 +36,47 @@ def _field(default: Any, help: str, unit: str = "str"):
 
 
 @dataclasses.dataclass
-class RepositorySettings:
+class Transport:
+    """What every service shares: how it proves itself and whom it trusts (see `vws.common.tls`)."""
+    pki_dir: pathlib.Path = _field(None, "the site's local PKI (CA, service and administrator certificates), made "
+                                   "there on first start when missing; empty means DATA_DIR/pki", "path")
+    certificate: pathlib.Path = _field(None, "this service's TLS certificate (PEM); empty means PKI_DIR/ROLE.pem", "path")
+    private_key: pathlib.Path = _field(None, "its private key (PEM); empty means PKI_DIR/ROLE.key", "path")
+    ca: pathlib.Path = _field(None, "the CA certificate(s) (PEM) that vouch for vws services; empty means "
+                              "PKI_DIR/ca.pem", "path")
+    grid_certificates: pathlib.Path = _field(pathlib.Path("/etc/grid-security/certificates"), "trusted CAs for "
+                                             "client certificates and proxies, in the grid layout (hashed names)",
+                                             "path")
+    insecure: bool = _field(False, "serve and call in plain text, with no authentication or authorisation; only on "
+                            "loopback addresses, for debugging", "bool")
+
+
+@dataclasses.dataclass
+class RepositorySettings(Transport):
     data_dir: pathlib.Path = _field(None, "where the embedded database and run files live", "path")
     listen: str = _field("127.0.0.1:7701", "host:port to serve on (port 0 picks a free one)")
     database_url: str = _field("", "SQLAlchemy URL; empty means SQLite in the data directory")
     heartbeat_timeout: dt.timedelta = _field(dt.timedelta(seconds=10), "a manager silent this long gets no new workspaces", "duration")
     max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest a workspace may live", "duration")
     expiry_interval: dt.timedelta = _field(dt.timedelta(seconds=1), "how often expired workspaces are looked for", "duration")
+    vomsdir: pathlib.Path = _field(pathlib.Path("/etc/grid-security/vomsdir"), "the VOMS servers whose attribute "
+                                   "certificates are trusted (<vo>/<host>.lsc)", "path")
+    token_issuers: pathlib.Path = _field(None, "TOML file of trusted WLCG token issuers ([[issuer]] name, iss, jwks, "
+                                         "audiences); empty means DATA_DIR/token-issuers.toml when present", "path")
+    policy: pathlib.Path = _field(None, "the authorisation policy (TOML, reloaded when it changes); empty means "
+                                  "DATA_DIR/policy.toml, made on first start with one rule for the administrator",
+                                  "path")
+    administrators: str = _field("", "further administrators: comma-separated identities (DNs); the local PKI's "
+                                 "administrator always is one")
+    session_lifetime: dt.timedelta = _field(dt.timedelta(hours=12), "how long a session from a proxy login lasts "
+                                            "(never past the proxy)", "duration")
     image_store: pathlib.Path = _field(None, "where image files are kept (every manager must be able to read it: "
                                        "local disk on one host, a shared filesystem across hosts); empty means "
                                        "DATA_DIR/images", "path")
 
 
 @dataclasses.dataclass
-class FactorySettings:
+class FactorySettings(Transport):
     data_dir: pathlib.Path = _field(None, "where run files live", "path")
     listen: str = _field("127.0.0.1:7702", "host:port to serve on")
     repository: str = _field("127.0.0.1:7701", "host:port of the RepositoryService")
@@ -69,7 +96,7 @@ class FactorySettings:
 
 
 @dataclasses.dataclass
-class ManagerSettings:
+class ManagerSettings(Transport):
     data_dir: pathlib.Path = _field(None, "where the manager keeps its local state", "path")
     listen: str = _field("127.0.0.1:7703", "host:port to serve on")
     advertise: str = _field("", "host:port clients use to reach this manager; empty means the listen address")

@@ -7,7 +7,9 @@ import datetime as dt
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from vws.common import model
-from vws.v1 import image_pb2
+from vws.common.auth.gate import Caller
+from vws.common.auth.principal import CredentialKind, Principal
+from vws.v1 import access_pb2, image_pb2
 from vws.v1 import workspace_pb2 as pb
 
 _STATE_TO_PB = {s: pb.Workspace.State.Value(f"STATE_{s.value}") for s in model.State}
@@ -162,6 +164,8 @@ def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
         msg.enforcement.CopyFrom(enforcement_to_pb(w.enforcement))
     if w.progress is not None:
         msg.progress.CopyFrom(progress_to_pb(w.progress))
+    if w.customisation is not None:
+        msg.customisation.CopyFrom(customisation_to_pb(w.customisation))
     for field in ("create_time", "update_time", "termination_time"):
         value = getattr(w, field)
         if value is not None:
@@ -178,7 +182,17 @@ def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
         request_id=msg.request_id,
         enforcement=enforcement_from_pb(msg.enforcement) if msg.HasField("enforcement") else None,
         progress=progress_from_pb(msg.progress) if msg.HasField("progress") else None,
+        customisation=customisation_from_pb(msg.customisation) if msg.HasField("customisation") else None,
     )
+
+
+def customisation_to_pb(c: model.Customisation) -> pb.Customisation:
+    return pb.Customisation(rule=c.rule, quota_group=c.quota_group, account_pool=c.account_pool,
+                            unix_group=c.unix_group, environment=c.environment, image=c.image)
+
+
+def customisation_from_pb(m: pb.Customisation) -> model.Customisation:
+    return model.Customisation(m.rule, m.quota_group, m.account_pool, m.unix_group, dict(m.environment), m.image)
 
 
 def progress_to_pb(p: model.Progress) -> pb.Progress:
@@ -272,3 +286,29 @@ def manager_from_pb(msg: pb.Manager) -> model.ManagerInfo:
         state={v: k for k, v in _MSTATE_TO_PB.items()}.get(msg.state, model.ManagerState.UNSPECIFIED),
         register_time=ts_from_pb(msg, "register_time"), heartbeat_time=ts_from_pb(msg, "heartbeat_time"),
         heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2))
+
+
+_CREDENTIAL_TO_PB = {k: access_pb2.Caller.CredentialKind.Value(f"CREDENTIAL_KIND_{k.name}") for k in CredentialKind}
+_CREDENTIAL_FROM_PB = {v: k for k, v in _CREDENTIAL_TO_PB.items()}
+
+
+def caller_to_pb(c: Caller) -> access_pb2.Caller:
+    msg = access_pb2.Caller(identity=c.identity, administrator=c.administrator, service_role=c.service_role)
+    p = c.principal
+    if p is not None:
+        msg.credential_kind = _CREDENTIAL_TO_PB[p.kind]
+        msg.attributes.extend(p.attributes)
+        msg.scopes.extend(p.scopes)
+        msg.vo, msg.issuer, msg.digest = p.vo, p.issuer, p.digest
+        msg.expire_time.CopyFrom(ts_to_pb(p.expiry))
+    return msg
+
+
+def caller_from_pb(m: access_pb2.Caller) -> Caller:
+    """The caller as the repository verified it (AuthorizeCall's answer)."""
+    kind = _CREDENTIAL_FROM_PB.get(m.credential_kind)
+    principal = Principal(identity=m.identity, kind=kind, attributes=tuple(m.attributes),
+                          expiry=ts_from_pb(m, "expire_time") or dt.datetime.max.replace(tzinfo=dt.timezone.utc),
+                          digest=m.digest, issuer=m.issuer, vo=m.vo, scopes=tuple(m.scopes)) if kind else None
+    return Caller(identity=m.identity, principal=principal, administrator=m.administrator,
+                  service_role=m.service_role)

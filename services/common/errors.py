@@ -67,6 +67,10 @@ class Aborted(VwsError):
     grpc_status_code = grpc.StatusCode.ABORTED
 
 
+class Cancelled(VwsError):
+    grpc_status_code = grpc.StatusCode.CANCELLED
+
+
 class DataLoss(VwsError):
     """Data did not match its digest (a chunk on the wire, a file at rest)."""
     grpc_status_code = grpc.StatusCode.DATA_LOSS

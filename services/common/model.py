@@ -170,6 +170,17 @@ class Progress:
 
 
 @dataclasses.dataclass
+class Customisation:
+    """What the site's policy added to a workspace from its owner's identity and attributes."""
+    rule: str = ""
+    quota_group: str = ""
+    account_pool: str = ""
+    unix_group: str = ""
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    image: str = ""
+
+
+@dataclasses.dataclass
 class Workspace:
     name: str
     spec: WorkspaceSpec
@@ -184,6 +195,7 @@ class Workspace:
     request_id: str = ""
     enforcement: Enforcement | None = None
     progress: Progress | None = None
+    customisation: Customisation | None = None
 
 
 @dataclasses.dataclass

@@ -3,6 +3,8 @@ statuses (with google.rpc details), health checking, reflection, and a graceful 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import itertools
 import logging
 import signal
 import threading
@@ -16,7 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from vws.common import errors
+from vws.common import errors, tls
+from vws.common.auth.gate import Gate
 
 log = logging.getLogger("vws.server")
 
@@ -56,11 +59,24 @@ class _PassThrough(grpc.Status):
         self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler so that no traceback ever reaches a client."""
+def _outcome(exc: BaseException | None) -> tuple[str, str]:
+    """(status code name, message) a call ended with, for its audit entry."""
+    if exc is None:
+        return "OK", ""
+    if isinstance(exc, errors.VwsError):
+        return exc.grpc_status_code.name, exc.message
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code().name, exc.details() or ""
+    return "INTERNAL", "internal error"
 
-    def __init__(self):
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler so that no traceback ever reaches a client; with a gate, every call
+    is first authenticated and authorised, and state-changing calls are audited."""
+
+    def __init__(self, gate: Gate | None = None):
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._gate = gate
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -70,30 +86,67 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        self._wrapped[method] = wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped = self._wrap(handler, method, self._gate)
         return wrapped
 
     @staticmethod
-    def _wrap(handler, method: str):
+    def _wrap(handler, method: str, gate: Gate | None):
+        streaming_requests = handler.request_streaming
+
+        def enter(request, context):
+            if gate is None:
+                return request, None
+            if streaming_requests:
+                request = iter(request)
+                first = next(request, None)
+                # the servicer reads the stream from its first message on, as it came
+                return itertools.chain(() if first is None else (first,), request), gate.enter(method, first, context)
+            return request, gate.enter(method, request, context)
+
+        def leave(entered, exc, context, answer=None):
+            if entered is None:
+                return
+            rule, call = entered
+            made = getattr(getattr(answer, "workspace", None), "name", "")
+            if call is not None and not call.target and made:  # a create: the audit names what it made
+                entered = rule, dataclasses.replace(call, target=made)
+            if exc is not None and _is_abort(exc):  # the servicer aborted with a status of its own
+                code = context.code() if hasattr(context, "code") else None
+                outcome = (code.name if code is not None else "UNKNOWN", context.details() or "")
+            else:
+                outcome = _outcome(exc)
+            gate.leave(*entered, *outcome)
 
         def wrap_unary(behavior):
             def inner(request, context):
+                entered = None
                 try:
-                    return behavior(request, context)
+                    request, entered = enter(request, context)
+                    answer = behavior(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+                    leave(entered, exc, context)
                     if _is_abort(exc):
                         raise
                     _abort_for(exc, context, method)
+                leave(entered, None, context, answer)
+                return answer
             return inner
 
         def wrap_stream(behavior):
             def inner(request, context):
+                entered = None
                 try:
+                    request, entered = enter(request, context)
                     yield from behavior(request, context)
+                except GeneratorExit:  # the client went away mid-stream
+                    leave(entered, errors.Cancelled("the client cancelled the call"), context)
+                    raise
                 except Exception as exc:  # noqa: BLE001
+                    leave(entered, exc, context)
                     if _is_abort(exc):
                         raise
                     _abort_for(exc, context, method)
+                leave(entered, None, context)
             return inner
 
         kinds = {
@@ -151,13 +204,18 @@ class Service:
 
 def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]], *,
                   max_workers: int = 32, on_stop: Callable[[], None] | None = None,
-                  options: Iterable[tuple[str, int]] = ()) -> Service:
+                  options: Iterable[tuple[str, int]] = (), identity: tls.Identity | None = None,
+                  client_roots: bytes = b"", gate: Gate | None = None) -> Service:
     """Builds, binds and starts a server. `register` adds the servicers and returns their full
     service names (for health and reflection). Bind to `127.0.0.1:0` and read .port in tests.
-    `options`: further channel arguments (e.g. HTTP/2 tuning for bulk streams)."""
+    `options`: further channel arguments (e.g. HTTP/2 tuning for bulk streams).
+    `identity`: TLS with this certificate, client certificates verified against `client_roots`
+    (None: plain text, on loopback only); `gate`: who may call what (None: anyone)."""
+    if identity is None:
+        tls.require_loopback(address)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(gate)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options],
     )
     names = list(register(server))
@@ -166,7 +224,8 @@ def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]]
     reflection.enable_server_reflection(
         names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_insecure_port(address) if identity is None else server.add_secure_port(
+            address, tls.server_credentials(identity, client_roots or identity.ca_pem))
     except RuntimeError as exc:
         raise errors.Unavailable(f"cannot listen on {address}: {exc}; choose another --listen address") from exc
     if port == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import grpc
 
 from vws.common import clients, converters, model
+from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from vws.v1 import manager_pb2, record_pb2, repository_pb2, workspace_pb2
 
 TIMEOUT = 10.0
@@ -17,9 +18,11 @@ class GrpcRecords:
         self._repo = clients.repository(address)
         self._records = clients.records(address)
 
-    def create_record(self, request_id: str, workspace: model.Workspace) -> tuple[model.Workspace, bool]:
+    def create_record(self, request_id: str, workspace: model.Workspace, caller: Caller = PLAIN_TEXT_CALLER
+                      ) -> tuple[model.Workspace, bool]:
         r = self._records.CreateWorkspaceRecord(record_pb2.CreateWorkspaceRecordRequest(
-            request_id=request_id, workspace=converters.workspace_to_pb(workspace)), timeout=TIMEOUT)
+            request_id=request_id, workspace=converters.workspace_to_pb(workspace),
+            caller=converters.caller_to_pb(caller)), timeout=TIMEOUT)
         return converters.workspace_from_pb(r.workspace), r.created
 
     def assign(self, name: str, endpoint: model.Endpoint) -> model.Workspace:

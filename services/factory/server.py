@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 
 from vws.common import config
+from vws.common.auth.remote import RemoteAuthorizer
+from vws.common.auth.serving import protect
 from vws.common.config import FactorySettings
 from vws.common.server import Service, create_server
 from vws.factory.gateway import GrpcManagers, GrpcRecords
@@ -16,6 +18,7 @@ log = logging.getLogger("vws.factory")
 
 
 def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Service, WorkspaceFactory]:
+    protection = protect(settings, "factory", "factory", lambda _ca: RemoteAuthorizer(settings.repository))
     factory = WorkspaceFactory(Limits.from_settings(settings), records or GrpcRecords(settings.repository),
                                managers or GrpcManagers(), repository_address=settings.repository)
 
@@ -23,7 +26,8 @@ def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Servi
         factory_pb2_grpc.add_FactoryServiceServicer_to_server(FactoryServicer(factory), server)
         return [factory_pb2.DESCRIPTOR.services_by_name["FactoryService"].full_name]
 
-    service = create_server(settings.listen, register, on_stop=factory.stop_background)
+    service = create_server(settings.listen, register, on_stop=factory.stop_background,
+                            **protection.server_arguments())
     factory.start_background(settings.resume_interval.total_seconds())
     return service, factory
 

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 import grpc
 
 from vws.common import errors, model, names, units
+from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from vws.common.model import State
 from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
 
@@ -30,7 +31,8 @@ TRY_NEXT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
 class RecordGateway(Protocol):
     """The repository as the factory uses it (gRPC in production, a fake in unit tests)."""
 
-    def create_record(self, request_id: str, workspace: model.Workspace) -> tuple[model.Workspace, bool]: ...
+    def create_record(self, request_id: str, workspace: model.Workspace, caller: Caller = PLAIN_TEXT_CALLER
+                      ) -> tuple[model.Workspace, bool]: ...
     def assign(self, name: str, endpoint: model.Endpoint) -> model.Workspace: ...
     def delete_record(self, name: str, reason: str) -> None: ...
     def managers(self) -> list[model.ManagerInfo]: ...
@@ -47,6 +49,21 @@ class ManagerGateway(Protocol):
 class Refusal:
     manager: str
     reason: str
+
+
+def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
+    """The caller owns it; their policy's default environment variables go under the request's
+    own, and its default image is booted when the request names none."""
+    if caller.principal is not None:
+        workspace = dataclasses.replace(workspace, owner=caller.identity)
+    c = getattr(caller.entitlement, "customisation", None)
+    if c is None:
+        return workspace
+    software = dataclasses.replace(workspace.spec.software, environment={**c.environment,
+                                                                         **workspace.spec.software.environment})
+    if c.image and not software.image and workspace.spec.kind is model.Kind.VIRTUAL_MACHINE:
+        software.image = c.image
+    return dataclasses.replace(workspace, spec=dataclasses.replace(workspace.spec, software=software))
 
 
 def free_room(m: model.ManagerInfo) -> model.Capacity:
@@ -123,8 +140,12 @@ class WorkspaceFactory:
             return self._inflight.setdefault(key, threading.Lock())
 
     # ------------------------------------------------------------------ create
-    def create(self, request_id: str, workspace: model.Workspace, kind_known: bool = True) -> model.Workspace:
+    def create(self, request_id: str, workspace: model.Workspace, kind_known: bool = True,
+               caller: Caller = PLAIN_TEXT_CALLER) -> model.Workspace:
+        """`caller`: who asks (the gate's); they own it, and the site's policy customises it
+        for them here and decides on it, with their quota, when it is recorded."""
         check_request_id(request_id)
+        workspace = customise(workspace, caller)
         admitted = admit(workspace, self.limits, kind_known)
         if admitted.spec.kind is model.Kind.VIRTUAL_MACHINE:
             admitted = fit_image(admitted, workspace.spec.resources,
@@ -139,7 +160,7 @@ class WorkspaceFactory:
         if first is not None:
             admitted.endpoint = model.Endpoint(admitted.name, first.name, first.address)
         with self._lock("request:" + request_id):
-            record, created = self.records.create_record(request_id, admitted)
+            record, created = self.records.create_record(request_id, admitted, caller)
             if not created and record.state is not State.PENDING:
                 log.info("request %s retried: returning %s (%s)", request_id, record.name, record.state.value)
                 return record

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from vws.common import converters, model
+from vws.common.auth import gate
 from vws.factory.service import WorkspaceFactory
 from vws.v1 import factory_pb2, factory_pb2_grpc, workspace_pb2
 
@@ -15,7 +16,8 @@ class FactoryServicer(factory_pb2_grpc.FactoryServiceServicer):
         raw_kind = request.workspace.spec.kind
         if raw_kind == workspace_pb2.WorkspaceSpec.KIND_UNSPECIFIED:
             ws.spec.kind = model.Kind.UNIX_ACCOUNT  # the simplest isolation is the default
-        created = self.factory.create(request.request_id, ws, kind_known=ws.spec.kind is not None)
+        created = self.factory.create(request.request_id, ws, kind_known=ws.spec.kind is not None,
+                                      caller=gate.current())
         return factory_pb2.CreateWorkspaceResponse(workspace=converters.workspace_to_pb(created),
                                                    endpoint=converters.endpoint_to_pb(created.endpoint))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 
 from vws.common import config, errors, names
+from vws.common.auth.remote import RemoteAuthorizer
+from vws.common.auth.serving import protect
 from vws.common.config import ManagerSettings
 from vws.common.server import Service, create_server
 from vws.manager.accounting import UsageAccounting
@@ -72,6 +74,8 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
 
 
 def serve(settings: ManagerSettings, repository=None) -> tuple[Service, WorkspaceManager]:
+    protection = protect(settings, "manager", names.manager_name(settings.name),
+                         lambda _ca: RemoteAuthorizer(settings.repository))
     manager = build(settings, repository)
     # The host is made to agree with what this manager holds before it takes any request.
     manager.reconcile()
@@ -87,7 +91,8 @@ def serve(settings: ManagerSettings, repository=None) -> tuple[Service, Workspac
         manager.transfers.close()
         manager.backend.close()
         manager.state.close()
-    service = create_server(settings.listen, register, on_stop=on_stop, options=transfer.BULK_OPTIONS)
+    service = create_server(settings.listen, register, on_stop=on_stop, options=transfer.BULK_OPTIONS,
+                            **protection.server_arguments())
     if not settings.advertise:
         host = settings.listen.rsplit(":", 1)[0]
         manager.identity.address = f"{host}:{service.port}"

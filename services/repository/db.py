@@ -81,6 +81,10 @@ class WorkspaceRow(Base):
     # How far the work of the current state has got (model.Progress as JSON, update_time in ISO
     # form); null when nothing long is under way. Cleared whenever the state moves.
     progress: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # The quota group it counts against (its holdings are summed over live workspaces by group).
+    quota_group: Mapped[str] = mapped_column(sa.String(256), default="")
+    # What the site's policy added to it (model.Customisation as JSON); null when nothing did.
+    customisation: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
 
     __table_args__ = (
         # Keyset listing, newest first: (create_time desc, id desc) scans these backwards.
@@ -92,6 +96,7 @@ class WorkspaceRow(Base):
         sa.Index("ix_workspaces_manager_listing", "manager_name", "create_time", "id"),
         sa.Index("ix_workspaces_expiry", "termination_time",
                  sqlite_where=sa.text(NOT_TERMINATED), postgresql_where=sa.text(NOT_TERMINATED)),
+        sa.Index("ix_workspaces_quota_group", "quota_group", "state"),
     )
 
 
@@ -131,6 +136,9 @@ class ManagerRow(Base):
     register_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     heartbeat_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     heartbeat_interval: Mapped[float] = mapped_column(sa.Float)
+    # The identity of the certificate it registered with, and the account pool it leases from.
+    identity: Mapped[str] = mapped_column(sa.String(600), default="")
+    account_pool: Mapped[str] = mapped_column(sa.String(64), default="")
 
 
 class UsageRow(Base):
@@ -201,6 +209,48 @@ class ImageFileRow(Base):
 
     # Whether another image still uses a stored file, when one is deleted.
     __table_args__ = (sa.Index("ix_image_files_location", "location"),)
+
+
+class RoleBindingRow(Base):
+    """A role granted on a workspace to a member (`identity:<DN>` or `group:<FQAN or group>`).
+    The owner's manager role is not a row: it follows from workspaces.owner."""
+    __tablename__ = "role_bindings"
+
+    workspace: Mapped[str] = mapped_column(sa.ForeignKey("workspaces.name", ondelete="CASCADE"), primary_key=True)
+    member: Mapped[str] = mapped_column(sa.String(600), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16))  # viewer, operator or manager
+    granted_by: Mapped[str] = mapped_column(sa.String(600))
+    grant_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    # Which workspaces a caller's members see (the listing's filter for non-owners).
+    __table_args__ = (sa.Index("ix_role_bindings_member", "member", "workspace"),)
+
+
+AUDIT_APPEND_ONLY = "the audit trail is append-only"
+
+
+class AuditEntryRow(Base):
+    """One state-changing call as it was answered. Never updated or deleted: triggers made by
+    the migration refuse both, whoever asks."""
+    __tablename__ = "audit_entries"
+
+    # BIGINT on PostgreSQL; INTEGER on SQLite, where only an INTEGER PRIMARY KEY autoincrements.
+    sequence: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                                          autoincrement=True)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    identity: Mapped[str] = mapped_column(sa.String(600), default="")
+    attributes: Mapped[list[str]] = mapped_column(sa.JSON)
+    source: Mapped[str] = mapped_column(sa.String(256), default="")
+    service: Mapped[str] = mapped_column(sa.String(128), default="")
+    action: Mapped[str] = mapped_column(sa.String(128), default="")
+    target: Mapped[str] = mapped_column(sa.String(256), default="")
+    outcome: Mapped[str] = mapped_column(sa.String(32), default="")
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+
+    __table_args__ = (
+        sa.Index("ix_audit_entries_identity", "identity", "sequence"),
+        sa.Index("ix_audit_entries_target", "target", "sequence"),
+    )
 
 
 # ----------------------------------------------------------------------------- engine

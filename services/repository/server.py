@@ -4,13 +4,19 @@ from __future__ import annotations
 import logging
 
 from vws.common import config
+from vws.common.auth.certs import slash_dn
+from vws.common.auth.serving import protect
+from vws.common.auth.service import AuthServicer
 from vws.common.config import RepositorySettings
 from vws.common.server import Service, create_server
-from vws.repository import db
+from vws.repository import db, security
+from vws.repository.access import LocalAuthorizer
+from vws.repository.access_servicer import AccessServicer
 from vws.repository.gateway import GrpcManagers, ManagerGateway
 from vws.repository.service import RepositoryService
 from vws.repository.servicer import RecordServicer, RepositoryServicer
-from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc
+from vws.v1 import (access_pb2, access_pb2_grpc, auth_pb2, auth_pb2_grpc, record_pb2, record_pb2_grpc, repository_pb2,
+                    repository_pb2_grpc)
 
 log = logging.getLogger("vws.repository")
 
@@ -34,12 +40,34 @@ def build(settings: RepositorySettings, managers: ManagerGateway | None = None, 
 def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
           clock=None) -> tuple[Service, RepositoryService]:
     service = build(settings, managers, clock)
+    made: dict = {}
+
+    def authorizer(local_ca):
+        # The repository decides itself: it checks every kind of credential, holds the policy,
+        # the role bindings and the audit trail.
+        made["authenticator"] = authenticator = security.authenticator(settings, local_ca)
+        made["authorizer"] = LocalAuthorizer(authenticator, service.access, security.administrators(settings),
+                                             local_ca_dn=slash_dn(local_ca.anchors[0].subject))
+        return made["authorizer"]
+    try:
+        protection = protect(settings, "repository", "repository", authorizer)
+        if protection.gate is not None:
+            service.policy = security.policy_file(settings)
+    except Exception:
+        service.uow.dispose()
+        raise
 
     def register(server):
         repository_pb2_grpc.add_RepositoryServiceServicer_to_server(RepositoryServicer(service), server)
-        record_pb2_grpc.add_RecordServiceServicer_to_server(RecordServicer(service), server)
-        return [repository_pb2.DESCRIPTOR.services_by_name["RepositoryService"].full_name,
-                record_pb2.DESCRIPTOR.services_by_name["RecordService"].full_name]
+        record_pb2_grpc.add_RecordServiceServicer_to_server(RecordServicer(service, made.get("authorizer")), server)
+        access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(service.access, service.policy), server)
+        names = [repository_pb2.DESCRIPTOR.services_by_name["RepositoryService"].full_name,
+                 record_pb2.DESCRIPTOR.services_by_name["RecordService"].full_name,
+                 access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name]
+        if "authenticator" in made:
+            auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(made["authenticator"]), server)
+            names.append(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
+        return names
 
     def on_stop():
         service.stop_expiry()
@@ -49,7 +77,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
         service.hub.close()  # open WatchWorkspace streams end, so the drain is not held up
 
     try:
-        server = create_server(settings.listen, register, on_stop=on_stop)
+        server = create_server(settings.listen, register, on_stop=on_stop, **protection.server_arguments())
     except Exception:
         service.uow.dispose()
         raise

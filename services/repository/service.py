@@ -22,12 +22,15 @@ from typing import Callable, Iterator
 import sqlalchemy as sa
 
 from vws.common import converters, errors, model, names
+from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
+from vws.common.auth.policy import Decision, PolicyFile, WorkspaceRequest
 from vws.common.config import RepositorySettings
 from vws.common.model import EventType, State
+from vws.repository import access as access_store
 from vws.repository import images as image_store
 from vws.repository import store
 from vws.repository import usage as usage_store
-from vws.repository.db import EventRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
+from vws.repository.db import EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
 from vws.repository.watch import WatchHub
 from vws.v1 import workspace_pb2
@@ -283,6 +286,11 @@ def _held_row(conn, name: str, manager: str, *columns):
         raise errors.FailedPrecondition(f"{manager} may not report on {name}: it is {held}")
     return r
 
+class _Retried(Exception):
+    def __init__(self, workspace: model.Workspace):
+        self.workspace = workspace
+
+
 class RepositoryService:
     def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
                  clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None):
@@ -292,6 +300,8 @@ class RepositoryService:
         self._thread: threading.Thread | None = None
         self._retry_at: dict[str, tuple[float, float]] = {}  # name -> (monotonic due, backoff)
         self.cache = ReadCache()
+        self.access = access_store.AccessStore(uow, clock)
+        self.policy: PolicyFile | None = None  # set by the server when it runs with authentication
         self._images: image_store.ImageStore | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -317,10 +327,12 @@ class RepositoryService:
         self.hub.notify(name)
 
     # ------------------------------------------------------------------ records (factory, managers)
-    def create_record(self, request_id: str, workspace: model.Workspace, source: str = "factory"
-                      ) -> tuple[model.Workspace, bool]:
-        """A new PENDING record (event CREATED). Idempotent on request_id: the same request again
-        returns the first record and False; a different request under the same id is ALREADY_EXISTS."""
+    def create_record(self, request_id: str, workspace: model.Workspace, source: str = "factory",
+                      caller: Caller = PLAIN_TEXT_CALLER) -> tuple[model.Workspace, bool]:
+        """A new PENDING record (event CREATED), owned by `caller`. Idempotent on request_id: the
+        same request again returns the first record and False; a different request under the
+        same id is ALREADY_EXISTS. The site's policy decides on it for the caller (kinds, limits,
+        and their quota group's holdings, counted in the same transaction as the insert)."""
         names.parse_workspace_name(workspace.name, "workspace.name")
         if workspace.termination_time is None:
             raise errors.InvalidArgument("is missing; the factory sets it from the lifetime", "workspace.termination_time")
@@ -337,10 +349,11 @@ class RepositoryService:
                 raise errors.InvalidArgument("is empty; give the manager's host:port",
                                              "workspace.endpoint.manager_address")
         now = self.clock()
+        owner = caller.identity if caller.principal is not None else workspace.owner
         result = model.Workspace(
             name=workspace.name, spec=workspace.spec, state=State.PENDING, state_message="accepted; not yet placed",
             endpoint=model.Endpoint(workspace.name, placed.manager, placed.manager_address) if placed.manager
-            else model.Endpoint(), owner=workspace.owner, create_time=now, update_time=now,
+            else model.Endpoint(), owner=owner, create_time=now, update_time=now,
             termination_time=workspace.termination_time, labels=dict(workspace.labels), request_id=request_id)
         events = [(EventType.CREATED, State.UNSPECIFIED, "recorded")]
         if placed.manager:
@@ -350,9 +363,16 @@ class RepositoryService:
             # Plain statements rather than the ORM's unit of work: every create passes here.
             with self.uow(write=True) as session:
                 conn = session.connection()
+                decision = self._decide(session, caller, workspace, request_id, digest, now)
+                if decision is not None:
+                    c = decision.customisation
+                    result.customisation = model.Customisation(decision.rule, decision.quota_group, c.account_pool,
+                                                               c.unix_group, dict(c.environment), c.image)
                 wid = conn.execute(_INSERT_WORKSPACE, dict(
                     name=workspace.name, spec=store.spec_to_json(workspace.spec), state=State.PENDING.value,
-                    state_message=result.state_message, state_time=now, owner=workspace.owner,
+                    state_message=result.state_message, state_time=now, owner=owner,
+                    quota_group=decision.quota_group if decision else "",
+                    customisation=store.customisation_to_json(result.customisation),
                     manager_name=placed.manager or None, manager_address=placed.manager_address if placed.manager
                     else "", host_identity="", labels=dict(workspace.labels), request_id=request_id or None,
                     request_digest=digest, create_time=now, update_time=now,
@@ -366,14 +386,39 @@ class RepositoryService:
                     {"workspace_id": wid, "seq": seq, "time": now, "type": kind.value, "previous_state": before.value,
                      "state": State.PENDING.value, "message": text, "source": source}
                     for seq, (kind, before, text) in enumerate(events, 1)])
+        except _Retried as retried:
+            return retried.workspace, False
         except sa.exc.IntegrityError:
             # A concurrent create with the same request id (or name) won the race.
             existing = self._by_request_id(request_id, digest) if request_id else None
             if existing is not None:
                 return existing, False
             raise errors.AlreadyExists(f"workspace {workspace.name} already exists") from None
+        self.access.note_owner(result.name, owner)
         self._notify(result.name)
         return result, True
+
+    def _decide(self, session, caller: Caller, workspace: model.Workspace, request_id: str, digest: str,
+                now: dt.datetime) -> Decision | None:
+        """The policy's decision for a verified caller (None for a plain-text one), with their
+        quota group's holdings read in this transaction; raises when it refuses. A retry of a
+        request already recorded is answered with its record instead (_Retried)."""
+        if caller.principal is None or self.policy is None:
+            return None
+        request = WorkspaceRequest.from_spec(workspace.spec)
+        first = self.policy.decide(caller.principal, request)
+        if first.reasons:
+            first.raise_if_refused()
+        if session.bind.dialect.name == "postgresql":  # one create at a time per quota group
+            session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:g))"), {"g": first.quota_group})
+        usage = access_store.group_usage(session, first.quota_group, now)
+        decision = self.policy.decide(caller.principal, request, usage)
+        if decision.exceeded and request_id:
+            row = store.get_by_request_id(session, request_id)
+            if row is not None and row.request_digest == digest:
+                raise _Retried(store.to_workspace(row))
+        decision.raise_if_refused()
+        return decision
 
     def _by_request_id(self, request_id: str, digest: str) -> model.Workspace | None:
         with self.uow() as session:
@@ -574,8 +619,10 @@ class RepositoryService:
         return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(self.get_snapshot(name)))
 
     def list(self, page_size: int = 0, page_token: str = "", states=(), owner: str = "",
-             labels: dict[str, str] | None = None, manager: str = "") -> tuple[list[model.Workspace], str]:
-        """Newest first. Empty states means every state but TERMINATED."""
+             labels: dict[str, str] | None = None, manager: str = "", visible_to: Caller = PLAIN_TEXT_CALLER
+             ) -> tuple[list[model.Workspace], str]:
+        """Newest first. Empty states means every state but TERMINATED. Only what `visible_to`
+        may view (its own, and those it holds a role on; everything for administrators)."""
         size = checked_page_size(page_size)
         states = sorted(set(states), key=lambda s: s.value)
         if State.UNSPECIFIED in states:
@@ -585,7 +632,7 @@ class RepositoryService:
             names.parse_manager_name(manager, "manager")
         labels = dict(labels or {})
         fp = _fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
-                          manager=manager)
+                          manager=manager, caller=visible_to.identity)
         after = None
         if page_token:
             doc = _decode_token(page_token, fp)
@@ -597,7 +644,7 @@ class RepositoryService:
                 raise errors.InvalidArgument("is not a page token of this listing", "page_token") from None
         with self.uow() as session:
             rows = store.list_rows(session, states=states, owner=owner, labels=labels, manager=manager,
-                                   after=after, limit=size + 1)
+                                   after=after, limit=size + 1, visible=self.access.visible_to(visible_to))
             out = [store.to_workspace(r) for r in rows[:size]]
             last = rows[size - 1] if len(rows) > size else None
             token = _encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
@@ -777,13 +824,22 @@ class RepositoryService:
             self._thread = None
 
     # ------------------------------------------------------------------ managers
-    def register_manager(self, info: model.ManagerInfo) -> model.ManagerInfo:
+    def register_manager(self, info: model.ManagerInfo, identity: str = "") -> model.ManagerInfo:
+        """`identity`: the certificate it registers with. A name stays bound to the first
+        identity that registered it: another certificate cannot take a manager's place."""
         names.parse_manager_name(info.name, "manager.name")
         if not info.address:
             raise errors.InvalidArgument("is empty; give the manager's host:port", "manager.address")
         with self.uow(write=True) as session:
             now = self.clock()
+            bound = session.get(ManagerRow, info.name)
+            if bound is not None and bound.identity and identity and bound.identity != identity:
+                raise errors.PermissionDenied(
+                    f"{info.name} is registered by {bound.identity}, not {identity}; a manager registers under its "
+                    "own name with its own certificate (remove the old registration to move the name)")
             row = store.upsert_manager(session, info, now)
+            if identity:
+                row.identity = identity
             result = store.to_manager(row, now, self.settings.heartbeat_timeout)
         log.info("manager %s registered at %s", info.name, info.address)
         return result
@@ -891,15 +947,17 @@ class RepositoryService:
         token = _encode_token({"n": found[size - 1].name, "f": fp}) if len(found) > size else ""
         return found[:size], token
 
-    def delete_image(self, name: str) -> None:
+    def delete_image(self, name: str, by: Caller = PLAIN_TEXT_CALLER) -> None:
         """Removes the image from the catalogue, and from the store each of its files that no
-        other image uses."""
+        other image uses. Only its owner or an administrator may."""
         full = names.image_name(names.parse_image_name(name))
         store_ = self.image_store
         with store_.lock():
             with self.uow(write=True) as session:
-                if image_store.get(session, full, for_update=True) is None:
-                    raise errors.NotFound(f"image {full} does not exist; `vws image list` shows the images there are")
+                found = image_store.get(session, full, for_update=True)
+                if found is None or (not by.privileged and found.owner != by.identity):
+                    raise errors.NotFound(f"image {full} does not exist or is not yours; `vws image list` shows "
+                                          "the images you may use")
                 unused = image_store.delete(session, full)
             for location in unused:
                 try:

@@ -3,6 +3,10 @@ statuses by the shared interceptor (vws.common.server)."""
 from __future__ import annotations
 
 from vws.common import converters, errors
+from vws.common.auth import gate
+from vws.common.auth.gate import Authorizer
+from vws.common.converters import caller_from_pb, caller_to_pb
+from vws.repository.access_servicer import audit_entry_from_pb, entitlement
 from vws.repository.service import RepositoryService
 from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc, workspace_pb2
 
@@ -20,7 +24,7 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
     def ListWorkspaces(self, request, context):
         items, token = self.service.list(
             request.page_size, request.page_token, [converters.state_from_pb(s) for s in request.states],
-            request.owner, dict(request.labels), request.manager)
+            request.owner, dict(request.labels), request.manager, visible_to=gate.current())
         return repository_pb2.ListWorkspacesResponse(workspaces=[ws_pb(w) for w in items], next_page_token=token)
 
     def WatchWorkspace(self, request, context):
@@ -45,23 +49,28 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
             events=[converters.event_to_pb(e) for e in items], next_page_token=token)
 
     def CreateImage(self, request, context):
-        image = self.service.create_image(request.image_id, converters.image_from_pb(request.image), request.owner)
+        caller = gate.current()
+        owner = caller.identity if caller.principal is not None else request.owner
+        image = self.service.create_image(request.image_id, converters.image_from_pb(request.image), owner)
         return repository_pb2.CreateImageResponse(image=converters.image_to_pb(image))
 
     def GetImage(self, request, context):
         return repository_pb2.GetImageResponse(image=converters.image_to_pb(self.service.get_image(request.name)))
 
     def ListImages(self, request, context):
-        items, token = self.service.list_images(request.owner, request.page_size, request.page_token)
+        caller = gate.current()
+        owner = request.owner if caller.privileged else caller.identity  # others: public ones and their own
+        items, token = self.service.list_images(owner, request.page_size, request.page_token)
         return repository_pb2.ListImagesResponse(images=[converters.image_to_pb(i) for i in items],
                                                  next_page_token=token)
 
     def DeleteImage(self, request, context):
-        self.service.delete_image(request.name)
+        self.service.delete_image(request.name, by=gate.current())
         return repository_pb2.DeleteImageResponse()
 
     def RegisterManager(self, request, context):
-        info = self.service.register_manager(converters.manager_from_pb(request.manager))
+        info = self.service.register_manager(converters.manager_from_pb(request.manager),
+                                             identity=gate.current().identity)
         return repository_pb2.RegisterManagerResponse(manager=converters.manager_to_pb(info))
 
     def HeartbeatManager(self, request, context):
@@ -77,20 +86,46 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
         return repository_pb2.GetUsageResponse(usage=converters.usage_to_pb(self.service.get_usage(request.name)))
 
     def ExportUsageRecords(self, request, context):
+        caller = gate.current()
+        if not caller.privileged and request.owner != caller.identity:
+            raise errors.PermissionDenied(f"{caller.identity} may export only their own usage records; give "
+                                          f"owner={caller.identity!r} (administrators may export anyone's)")
         xml, count = self.service.export_usage_records(
             request.owner, converters.ts_from_pb(request, "start_time"), converters.ts_from_pb(request, "end_time"))
         return repository_pb2.ExportUsageRecordsResponse(usage_records_xml=xml, record_count=count)
 
 
 class RecordServicer(record_pb2_grpc.RecordServiceServicer):
-    def __init__(self, service: RepositoryService):
-        self.service = service
+    def __init__(self, service: RepositoryService, authorizer: Authorizer | None = None):
+        self.service, self.authorizer = service, authorizer
+
+    def AuthorizeCall(self, request, context):
+        rule = gate.rule_for(f"/vws.v1.{request.action}")
+        if rule is None or rule.who != "user":
+            raise errors.InvalidArgument(f"{request.action!r} is not a method users call; give Service/Method",
+                                         "action")
+        if self.authorizer is None:  # plain text: no authentication here either
+            return record_pb2.AuthorizeCallResponse(caller=caller_to_pb(gate.PLAIN_TEXT_CALLER))
+        caller = self.authorizer.authorize(gate.Call(
+            action=request.action, target=request.target, source=request.source,
+            authorization=request.authorization, certificate=request.client_certificate,
+            service=request.service or gate.current().identity), rule)
+        answer = record_pb2.AuthorizeCallResponse(caller=caller_to_pb(caller))
+        if request.action == "FactoryService/CreateWorkspace" and caller.principal is not None:
+            answer.entitlement.CopyFrom(entitlement(self.service.policy, self.service.access, caller))
+        return answer
+
+    def AppendAuditEntry(self, request, context):
+        # The service the entry names is taken as it says: only a verified vws service gets here.
+        self.service.access.append(audit_entry_from_pb(request.entry, request.entry.service or gate.current().identity))
+        return record_pb2.AppendAuditEntryResponse()
 
     def CreateWorkspaceRecord(self, request, context):
         workspace = converters.workspace_from_pb(request.workspace)
         if request.workspace.HasField("spec") and converters.kind_from_pb(request.workspace.spec.kind) is None:
             raise errors.InvalidArgument("is not a kind this repository knows", "workspace.spec.kind")
-        record, created = self.service.create_record(request.request_id, workspace)
+        caller = caller_from_pb(request.caller) if request.HasField("caller") else gate.PLAIN_TEXT_CALLER
+        record, created = self.service.create_record(request.request_id, workspace, caller=caller)
         return record_pb2.CreateWorkspaceRecordResponse(workspace=ws_pb(record), created=created)
 
     def AssignWorkspace(self, request, context):

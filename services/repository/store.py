@@ -56,7 +56,19 @@ def to_workspace(row: WorkspaceRow) -> model.Workspace:
         owner=row.owner, create_time=row.create_time, update_time=row.update_time,
         termination_time=row.termination_time, labels=dict(row.labels or {}), request_id=row.request_id or "",
         enforcement=model.Enforcement(**row.enforcement) if row.enforcement else None,
-        progress=progress_from_json(row.progress))
+        progress=progress_from_json(row.progress),
+        customisation=customisation_from_json(row.customisation))
+
+
+def customisation_to_json(c: model.Customisation | None) -> dict[str, Any] | None:
+    return dataclasses.asdict(c) if c is not None else None
+
+
+def customisation_from_json(doc: dict[str, Any] | None) -> model.Customisation | None:
+    if not doc:
+        return None
+    known = {f.name for f in dataclasses.fields(model.Customisation)}
+    return model.Customisation(**{k: v for k, v in doc.items() if k in known})
 
 
 def progress_to_json(p: model.Progress | None) -> dict[str, Any] | None:
@@ -174,10 +186,13 @@ def add_event(session: Session, row: WorkspaceRow, type: model.EventType, previo
 
 
 def list_rows(session: Session, *, states: Iterable[model.State], owner: str, labels: dict[str, str],
-              manager: str, after: tuple[dt.datetime, int] | None, limit: int) -> list[WorkspaceRow]:
-    """Newest first, keyset-paged on (create_time, id)."""
+              manager: str, after: tuple[dt.datetime, int] | None, limit: int,
+              visible: sa.ColumnElement | None = None) -> list[WorkspaceRow]:
+    """Newest first, keyset-paged on (create_time, id); `visible`: only the rows it allows."""
     w = WorkspaceRow
     query = sa.select(w)
+    if visible is not None:
+        query = query.where(visible)
     states = list(states)
     if states:
         query = query.where(w.state.in_([s.value for s in states]) if len(states) > 1

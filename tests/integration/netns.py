@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 PY = sys.executable
@@ -124,8 +125,9 @@ class Hosts:
         run.unlink(missing_ok=True)
         tag = self.ns["b"].split("-")[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("VWS_")}
+        tls_flags = self._credential(data_dir / "tls", f"tx{tag}", self.addr["b"])
         log = open(data_dir / "manager.log", "ab")
-        p = self.popen("b", PY, "-m", "vws.cli.main", "manager", "--data-dir", str(data_dir),
+        p = self.popen("b", PY, "-m", "vws.cli.main", "manager", "--data-dir", str(data_dir), *tls_flags,
                        "--listen", f"{self.addr['b']}:0", "--repository", f"{self.addr['b']}:1",
                        "--name", f"tx{tag}", "--account-prefix", f"vtx{tag}-", "--pool-prefix", f"vtp{tag}",
                        "--sandboxes", "false", "--vms", "false", "--accounting-interval", "0s",
@@ -146,17 +148,39 @@ class Hosts:
                 raise AssertionError(f"manager did not serve in {timeout}s:\n{_tail(data_dir / 'manager.log')}")
             time.sleep(0.05)
 
+    def _credential(self, directory: pathlib.Path, name: str, address: str) -> list[str]:
+        """A manager certificate of the test session's site CA for `name` at `address`, written
+        to `directory`; the flags that give it to a manager."""
+        from tests.integration.stack import site_pki
+        site = site_pki()
+        cert, key = site.issue_manager(name, hosts=[address])
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cert.pem").write_bytes(cert)
+        (directory / "key.pem").write_bytes(key)
+        (directory / "key.pem").chmod(0o600)
+        return ["--certificate", str(directory / "cert.pem"), "--private-key", str(directory / "key.pem"),
+                "--ca", str(site.ca.cert)]
+
+    def _sender_env(self) -> dict[str, str]:
+        """The sender's environment: a manager certificate of its own (transfers are for managers)."""
+        if not hasattr(self, "_sender_flags"):
+            d = pathlib.Path(tempfile.mkdtemp(prefix="vws-sender-"))
+            self._sender_flags = self._credential(d, f"sender-{self.ns['a'].split('-')[1]}", self.addr["a"])
+        f = self._sender_flags
+        return {**os.environ, "PYTHONUNBUFFERED": "1", SENDER_CERT: f[1], SENDER_KEY: f[3], SENDER_CA: f[5]}
+
     # ---- the sender in namespace a ----
 
     def start_send(self, target: str, path, transfer_id: str, *options: str) -> subprocess.Popen:
         """The sender (this module's `send` command) in namespace a; JSON lines on stdout."""
         return self.popen("a", PY, "-m", "tests.integration.netns", "send", target, str(path), transfer_id,
                           *options, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env=self._sender_env())
 
     def tool(self, *args: str, timeout: float = 120) -> dict:
         """This module's command line (send, corrupt, abort) in namespace a; its final JSON line."""
-        proc = self.exec("a", PY, "-m", "tests.integration.netns", *args, check=False, cwd=ROOT, timeout=timeout)
+        proc = self.exec("a", PY, "-m", "tests.integration.netns", *args, check=False, cwd=ROOT, timeout=timeout,
+                         env=self._sender_env())
         return final_line(proc.stdout, proc.stderr, proc.returncode)
 
     def send(self, target: str, path, transfer_id: str, *options: str, timeout: float = 300) -> dict:
@@ -213,10 +237,14 @@ def _tail(path: pathlib.Path) -> str:
         return ""
 
 
+SENDER_CERT, SENDER_KEY, SENDER_CA = "VWS_TEST_SENDER_CERT", "VWS_TEST_SENDER_KEY", "VWS_TEST_SENDER_CA"
+
+
 def _main(argv: list[str] | None = None) -> int:
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from vws.common import errors
+    from vws.common import clients, errors, tls
     from vws.manager import transfer
     from vws.native import copysum
     from vws.v1 import transfer_pb2, transfer_pb2_grpc
@@ -238,7 +266,10 @@ def _main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("abort", help="AbortTransfer")
     a.add_argument("target")
     a.add_argument("transfer_id")
+    h = sub.add_parser("health", help="the serving status of the transfer service")
+    h.add_argument("target")
     args = parser.parse_args(argv)
+    clients.use(tls.Identity(*(pathlib.Path(os.environ[k]).read_bytes() for k in (SENDER_CA, SENDER_CERT, SENDER_KEY))))
 
     def error(exc: errors.VwsError) -> int:
         print(json.dumps({"error": {"type": type(exc).__name__, "code": exc.grpc_status_code.name,
@@ -259,8 +290,13 @@ def _main(argv: list[str] | None = None) -> int:
         print(json.dumps({"result": r.as_dict()}), flush=True)
         return 0
 
-    stub = transfer_pb2_grpc.TransferServiceStub(grpc.insecure_channel(args.target, options=transfer.channel_options(
-        transfer.CHUNK)))
+    channel = clients.new_channel(args.target, options=transfer.channel_options(transfer.CHUNK))
+    if args.command == "health":
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(
+            service="vws.v1.TransferService"), timeout=10).status
+        print(json.dumps({"result": {"status": status}}))
+        return 0
+    stub = transfer_pb2_grpc.TransferServiceStub(channel)
     try:
         if args.command == "abort":
             stub.AbortTransfer(transfer_pb2.AbortTransferRequest(transfer_id=args.transfer_id), timeout=10)

@@ -3,6 +3,7 @@
 them and start it again. Managers make real accounts under a prefix unique to the test."""
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
@@ -10,9 +11,11 @@ import pathlib
 import pwd
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -23,6 +26,35 @@ from vws.manager.backends.sandbox import reap_all_under
 from vws.manager.backends.disk import release_all_under
 
 PY = sys.executable
+_PKI = None
+
+
+def site_pki():
+    """The test session's site PKI (one CA for every stack of the session), made once; this
+    process calls every stack with its administrator credential."""
+    global _PKI
+    from vws.common import tls
+    if _PKI is None:
+        from vws.common.auth import pki
+        d = pathlib.Path(tempfile.mkdtemp(prefix="vws-test-pki-"))
+        atexit.register(shutil.rmtree, d, True)
+        _PKI = pki.ensure_dir(d / "pki")
+    admin = tls.Identity(_PKI.ca_pem(), _PKI.admin.cert_pem(), _PKI.admin.key_pem())
+    if clients.identity() != admin:  # an in-process server of an earlier test may have set its own
+        clients.use(admin)
+    return _PKI
+
+
+def tls_loopback(host: str) -> bool:
+    from vws.common import tls
+    return tls.is_loopback(f"{host}:0")
+
+
+def credential_env(local_pki=None) -> dict[str, str]:
+    """What a `vws` command run by a test needs to call as the administrator."""
+    local_pki = local_pki or site_pki()
+    return {"VWS_CA": str(local_pki.ca.cert), "X509_USER_CERT": str(local_pki.admin.cert),
+            "X509_USER_KEY": str(local_pki.admin.key)}
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -66,7 +98,8 @@ class Process:
                 return False
             # a channel of its own: a cached one to a port an earlier test's server used may
             # still be backing off
-            with grpc.insecure_channel(info["address"], options=clients.OPTIONS) as channel:
+            plain = "--insecure" in self.flags
+            with (grpc.insecure_channel(info["address"]) if plain else clients.new_channel(info["address"])) as channel:
                 try:
                     r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
                 except grpc.RpcError:
@@ -106,10 +139,15 @@ class Stack:
         """host: the address the repository and the factory serve on (managers: see add_manager)."""
         self.root, self.host = root, host
         self.tag = secrets.token_hex(2)
+        self.pki = site_pki()
+        if not tls_loopback(host):  # the repository's and factory's certificates must name it
+            from vws.common.auth import pki
+            pki.ensure_dir(self.pki.directory, hosts=[host])
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for k in list(self.env):
             if k.startswith("VWS_"):
                 del self.env[k]
+        self.env["VWS_PKI_DIR"] = str(self.pki.directory)
         self.repository = Process("repository", root / "repository",
                                   ["--listen", f"{host}:0", "--heartbeat-timeout", "1.5s",
                                    "--expiry-interval", "0.2s", *repository_flags], self.env)
@@ -139,7 +177,17 @@ class Stack:
                  "--cpu", "64"]  # CPU is not what these tests are about; admission by CPU is tested apart
         for k, v in options.items():
             flags += ["--" + k.replace("_", "-"), str(v)]
-        p = Process("manager", self.root / f"manager-{name}", flags, self.env, prefix).start()
+        data_dir = self.root / f"manager-{name}"
+        if not tls_loopback(host):
+            # A manager on another host has a certificate of its own, naming its address.
+            cert, key = self.pki.issue_manager(f"t{self.tag}-{name}", hosts=[host])
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "manager.pem").write_bytes(cert)
+            (data_dir / "manager.key").write_bytes(key)
+            (data_dir / "manager.key").chmod(0o600)
+            flags += ["--certificate", str(data_dir / "manager.pem"), "--private-key", str(data_dir / "manager.key"),
+                      "--ca", str(self.pki.ca.cert)]
+        p = Process("manager", data_dir, flags, self.env, prefix).start()
         self.managers[name] = p
         return p
 
@@ -155,7 +203,7 @@ class Stack:
         return [PY, "-m", "vws.cli.main", *args]
 
     def cli_env(self) -> dict[str, str]:
-        return {**self.env, "VWS_ENDPOINT": self.factory.address}
+        return {**self.env, "VWS_ENDPOINT": self.factory.address, **credential_env(self.pki)}
 
     def cli(self, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(self.cli_argv(*args), capture_output=True, input=input, env=self.cli_env(),

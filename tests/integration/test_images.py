@@ -8,10 +8,13 @@ import pathlib
 import subprocess
 import sys
 
+import grpc
+
 from tests.integration.stack import wait_until
-from vws.common import clients, converters, model
+from vws.common import converters, model, tls
 from vws.native import copysum
-from vws.v1 import image_pb2, record_pb2, repository_pb2, workspace_pb2
+from vws.v1 import (image_pb2, record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc,
+                    workspace_pb2)
 
 QCOW2_HEAD = b"QFI\xfb" + bytes(2044)
 
@@ -50,7 +53,7 @@ def test_image_commands(stack, tmp_path):
     assert all(f["location"].startswith(str(store)) for f in added["files"])
 
     # A relative path is made absolute by the CLI (the repository reads the file itself).
-    env = {**stack.env, "VWS_ENDPOINT": stack.factory.address}
+    env = stack.cli_env()
     r = subprocess.run([sys.executable, "-m", "vws.cli.main", "image", "add", "images/tiny-disk", "--disk",
                         "disk.qcow2", "--no-agent"], cwd=files["disk"].parent, env=env, capture_output=True,
                        timeout=120)
@@ -86,10 +89,13 @@ def test_image_commands(stack, tmp_path):
     assert len(json.loads(ok(stack.cli("image", "list", "-o", "json")))["images"]) == 2
 
     # Virtual machines at the factory: an image is needed, one that exists and may be booted.
-    clients.repository(stack.repository.address).CreateImage(repository_pb2.CreateImageRequest(
-        image_id="private", owner="someone-else", image=image_pb2.Image(
-            boot=image_pb2.Image.BOOT_KERNEL, files=[image_pb2.ImageFile(role=image_pb2.ImageFile.ROLE_KERNEL,
-                                                                          location=kernel)])), timeout=30)
+    cert, key = stack.pki.issue_user("someone-else")  # an image is its caller's: add it as another user
+    with grpc.secure_channel(stack.repository.address,
+                             tls.channel_credentials(tls.Identity(stack.pki.ca_pem(), cert, key))) as channel:
+        repository_pb2_grpc.RepositoryServiceStub(channel).CreateImage(repository_pb2.CreateImageRequest(
+            image_id="private", owner="someone-else", image=image_pb2.Image(
+                boot=image_pb2.Image.BOOT_KERNEL, files=[image_pb2.ImageFile(role=image_pb2.ImageFile.ROLE_KERNEL,
+                                                                              location=kernel)])), timeout=30)
     missing = one_line_failure(stack.cli("create", "--image", "nothere"))
     private = one_line_failure(stack.cli("create", "--kind", "vm", "--image", "private"))
     assert "NOT_FOUND" in missing and "workspace.spec.software.image" in missing
@@ -118,8 +124,11 @@ def test_progress_and_state_commands(stack):
     progress = workspace_pb2.Progress(activity="propagating image busybox", done_bytes=48 << 20,
                                       total_bytes=64 << 20, bytes_per_second=8 << 20,
                                       update_time=converters.ts_to_pb(model.utcnow()))
-    clients.records(stack.repository.address).ReportWorkspaceProgress(record_pb2.ReportWorkspaceProgressRequest(
-        name=name, manager=manager, progress=progress), timeout=10)
+    cert, key = stack.pki.issue_manager("progress-reporter")  # only managers report progress
+    with grpc.secure_channel(stack.repository.address,
+                             tls.channel_credentials(tls.Identity(stack.pki.ca_pem(), cert, key))) as channel:
+        record_pb2_grpc.RecordServiceStub(channel).ReportWorkspaceProgress(record_pb2.ReportWorkspaceProgressRequest(
+            name=name, manager=manager, progress=progress), timeout=10)
     shown = wait_until(lambda: (lambda out: out if "progress:" in out else None)(ok(stack.cli("show", short))),
                        what="progress in vws show")
     assert "propagating image busybox: 75% (48M of 64M, 8M/s)" in shown

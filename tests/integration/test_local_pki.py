@@ -24,7 +24,7 @@ def site(tmp_path):
 
 
 def test_first_start_makes_the_ca_services_and_admin(site, tmp_path):
-    assert site.made == ["ca", "repository", "factory", "manager", "admin"]
+    assert site.made == ["ca", "repository", "factory", "manager", "admin", "public-client"]
     assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
     for kp in [site.ca, site.admin, *site.services.values()]:
         assert stat.S_IMODE(kp.key.stat().st_mode) == 0o600
@@ -105,7 +105,7 @@ def test_a_certificate_not_from_the_site_ca_is_refused(site, tmp_path):
 
 
 def test_a_manager_name_is_checked(site):
-    with pytest.raises(InvalidArgument, match="not a manager name"):
+    with pytest.raises(InvalidArgument, match="not a manager or user name"):
         site.issue_manager("a/b")
     with pytest.raises(InvalidArgument, match="CSR cannot be read"):
         site.issue_manager("node", csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")

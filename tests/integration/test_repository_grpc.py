@@ -45,8 +45,9 @@ def stack(database_url, tmp_path):
     manager_pb2_grpc.add_ManagerServiceServicer_to_server(fake, mserver)
     mport = mserver.add_insecure_port("127.0.0.1:0")
     mserver.start()
+    # The record semantics, in plain text (security has tests of its own); the fake manager has no TLS either.
     settings = config.RepositorySettings(data_dir=tmp_path, listen="127.0.0.1:0", database_url=database_url,
-                                         expiry_interval=dt.timedelta(seconds=0.2))
+                                         expiry_interval=dt.timedelta(seconds=0.2), insecure=True)
     service, repo = repo_server.serve(settings)
     address = f"127.0.0.1:{service.port}"
     fake.repository = address

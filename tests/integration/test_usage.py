@@ -8,7 +8,10 @@ import xml.etree.ElementTree as ET
 
 from tests.integration.stack import wait_until
 from tests.integration.test_workspaces import create, repo, run
+from vws.common.auth.pki import admin_identity
 from vws.v1 import repository_pb2, workspace_pb2
+
+OWNER = admin_identity()  # the test's calls are the administrator's: it owns what they create
 
 URF = {"urf": "http://schema.ogf.org/urf/2003/09/urf"}
 
@@ -43,7 +46,7 @@ def test_usage_from_sampling_to_final_and_export(stack_factory):
                        what="the final usage")
     assert final.cpu_seconds >= u.cpu_seconds
 
-    x = repo(stack).ExportUsageRecords(repository_pb2.ExportUsageRecordsRequest(owner="alice"), timeout=10)
+    x = repo(stack).ExportUsageRecords(repository_pb2.ExportUsageRecordsRequest(owner=OWNER), timeout=10)
     assert x.record_count == 1
     root = ET.fromstring(x.usage_records_xml.encode())
     rec = root.find("urf:UsageRecord", URF)
@@ -52,7 +55,7 @@ def test_usage_from_sampling_to_final_and_export(stack_factory):
     assert rec.find("urf:Status", URF).text == "completed"
     assert rec.find("urf:CpuDuration", URF).text.startswith("PT")
 
-    r = stack.cli("usage", "--export", "--owner", "alice", "--since", "1h")
+    r = stack.cli("usage", "--export", "--owner", OWNER, "--since", "1h")
     assert r.returncode == 0, r.stderr
     assert ws.name.split("/")[1] in r.stdout.decode()
     r = stack.cli("usage", "--export", "--owner", "nobody-here")

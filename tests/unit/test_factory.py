@@ -34,7 +34,7 @@ class FakeRecords:
         self.deleted: list[str] = []
         self.counter = 0
 
-    def create_record(self, request_id, workspace):
+    def create_record(self, request_id, workspace, caller=None):
         if request_id in self.by_request:
             return self.records[self.by_request[request_id]], False
         self.counter += 1

@@ -20,7 +20,8 @@ def test_upgrade_from_empty_and_no_drift(database_url):
         db.upgrade(engine)  # a second start changes nothing
         with engine.connect() as c:
             tables = set(sa.inspect(c).get_table_names())
-            assert {"workspaces", "workspace_events", "workspace_labels", "managers", "alembic_version"} <= tables
+            assert {"workspaces", "workspace_events", "workspace_labels", "managers", "role_bindings", "audit_entries",
+                    "alembic_version"} <= tables
             head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
             assert MigrationContext.configure(c).get_current_revision() == head
             diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), db.Base.metadata)
@@ -28,7 +29,8 @@ def test_upgrade_from_empty_and_no_drift(database_url):
             command.check(db.alembic_config(connection=c))  # raises on drift
             indexes = {i["name"] for i in sa.inspect(c).get_indexes("workspaces")}
             assert {"ix_workspaces_listing", "ix_workspaces_active_listing", "ix_workspaces_state_listing",
-                    "ix_workspaces_owner_listing", "ix_workspaces_manager_listing", "ix_workspaces_expiry"} <= indexes
+                    "ix_workspaces_owner_listing", "ix_workspaces_manager_listing", "ix_workspaces_expiry",
+                    "ix_workspaces_quota_group"} <= indexes
     finally:
         engine.dispose()
 

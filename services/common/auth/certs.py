@@ -140,6 +140,11 @@ class TrustStore:
         self._dir_mtime = None
         self._lock = threading.Lock()
 
+    @property
+    def anchors(self) -> list[x509.Certificate]:
+        """The anchors given in code (not the directory's)."""
+        return [a for group in self._anchors.values() for a in group]
+
     def _from_dir(self, h: str) -> list[x509.Certificate]:
         if self.ca_dir is None:
             return []

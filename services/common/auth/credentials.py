@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Mapping
 from cryptography import x509
 
 from vws.common.auth.certs import TrustStore, load_pem_or_der, slash_dn
+from vws.common.auth.pki import public_client_identity
 from vws.common.auth.principal import CredentialKind, Principal, digest_of
 from vws.common.auth.proxy import proxy_info, verify_proxy_chain
 from vws.common.auth.session import SESSION_PREFIX, Session, SessionAuthority, verify_possession
@@ -16,6 +17,7 @@ from vws.common.auth.tokens import TokenVerifier
 from vws.common.auth.voms import VomsDir
 from vws.common.errors import Unauthenticated
 
+PUBLIC_CLIENT = public_client_identity()  # the site's public client certificate: names no one
 AUTHORIZATION = "authorization"  # gRPC metadata key: "Bearer <WLCG token or vws session token>"
 
 
@@ -156,7 +158,9 @@ class Authenticator:
                     raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
                 return self.bearer(token.strip())
         if peer_certificate:
-            return self.certificate(peer_certificate)
+            principal = self.certificate(peer_certificate)
+            if principal.identity != PUBLIC_CLIENT:
+                return principal
         raise Unauthenticated("no credential: connect with a client certificate, or send "
                               "'authorization: Bearer <token>' (a WLCG token, or the session from `vws login`)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import pathlib
@@ -30,7 +31,7 @@ CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
 ORG = "vws"
-OU_SERVICES, OU_MANAGERS, OU_USERS = "services", "managers", "users"
+OU_SERVICES, OU_MANAGERS, OU_USERS, OU_PUBLIC = "services", "managers", "users", "public"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class LocalPki:
     services: dict[str, KeyPair]
     admin: KeyPair
     made: list[str]            # what this call (re)made; empty when everything was kept
+    public_client: KeyPair | None = None   # names no one: for callers with a bearer token
 
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem()
@@ -63,8 +65,18 @@ class LocalPki:
                       now: dt.datetime | None = None) -> tuple[bytes, bytes | None]:
         """A manager certificate signed by this CA: (certificate PEM, key PEM or None when a CSR
         brought the public key). Its subject is /O=vws/OU=managers/CN=<name>."""
+        return self._issue(OU_MANAGERS, name, [*LOOPBACK, name, *hosts], csr_pem, now)
+
+    def issue_user(self, name: str, csr_pem: bytes | None = None, now: dt.datetime | None = None
+                   ) -> tuple[bytes, bytes | None]:
+        """A user's client certificate signed by this CA, /O=vws/OU=users/CN=<name> (for sites
+        without a grid CA, and for tests)."""
+        return self._issue(OU_USERS, name, None, csr_pem, now)
+
+    def _issue(self, ou: str, name: str, hosts: list[str] | None, csr_pem: bytes | None,
+               now: dt.datetime | None) -> tuple[bytes, bytes | None]:
         if not name or any(c in name for c in "/=,+\n"):
-            raise InvalidArgument(f"{name!r} is not a manager name; use letters, digits, '.', '-'", "name")
+            raise InvalidArgument(f"{name!r} is not a manager or user name; use letters, digits, '.', '-'", "name")
         key = None
         if csr_pem is not None:
             try:
@@ -79,8 +91,7 @@ class LocalPki:
             key = ec.generate_private_key(ec.SECP256R1())
             public = key.public_key()
         ca_cert, ca_key = _load_pair(self.ca)
-        cert = _leaf(_name(OU_MANAGERS, name), public, ca_cert, ca_key, [*LOOPBACK, name, *hosts], server=True,
-                     now=now or _now())
+        cert = _leaf(_name(ou, name), public, ca_cert, ca_key, hosts, server=hosts is not None, now=now or _now())
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()) if key else None
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
@@ -141,9 +152,9 @@ def _write(path: pathlib.Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def _save(pair: KeyPair, cert: x509.Certificate, key) -> None:
+def _save(pair: KeyPair, cert: x509.Certificate, key, key_mode: int = 0o600) -> None:
     _write(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()), 0o600)
+                                       serialization.NoEncryption()), key_mode)
     _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
@@ -153,12 +164,13 @@ def _load_pair(pair: KeyPair):
     return cert, key
 
 
-def _usable(pair: KeyPair, ca: x509.Certificate | None, hosts: list[str], now: dt.datetime) -> bool:
-    """Readable, key matching, private key 0600, signed by `ca` (None: self-signed), not about
-    to expire, covering `hosts`."""
+def _usable(pair: KeyPair, ca: x509.Certificate | None, hosts: list[str], now: dt.datetime,
+            public: bool = False) -> bool:
+    """Readable, key matching, private key 0600 (unless `public`), signed by `ca` (None:
+    self-signed), not about to expire, covering `hosts`."""
     try:
         cert, key = _load_pair(pair)
-        if pair.key.stat().st_mode & 0o077:
+        if pair.key.stat().st_mode & 0o077 and not public:
             return False
     except (OSError, ValueError, TypeError):
         return False
@@ -191,10 +203,23 @@ def _is_ip(h: str) -> bool:
 def ensure(data_dir: str | os.PathLike, hosts: Iterable[str] = (), now: dt.datetime | None = None) -> LocalPki:
     """Makes (or keeps) the local PKI in `<data_dir>/pki`. `hosts`: extra names and addresses
     the services answer on (the machine's host name is always added)."""
+    return ensure_dir(pathlib.Path(data_dir) / "pki", hosts, now)
+
+
+def ensure_dir(d: str | os.PathLike, hosts: Iterable[str] = (), now: dt.datetime | None = None) -> LocalPki:
+    """As `ensure`, in the PKI directory `d` itself."""
     now = now or _now()
-    d = pathlib.Path(data_dir) / "pki"
+    d = pathlib.Path(d)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
+    # Services of one site may start at once: one of them makes what is missing, the others
+    # then find it made.
+    with open(d / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(d, hosts, now)
+
+
+def _ensure(d: pathlib.Path, hosts: Iterable[str], now: dt.datetime) -> LocalPki:
     pair = lambda n: KeyPair(d / f"{n}.pem", d / f"{n}.key")  # noqa: E731
     ca_pair, admin = pair("ca"), pair("admin")
     services = {s: pair(s) for s in SERVICES}
@@ -227,8 +252,21 @@ def ensure(data_dir: str | os.PathLike, hosts: Iterable[str] = (), now: dt.datet
         key = ec.generate_private_key(ec.SECP256R1())
         _save(admin, _leaf(_name(OU_USERS, "admin"), key.public_key(), ca_cert, ca_key, None, False, now), key)
         made.append("admin")
-    return LocalPki(d, ca_pair, services, admin, made)
+    # The public client credential: gRPC's Python server can only require a client certificate
+    # or not ask for one, so every client presents one; a caller proving who they are with a
+    # bearer token (a WLCG token, a proxy's session) presents this one, which names no one.
+    public = pair("public-client")
+    if "ca" in made or not _usable(public, ca_cert, [], now, public=True):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _save(public, _leaf(_name(OU_PUBLIC, "client"), key.public_key(), ca_cert, ca_key, None, False, now), key,
+              key_mode=0o644)
+        made.append("public-client")
+    return LocalPki(d, ca_pair, services, admin, made, public)
 
 
 def admin_identity() -> str:
     return slash_dn(_name(OU_USERS, "admin"))
+
+
+def public_client_identity() -> str:
+    return slash_dn(_name(OU_PUBLIC, "client"))
