@@ -36,6 +36,8 @@ PACKAGES=(
   syslinux-common        # extlinux's ldlinux.c32
   b3sum                  # fast content hashes of images
   rsync                  # copying workspace files and images
+  openssh-server         # sshd: the transfer benchmark's encrypted anchor (rsync -e ssh between namespaces)
+  openssh-client         # ssh, ssh-keygen: its client side
   libxml2-utils          # xmllint: virt-xml-validate checks domain XML against libvirt's schema (tests)
   voms-clients           # voms-proxy-fake: the tests' RFC 3820 proxies carrying VOMS attribute certificates
   globus-proxy-utils     # grid-proxy-init: plain RFC 3820 proxies (tests)
