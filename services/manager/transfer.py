@@ -809,10 +809,8 @@ def _split(candidates_hint: Iterable[str], chunk_size: int) -> tuple[list[str], 
 class _Sender:
     """One send_file: what it has learnt of the file so far outlives each attempt."""
 
-    def __init__(self, target: str, path, transfer_id: str, candidates_hint, progress, options: SendOptions,
-                 channel_factory: Callable[..., grpc.Channel] | None = None):
+    def __init__(self, target: str, path, transfer_id: str, candidates_hint, progress, options: SendOptions):
         self.target, self.path, self.transfer_id, self.options = target, os.fspath(path), transfer_id, options
-        self.channel_factory = channel_factory
         self.cs = options.chunk_size
         self.candidate_digests, self.candidate_ids = _split(candidates_hint, self.cs)
         self.progress = progress
@@ -842,8 +840,7 @@ class _Sender:
             # A connection of its own per stream (a local subchannel pool: not shared with
             # each other or with other channels to the receiver), new at every attempt, so
             # that nothing of a broken connection is reused.
-            new_channel = self.channel_factory or clients.new_channel
-            channels = [new_channel(self.target, options=channel_options(self.cs) + [
+            channels = [clients.new_channel(self.target, options=channel_options(self.cs) + [
                 ("grpc.use_local_subchannel_pool", 1)]) for _ in range(max(1, o.streams))]
             try:
                 self.attempt(channels)
@@ -1042,22 +1039,18 @@ class _Lane:
 
 def send_file(target: str, path, transfer_id: str, *, candidates_hint: Iterable[str] = (),
               progress: Callable[[Progress], None] | None = None,
-              options: SendOptions | None = None,
-              channel_factory: Callable[..., grpc.Channel] | None = None) -> TransferResult:
+              options: SendOptions | None = None) -> TransferResult:
     """Sends the file at path to the TransferService at target (host:port) as transfer_id and
     completes it there (verified). candidates_hint: whole-file digests of files the receiver
     may hold (the base image) and ids of earlier transfers to it (an earlier copy of the same
     workspace); chunks found in them are copied there, not sent. progress(Progress) is called
     a few times a second. Retries a broken stream from what the receiver has verified; raises
     TransferFailed (UNAVAILABLE) after options.give_up_after seconds, or the receiver's error
-    when it refuses the transfer. channel_factory(target, options=...): makes each stream's
-    channel (default clients.new_channel, with this process's transport security); for a
-    caller that brings its own credentials."""
+    when it refuses the transfer."""
     check_transfer_id(transfer_id)
     keep_chunk_buffers()
     try:
-        sender = _Sender(target, path, transfer_id, list(candidates_hint), progress, options or SendOptions(),
-                         channel_factory)
+        sender = _Sender(target, path, transfer_id, list(candidates_hint), progress, options or SendOptions())
     except FileNotFoundError:
         raise errors.NotFound(f"no file {os.fspath(path)} to send") from None
     return sender.run()

@@ -200,45 +200,6 @@ def test_an_aborted_transfer_leaves_nothing_on_the_receiver(hosts, receiver, tmp
     assert list((receiver.transfer_dir / "done").iterdir()) == []
 
 
-def test_a_transfer_over_mutual_tls_on_the_callers_own_channels_arrives_verified(tmp_path):
-    """send_file's channel_factory: the caller's channels (here mutual TLS with a local PKI's
-    certificates) carry every stream; the service refuses a plaintext sender."""
-    import concurrent.futures
-
-    import grpc
-
-    from vws.common import errors
-    from vws.common.auth import pki
-    from vws.manager import transfer
-    from vws.manager.transfer_servicer import TransferServicer, add_to_server
-    d = pki.ensure(tmp_path / "site", hosts=["127.0.0.1"]).directory
-    ca, key, cert = ((d / n).read_bytes() for n in ("ca.pem", "manager.key", "manager.pem"))
-    store = transfer.TransferStore(tmp_path / "store", fsync=False)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(8), options=transfer.channel_options(CHUNK))
-    add_to_server(TransferServicer(store), server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True))
-    server.start()
-    made = []
-
-    def channel(target, options=None):
-        made.append(target)
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
-    try:
-        src = random_file(tmp_path / "disk", 3 * CHUNK + 99, 9)
-        r = transfer.send_file(f"127.0.0.1:{port}", src, "workspaces/w1/disk", channel_factory=channel,
-                               options=transfer.SendOptions(streams=2, give_up_after=30))
-        assert r.digest == copysum.digest_file(src).digest and r.bytes_sent == src.stat().st_size
-        assert made == [f"127.0.0.1:{port}"] * 2  # one per stream
-        assert same_content(src, store.take("workspaces/w1/disk"))
-        with pytest.raises(errors.Unavailable):
-            transfer.send_file(f"127.0.0.1:{port}", src, "workspaces/w2/disk",
-                               options=transfer.SendOptions(give_up_after=1, call_timeout=1))
-    finally:
-        server.stop(None)
-        store.close()
-
-
 def test_the_manager_serves_the_transfer_service(hosts, receiver):
     assert hosts.tool("health", receiver.address) == {"result": {"status": 1}}  # SERVING
 
