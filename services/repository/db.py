@@ -17,6 +17,8 @@ MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 
 # Every state but TERMINATED: the default listing and what most queries look at.
 NOT_TERMINATED = "state <> 'TERMINATED'"
+# An owner is an identity (a DN, or sub@issuer): as wide as audit_entries.identity.
+OWNER_WIDTH = 600
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -59,7 +61,7 @@ class WorkspaceRow(Base):
     state_message: Mapped[str] = mapped_column(sa.Text, default="")
     # When the state last moved (the clock of whoever moved it): older reports do not move it back.
     state_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    owner: Mapped[str] = mapped_column(sa.String(256), default="")
+    owner: Mapped[str] = mapped_column(sa.String(OWNER_WIDTH), default="")
     manager_name: Mapped[str | None] = mapped_column(sa.String(64))
     manager_address: Mapped[str] = mapped_column(sa.String(256), default="")
     host_identity: Mapped[str] = mapped_column(sa.String(128), default="")
@@ -147,7 +149,7 @@ class UsageRow(Base):
     __tablename__ = "workspace_usage"
 
     workspace_id: Mapped[int] = mapped_column(sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
-    owner: Mapped[str] = mapped_column(sa.String(256), default="")
+    owner: Mapped[str] = mapped_column(sa.String(OWNER_WIDTH), default="")
     manager_name: Mapped[str] = mapped_column(sa.String(64), default="")
     host_identity: Mapped[str] = mapped_column(sa.String(128), default="")
     start_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -180,7 +182,7 @@ class ImageRow(Base):
 
     name: Mapped[str] = mapped_column(sa.String(80), primary_key=True)  # images/{id}
     boot: Mapped[str] = mapped_column(sa.String(16))
-    owner: Mapped[str] = mapped_column(sa.String(256))
+    owner: Mapped[str] = mapped_column(sa.String(OWNER_WIDTH))
     visibility: Mapped[str] = mapped_column(sa.String(16))
     kernel_args: Mapped[str] = mapped_column(sa.Text, default="")
     description: Mapped[str] = mapped_column(sa.Text, default="")

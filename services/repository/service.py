@@ -30,7 +30,7 @@ from vws.repository import access as access_store
 from vws.repository import images as image_store
 from vws.repository import store
 from vws.repository import usage as usage_store
-from vws.repository.db import EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
+from vws.repository.db import OWNER_WIDTH, EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
 from vws.repository.watch import WatchHub
 from vws.v1 import workspace_pb2
@@ -104,6 +104,12 @@ _BOOT_FILES = {  # boot -> (roles it needs exactly once, roles it may have once)
 }
 
 
+def _check_owner(owner: str, whose: str = "") -> None:
+    if len(owner) > OWNER_WIDTH:
+        raise errors.InvalidArgument(f"is {len(owner)} characters long{whose}; an owner has at most {OWNER_WIDTH}",
+                                     "owner")
+
+
 def _checked_image(image_id: str, image: model.Image, owner: str) -> model.Image:
     """Every field of a CreateImage request checked, all violations in one answer; returns the
     image to make (name set, visibility defaulted, each file's format known, its location the
@@ -116,8 +122,8 @@ def _checked_image(image_id: str, image: model.Image, owner: str) -> model.Image
         iid = ""
     if not owner:
         v.append(("owner", "is empty; give who adds the image (the CLI sends your user name)"))
-    elif len(owner) > 256:
-        v.append(("owner", f"is {len(owner)} characters long; an owner has at most 256"))
+    elif len(owner) > OWNER_WIDTH:
+        v.append(("owner", f"is {len(owner)} characters long; an owner has at most {OWNER_WIDTH}"))
     boot = image.boot
     if boot not in _BOOT_FILES:
         v.append(("image.boot", "is unspecified; give BOOT_KERNEL (a kernel and an initrd) or BOOT_DISK (a disk)"))
@@ -350,6 +356,7 @@ class RepositoryService:
                                              "workspace.endpoint.manager_address")
         now = self.clock()
         owner = caller.identity if caller.principal is not None else workspace.owner
+        _check_owner(owner, " (the identity of your credentials)" if caller.principal is not None else "")
         result = model.Workspace(
             name=workspace.name, spec=workspace.spec, state=State.PENDING, state_message="accepted; not yet placed",
             endpoint=model.Endpoint(workspace.name, placed.manager, placed.manager_address) if placed.manager
@@ -938,8 +945,7 @@ class RepositoryService:
     def list_images(self, owner: str = "", page_size: int = 0, page_token: str = "") -> tuple[list[model.Image], str]:
         """By name; with an owner, the public images and that owner's; without, every image."""
         size = checked_page_size(page_size)
-        if len(owner) > 256:
-            raise errors.InvalidArgument(f"is {len(owner)} characters long; an owner has at most 256", "owner")
+        _check_owner(owner)
         fp = _fingerprint(what="images", owner=owner)
         after = _name_after(page_token, fp)
         with self.uow() as session:
@@ -995,8 +1001,7 @@ class RepositoryService:
                              end: dt.datetime | None = None) -> tuple[str, int]:
         """A GFD.204 UsageRecords document of every workspace (of `owner`, when given) that ran at
         some time in [start, end), and how many records it holds."""
-        if len(owner) > 256:
-            raise errors.InvalidArgument(f"is {len(owner)} characters long; an owner has at most 256", "owner")
+        _check_owner(owner)
         if start is not None and end is not None and end <= start:
             raise errors.InvalidArgument(f"{end.isoformat()} is not after start_time {start.isoformat()}; give a "
                                          "later end, or leave it unset for no end", "end_time")

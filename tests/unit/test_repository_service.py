@@ -12,6 +12,7 @@ from vws.common.config import RepositorySettings
 from vws.common.model import EventType, State
 from vws.repository import db
 from vws.repository.service import RepositoryService
+from tests.unit.test_access import user
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 MANAGER = "managers/host-1"
@@ -109,6 +110,21 @@ def test_create_refuses_missing_name_and_termination_time(env):
     with pytest.raises(errors.InvalidArgument) as e:
         service.create_record("", ws)
     assert field_of(e) == ["workspace.termination_time"]
+
+
+def test_an_owner_as_long_as_an_identity_is_kept_and_a_longer_one_refused(env):
+    service, clock, _ = env
+    longest = "/DC=org/DC=example/CN=" + "a" * (db.OWNER_WIDTH - 22)
+    ws, _ = service.create_record("", new_ws(clock, owner=longest))
+    assert service.get(ws.name).owner == longest and [w.name for w in service.list(owner=longest)[0]] == [ws.name]
+    with pytest.raises(errors.InvalidArgument, match=f"is {db.OWNER_WIDTH + 1} characters long; an owner has at "
+                                                     f"most {db.OWNER_WIDTH}") as e:
+        service.create_record("", new_ws(clock, owner=longest + "b"))
+    assert field_of(e) == ["owner"]
+    with pytest.raises(errors.InvalidArgument, match="the identity of your credentials") as e:
+        service.create_record("", new_ws(clock), caller=user(longest + "b"))
+    assert field_of(e) == ["owner"]
+    assert [w.name for w in service.list()[0]] == [ws.name]  # nothing half-made
 
 
 def test_assign_and_reports(env):

@@ -9,6 +9,7 @@ import pytest
 
 from vws.common import errors, model
 from vws.common.model import State
+from vws.repository import db
 from vws.repository.usage import URF, xsd_duration
 from tests.unit.test_repository_service import MANAGER, T0, env, field_of, placed  # noqa: F401 - env is a fixture
 
@@ -152,5 +153,5 @@ def test_export_argument_errors(env):
         service.export_usage_records("", T0, T0 - dt.timedelta(seconds=1))
     assert field_of(e) == ["end_time"]
     with pytest.raises(errors.InvalidArgument) as e:
-        service.export_usage_records("x" * 300)
+        service.export_usage_records("x" * (db.OWNER_WIDTH + 1))
     assert field_of(e) == ["owner"]
