@@ -24,7 +24,7 @@ from vws.common.auth.credentials import AUTHORIZATION, Authenticator
 from vws.common.auth.gate import AuditRecord, Call, Caller, Role, Rule
 from vws.common.auth.policy import GroupUsage
 from vws.common.auth.principal import CredentialKind
-from vws.repository import db
+from vws.repository import db, paging
 from vws.repository.db import AuditEntryRow, RoleBindingRow, WorkspaceRow
 
 log = logging.getLogger("vws.repository.access")
@@ -273,18 +273,17 @@ class AccessStore:
                    page_token: str = "") -> tuple[list[AuditEntry], str]:
         """Oldest first. A caller who is not privileged sees only their own entries, whatever
         identity they ask for."""
-        from vws.repository import service as paging  # lazily: the service layer imports this module
         size = paging.checked_page_size(page_size)
         if not caller.privileged:
             identity = caller.identity
         if start is not None and end is not None and end <= start:
             raise errors.InvalidArgument(f"{end.isoformat()} is not after start_time ({start.isoformat()}); give a "
                                          "later end, or none", "end_time")
-        fp = paging._fingerprint(identity=identity, target=target, outcome=outcome,
+        fp = paging.fingerprint(identity=identity, target=target, outcome=outcome,
                                  start=start.isoformat() if start else None, end=end.isoformat() if end else None)
         after = 0
         if page_token:
-            doc = paging._decode_token(page_token, fp)
+            doc = paging.decode_token(page_token, fp)
             if not isinstance(doc.get("s"), int):
                 raise errors.InvalidArgument("is not a page token of this listing", "page_token")
             after = doc["s"]
@@ -302,7 +301,7 @@ class AccessStore:
         out = [AuditEntry(identity=r.identity, attributes=tuple(r.attributes or ()), source=r.source,
                           service=r.service, action=r.action, target=r.target, outcome=r.outcome, message=r.message,
                           sequence=r.sequence, time=r.time) for r in rows[:size]]
-        token = paging._encode_token({"s": rows[size - 1].sequence, "f": fp}) if len(rows) > size else ""
+        token = paging.encode_token({"s": rows[size - 1].sequence, "f": fp}) if len(rows) > size else ""
         return out, token
 
 

@@ -3,8 +3,6 @@ messages and call these methods; every method takes and returns domain objects a
 vws.common.errors."""
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import datetime as dt
 import errno
@@ -32,53 +30,14 @@ from vws.repository import store
 from vws.repository import usage as usage_store
 from vws.repository.db import OWNER_WIDTH, EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
+from vws.repository.paging import checked_page_size, decode_token, encode_token, fingerprint, name_after
 from vws.repository.watch import WatchHub
 from vws.v1 import workspace_pb2
 
 log = logging.getLogger("vws.repository")
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 SOURCE = "repository"
 LIFETIME_ENDED = "lifetime ended"
-
-
-def checked_page_size(value: int, field: str = "page_size") -> int:
-    if value < 0:
-        raise errors.InvalidArgument(f"is negative ({value}); give 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE}",
-                                     field)
-    return DEFAULT_PAGE_SIZE if value == 0 else min(value, MAX_PAGE_SIZE)
-
-
-def _encode_token(doc: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, fingerprint: str) -> dict:
-    bad = errors.InvalidArgument("is not a page token of this listing; pass next_page_token from the previous "
-                                 "response, with the same filters, or leave it empty for the first page",
-                                 "page_token")
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(doc, dict) or doc.get("f") != fingerprint:
-        raise bad
-    return doc
-
-
-def _name_after(token: str, fingerprint: str) -> str:
-    """The name a by-name listing resumes after: "" for the first page."""
-    if not token:
-        return ""
-    doc = _decode_token(token, fingerprint)
-    if not isinstance(doc.get("n"), str):
-        raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-    return doc["n"]
-
-
-def _fingerprint(**filters) -> str:
-    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_progress(p: model.Progress) -> None:
@@ -638,11 +597,11 @@ class RepositoryService:
         if manager:
             names.parse_manager_name(manager, "manager")
         labels = dict(labels or {})
-        fp = _fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
+        fp = fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
                           manager=manager, caller=visible_to.identity)
         after = None
         if page_token:
-            doc = _decode_token(page_token, fp)
+            doc = decode_token(page_token, fp)
             try:
                 after = (dt.datetime.fromisoformat(doc["c"]), int(doc["i"]))
                 if after[0].tzinfo is None:
@@ -654,17 +613,17 @@ class RepositoryService:
                                    after=after, limit=size + 1, visible=self.access.visible_to(visible_to))
             out = [store.to_workspace(r) for r in rows[:size]]
             last = rows[size - 1] if len(rows) > size else None
-            token = _encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
+            token = encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
         return out, token
 
     def list_events(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list[model.Event], str]:
         """A workspace's history, oldest first."""
         size = checked_page_size(page_size)
         names.parse_workspace_name(parent, "parent")
-        fp = _fingerprint(parent=parent)
+        fp = fingerprint(parent=parent)
         after = 0
         if page_token:
-            doc = _decode_token(page_token, fp)
+            doc = decode_token(page_token, fp)
             if not isinstance(doc.get("s"), int):
                 raise errors.InvalidArgument("is not a page token of this listing", "page_token")
             after = doc["s"]
@@ -672,7 +631,7 @@ class RepositoryService:
             row = self._load(session, parent, "parent")
             rows = store.list_events(session, row.id, after, size + 1)
             out = [store.to_event(parent, r) for r in rows[:size]]
-            token = _encode_token({"s": rows[size - 1].seq, "f": fp}) if len(rows) > size else ""
+            token = encode_token({"s": rows[size - 1].seq, "f": fp}) if len(rows) > size else ""
         return out, token
 
     def watch(self, name: str, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0
@@ -863,13 +822,13 @@ class RepositoryService:
 
     def list_managers(self, page_size: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
         size = checked_page_size(page_size)
-        fp = _fingerprint(what="managers")
-        after = _name_after(page_token, fp)
+        fp = fingerprint(what="managers")
+        after = name_after(page_token, fp)
         with self.uow() as session:
             now = self.clock()
             rows = store.list_managers(session, after, size + 1)
             out = [store.to_manager(r, now, self.settings.heartbeat_timeout) for r in rows[:size]]
-            token = _encode_token({"n": rows[size - 1].name, "f": fp}) if len(rows) > size else ""
+            token = encode_token({"n": rows[size - 1].name, "f": fp}) if len(rows) > size else ""
         return out, token
 
     # ------------------------------------------------------------------ images
@@ -946,11 +905,11 @@ class RepositoryService:
         """By name; with an owner, the public images and that owner's; without, every image."""
         size = checked_page_size(page_size)
         _check_owner(owner)
-        fp = _fingerprint(what="images", owner=owner)
-        after = _name_after(page_token, fp)
+        fp = fingerprint(what="images", owner=owner)
+        after = name_after(page_token, fp)
         with self.uow() as session:
             found = image_store.list_page(session, owner, after, size + 1)
-        token = _encode_token({"n": found[size - 1].name, "f": fp}) if len(found) > size else ""
+        token = encode_token({"n": found[size - 1].name, "f": fp}) if len(found) > size else ""
         return found[:size], token
 
     def delete_image(self, name: str, by: Caller = PLAIN_TEXT_CALLER) -> None:
