@@ -280,7 +280,7 @@ class AccessStore:
             raise errors.InvalidArgument(f"{end.isoformat()} is not after start_time ({start.isoformat()}); give a "
                                          "later end, or none", "end_time")
         fp = paging.fingerprint(identity=identity, target=target, outcome=outcome,
-                                 start=start.isoformat() if start else None, end=end.isoformat() if end else None)
+                                start=start.isoformat() if start else None, end=end.isoformat() if end else None)
         after = 0
         if page_token:
             doc = paging.decode_token(page_token, fp)

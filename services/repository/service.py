@@ -598,7 +598,7 @@ class RepositoryService:
             names.parse_manager_name(manager, "manager")
         labels = dict(labels or {})
         fp = fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
-                          manager=manager, caller=visible_to.identity)
+                         manager=manager, caller=visible_to.identity)
         after = None
         if page_token:
             doc = decode_token(page_token, fp)
