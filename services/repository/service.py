@@ -63,10 +63,16 @@ _BOOT_FILES = {  # boot -> (roles it needs exactly once, roles it may have once)
 }
 
 
+def _owner_too_long(owner: str, whose: str = "") -> str:
+    """What is wrong with an owner longer than the column holds, or ''."""
+    if len(owner) <= OWNER_WIDTH:
+        return ""
+    return f"is {len(owner)} characters long{whose}; an owner has at most {OWNER_WIDTH}"
+
+
 def _check_owner(owner: str, whose: str = "") -> None:
-    if len(owner) > OWNER_WIDTH:
-        raise errors.InvalidArgument(f"is {len(owner)} characters long{whose}; an owner has at most {OWNER_WIDTH}",
-                                     "owner")
+    if problem := _owner_too_long(owner, whose):
+        raise errors.InvalidArgument(problem, "owner")
 
 
 def _checked_image(image_id: str, image: model.Image, owner: str) -> model.Image:
@@ -81,8 +87,8 @@ def _checked_image(image_id: str, image: model.Image, owner: str) -> model.Image
         iid = ""
     if not owner:
         v.append(("owner", "is empty; give who adds the image (the CLI sends your user name)"))
-    elif len(owner) > OWNER_WIDTH:
-        v.append(("owner", f"is {len(owner)} characters long; an owner has at most {OWNER_WIDTH}"))
+    elif problem := _owner_too_long(owner):
+        v.append(("owner", problem))
     boot = image.boot
     if boot not in _BOOT_FILES:
         v.append(("image.boot", "is unspecified; give BOOT_KERNEL (a kernel and an initrd) or BOOT_DISK (a disk)"))

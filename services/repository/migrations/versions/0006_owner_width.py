@@ -32,10 +32,10 @@ def _widths(old: int, new: int) -> None:
     # Changes"): rewrite the statement in sqlite_schema and raise the schema version, in the
     # same transaction as everything else the upgrade does.
     version = bind.exec_driver_sql("PRAGMA schema_version").scalar()
+    before, after = f"owner VARCHAR({old}) NOT NULL", f"owner VARCHAR({new}) NOT NULL"
     bind.exec_driver_sql("PRAGMA writable_schema=ON")
     try:
         for table in TABLES:
-            before, after = f"owner VARCHAR({old}) NOT NULL", f"owner VARCHAR({new}) NOT NULL"
             sql = bind.exec_driver_sql("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?",
                                        (table,)).scalar()
             if sql is None or sql.count(before) != 1:
