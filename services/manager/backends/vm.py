@@ -211,7 +211,8 @@ class LibvirtBackend(Backend):
     # host by a veth pair with a private /30 (netshape's address reservations, shared with
     # sandboxes). Both directions are shaped by token buckets on the pair's two egresses: libvirt's
     # own <bandwidth> needs the sfq and police modules, which hosts like ours lack, and tc can
-    # only police a tap's ingress with them.
+    # only police a tap's ingress with them. The bridge itself must not be a way into the host,
+    # or the guest's traffic would skip the pair and its bucket (see _seal_bridge).
     def _link(self, workspace_id: str) -> netshape.Link | None:
         index = self._plan_file(workspace_id).get("link")
         return None if index is None else netshape.Link(int(index))
@@ -223,6 +224,7 @@ class LibvirtBackend(Backend):
             return
         bridge, host, peer = link_names(link)
         if (Path("/sys/class/net") / bridge).exists() and (Path("/sys/class/net") / host).exists():
+            self._seal_bridge(workspace_id, bridge)
             return
         batch = "".join(f"link del {d}\n" for d in (bridge, host) if (Path("/sys/class/net") / d).exists())
         batch += (f"link add {bridge} type bridge\nlink set {bridge} up\n"
@@ -231,11 +233,38 @@ class LibvirtBackend(Backend):
         r = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True)
         if r.returncode:
             raise errors.BackendError(f"the network of workspaces/{workspace_id} could not be made: {r.stderr.strip()}")
+        self._seal_bridge(workspace_id, bridge)
         rate = plan.get("network_bits_per_second", 0)
         for dev in (peer, host) if rate else ():
             r = subprocess.run(["tc", *netshape.tbf(dev, rate)], capture_output=True, text=True)
             if r.returncode:
                 raise errors.BackendError(f"shaping {dev} of workspaces/{workspace_id} failed: {r.stderr.strip()}")
+
+    @staticmethod
+    def _seal_bridge(workspace_id: str, bridge: str) -> None:
+        """Makes the host unreachable through the bridge's own interface, leaving the pair as the
+        guest's only way in. A bridge takes the address of its first port, the pair's bridge end,
+        and answered the guest's ARP with it: frames to that address are delivered to the host by
+        the bridge without leaving through the pair, so the guest's outbound traffic was not
+        shaped at all. With ARP off on the bridge, the host answers only from the pair's host end;
+        a guest that forges the bridge's address into its ARP table is stopped by the strict
+        reverse-path filter (its address routes through the pair, not the bridge); and the bridge
+        has no IPv6. Idempotent: also run on a bridge made before this existed."""
+        r = subprocess.run(["ip", "link", "set", "dev", bridge, "arp", "off"], capture_output=True, text=True)
+        try:
+            if r.returncode:
+                raise OSError(r.stderr.strip())
+            (Path("/proc/sys/net/ipv4/conf") / bridge / "rp_filter").write_text("1\n")
+            ipv6 = Path("/proc/sys/net/ipv6/conf") / bridge / "disable_ipv6"
+            if ipv6.exists():
+                ipv6.write_text("1\n")
+        except OSError as exc:
+            raise errors.BackendError(f"the bridge {bridge} of workspaces/{workspace_id} could not be closed to the "
+                                      f"host, so its bandwidth could not be enforced: {exc}") from None
+        if Path("/proc/sys/net/ipv4/conf/all/rp_filter").read_text().strip() == "2":
+            log.warning("net.ipv4.conf.all.rp_filter is 2 (loose), which overrides the strict filter on %s: a guest "
+                        "that forges its ARP table can reach the host past its bandwidth limit; set it to 0 or 1",
+                        bridge)
 
     def _unlink(self, workspace_id: str) -> None:
         link = self._link(workspace_id)
