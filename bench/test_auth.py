@@ -14,6 +14,7 @@ from bench.conftest import ms
 from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld
 from vws.common.auth import (Authenticator, PolicyFile, ProxyFile, SessionAuthority, TrustStore, VomsDir,
                              WorkspaceRequest)
+from vws.common.errors import Unauthenticated
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
 GROUP = "auth"
@@ -41,10 +42,11 @@ def setting(tmp_path_factory):
     proxy = ProxyFile.load(w.proxy(alice, voms, fqans=("/atlas/Role=production", "/atlas")))
     (root / "policy.toml").write_text(POLICY)
     trust = TrustStore(w.ca_dir)
+    foreign = w.user("Bob Elsewhere", ca=w.rogue_ca).cert_path.read_bytes()  # a CA this site does not trust
 
     def authenticator():
         return Authenticator(trust, VomsDir(w.vomsdir, trust), sessions=SessionAuthority(b"k" * 32, "bench"))
-    return authenticator, proxy, PolicyFile(root / "policy.toml")
+    return authenticator, proxy, PolicyFile(root / "policy.toml"), foreign
 
 
 def _timed(fn, rounds: int) -> list[float]:
@@ -58,7 +60,7 @@ def _timed(fn, rounds: int) -> list[float]:
 
 def test_first_check_of_a_proxy(benchmark, setting):
     """Anchor: a fresh authenticator each time, so nothing is cached: the whole login."""
-    make, proxy, policy = setting
+    make, proxy, policy, _ = setting
 
     def first_login():
         auth = make()
@@ -70,7 +72,7 @@ def test_first_check_of_a_proxy(benchmark, setting):
 
 
 def test_cached_authorisation_per_call(benchmark, setting, report):
-    make, proxy, policy = setting
+    make, proxy, policy, _ = setting
     auth = make()
     challenge, _ = auth.challenge()
     token = auth.login(challenge, proxy.chain_der, proxy.sign(challenge)).token
@@ -88,3 +90,25 @@ def test_cached_authorisation_per_call(benchmark, setting, report):
     report.row("auth per call, cached principal + policy (p50)", f"{p50 * 1e6:.1f} us",
                f"first proxy check {ms(anchor)}", f"{anchor / p50:.0f}x cheaper", "<= 1 ms p50")
     assert p50 <= 1e-3, f"cached authorisation p50 {p50 * 1e6:.0f} us is over the 1 ms goal"
+
+
+def test_a_refused_certificate_per_call(benchmark, setting, report):
+    """Every service asks its own authenticator (the site's CA only) whether a caller's TLS
+    certificate is a vws service's. A user's certificate from another CA is refused there on
+    every call; the refusal is remembered. Anchor: the refusal examined afresh (parsed, walked)."""
+    make, _, _, foreign = setting
+    auth = make()
+
+    def refused(a=auth):
+        try:
+            a.certificate(foreign)
+        except Unauthenticated:
+            return
+        raise AssertionError("a certificate from an untrusted CA was accepted")
+    benchmark.pedantic(refused, rounds=2000, iterations=1)
+    remembered = _timed(refused, 5000)
+    afresh = _timed(lambda: refused(make()), 500)
+    p50, anchor = remembered[len(remembered) // 2], afresh[len(afresh) // 2]
+    report.row("a refused certificate per call (p50)", f"{p50 * 1e6:.1f} us",
+               f"refused afresh {anchor * 1e6:.1f} us", f"{anchor / p50:.0f}x cheaper", "<= 1 ms p50")
+    assert p50 <= 1e-3, f"a remembered refusal p50 {p50 * 1e6:.0f} us is over the 1 ms goal"

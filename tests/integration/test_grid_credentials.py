@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld, chain_der, openssl_subject_hash, resign_proxy
 from vws.common.auth import (Authenticator, CredentialKind, Policy, ProxyFile, SessionAuthority, TrustStore, VomsDir,
                              WorkspaceRequest, subject_hash)
+from vws.common.auth.credentials import REFUSAL_TTL
 from vws.common.errors import PermissionDenied, Unauthenticated
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
@@ -209,6 +210,32 @@ def test_client_certificates(auth, world):
     proxy_der = chain_der(world.production)[0]
     with pytest.raises(Unauthenticated, match="log in with the proxy"):
         auth.certificate(proxy_der)
+
+
+def test_a_refused_certificate_is_remembered_until_the_trusted_cas_change_or_a_minute_passes(tmp_path, monkeypatch):
+    world = GridWorld(tmp_path)
+    trust = TrustStore(world.ca_dir)
+    clock = [dt.datetime.now(dt.timezone.utc)]
+    auth = Authenticator(trust, clock=lambda: clock[0])
+    carol = world.user("Carol Elsewhere", ca=world.rogue_ca)
+    pem = carol.cert_path.read_bytes()
+    walks = []
+    walk = trust.verify_chain
+    monkeypatch.setattr(trust, "verify_chain", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    messages = set()
+    for _ in range(3):
+        with pytest.raises(Unauthenticated, match="Rogue CA, which is not a trusted CA") as err:
+            auth.certificate(pem)
+        messages.add(err.value.message)
+    assert len(walks) == 1 and len(messages) == 1  # the same refusal, without a second examination
+    clock[0] += REFUSAL_TTL + dt.timedelta(seconds=1)
+    with pytest.raises(Unauthenticated, match="not a trusted CA"):
+        auth.certificate(pem)
+    assert len(walks) == 2  # a minute on, it is examined again
+    # The site comes to trust that CA: the certificate is accepted at once, not a minute later.
+    world.trust(world.rogue_ca)
+    assert auth.certificate(pem).identity == carol.dn
+    assert len(walks) == 3
 
 
 def test_expired_user_certificate_is_refused(auth, world):

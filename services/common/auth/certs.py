@@ -145,6 +145,15 @@ class TrustStore:
         """The anchors given in code (not the directory's)."""
         return [a for group in self._anchors.values() for a in group]
 
+    def generation(self) -> int | None:
+        """Changes whenever the directory's CAs may have (its modification time); None without one."""
+        if self.ca_dir is None:
+            return None
+        try:
+            return self.ca_dir.stat().st_mtime_ns
+        except OSError:
+            return None
+
     def _from_dir(self, h: str) -> list[x509.Certificate]:
         if self.ca_dir is None:
             return []

@@ -1,7 +1,11 @@
 """One entry point from any credential to a Principal, with verified principals cached by the
-credential's digest until they expire: a repeat call costs a hash and a dictionary lookup."""
+credential's digest until they expire: a repeat call costs a hash and a dictionary lookup. A
+refused client certificate is remembered too, for a minute or until the trusted CAs change:
+every service asks its service authenticator about each caller's certificate, and a user's
+from another CA would otherwise be parsed and walked again, to the same refusal, on each call."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from typing import Callable, Iterable, Mapping
@@ -21,32 +25,52 @@ PUBLIC_CLIENT = public_client_identity()  # the site's public client certificate
 AUTHORIZATION = "authorization"  # gRPC metadata key: "Bearer <WLCG token or vws session token>"
 
 
-class PrincipalCache:
-    """digest -> Principal, each dropped once expired; bounded (the oldest go first)."""
+REFUSAL_TTL = dt.timedelta(minutes=1)  # how long a refused certificate stays refused unexamined
+
+
+class ExpiringCache:
+    """key -> an entry with an `expiry`, each dropped once expired; bounded (the oldest go first)."""
 
     def __init__(self, max_entries: int = 10000):
         self.max_entries = max_entries
-        self._entries: dict[str, Principal] = {}
+        self._entries: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def get(self, digest: str, now: dt.datetime) -> Principal | None:
-        p = self._entries.get(digest)
-        if p is not None and p.expiry <= now:
-            self._entries.pop(digest, None)
+    def get(self, key: str, now: dt.datetime):
+        entry = self._entries.get(key)
+        if entry is not None and entry.expiry <= now:
+            self._entries.pop(key, None)
             return None
-        return p
+        return entry
 
-    def put(self, principal: Principal, key: str | None = None) -> None:
+    def put(self, key: str, entry) -> None:
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 now = dt.datetime.now(dt.timezone.utc)
                 self._entries = {k: v for k, v in self._entries.items() if v.expiry > now}
                 while len(self._entries) >= self.max_entries:
                     self._entries.pop(next(iter(self._entries)))
-            self._entries[key or principal.digest] = principal
+            self._entries[key] = entry
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PrincipalCache(ExpiringCache):
+    """digest -> Principal, until the principal expires."""
+
+    def get(self, digest: str, now: dt.datetime) -> Principal | None:
+        return super().get(digest, now)
+
+    def put(self, principal: Principal, key: str | None = None) -> None:
+        super().put(key or principal.digest, principal)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refusal:
+    message: str
+    expiry: dt.datetime
+    trust: object  # the trust store's generation the refusal was made under
 
 
 def _utcnow() -> dt.datetime:
@@ -65,6 +89,7 @@ class Authenticator:
         self.trust, self.vomsdir, self.tokens, self.sessions = trust, vomsdir, tokens, sessions
         self.clock, self.skew = clock, skew
         self.cache = cache or PrincipalCache()
+        self._refused = ExpiringCache()
 
     def certificate(self, cert: bytes) -> Principal:
         """A client certificate (PEM or DER, as TLS presented it; intermediates may follow)."""
@@ -73,6 +98,19 @@ class Authenticator:
         hit = self.cache.get(digest, now)
         if hit is not None:
             return hit
+        generation = self.trust.generation()
+        refused = self._refused.get(digest, now)
+        if refused is not None and refused.trust == generation:
+            raise Unauthenticated(refused.message)
+        try:
+            principal = self._verify_certificate(cert, digest, now)
+        except Unauthenticated as exc:
+            self._refused.put(digest, _Refusal(exc.message, now + REFUSAL_TTL, generation))
+            raise
+        self.cache.put(principal)
+        return principal
+
+    def _verify_certificate(self, cert: bytes, digest: str, now: dt.datetime) -> Principal:
         try:
             certs = load_pem_or_der(cert)
         except ValueError as exc:
@@ -84,10 +122,8 @@ class Authenticator:
         if leaf.subject == leaf.issuer:
             raise Unauthenticated(f"{slash_dn(leaf.subject)} is self-signed; use a certificate from a trusted CA")
         ca, expiry = self.trust.verify_chain(leaf, certs[1:], "client certificate", now, self.skew)
-        principal = Principal(identity=slash_dn(leaf.subject), kind=CredentialKind.CERTIFICATE, attributes=(),
-                              expiry=expiry, digest=digest, issuer=slash_dn(ca.subject))
-        self.cache.put(principal)
-        return principal
+        return Principal(identity=slash_dn(leaf.subject), kind=CredentialKind.CERTIFICATE, attributes=(),
+                         expiry=expiry, digest=digest, issuer=slash_dn(ca.subject))
 
     def proxy(self, chain_der: list[bytes]) -> Principal:
         """An RFC 3820 proxy chain (DER, leaf first) with its VOMS attributes. Possession of the
