@@ -281,12 +281,7 @@ class AccessStore:
                                          "later end, or none", "end_time")
         fp = paging.fingerprint(identity=identity, target=target, outcome=outcome,
                                 start=start.isoformat() if start else None, end=end.isoformat() if end else None)
-        after = 0
-        if page_token:
-            doc = paging.decode_token(page_token, fp)
-            if not isinstance(doc.get("s"), int):
-                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-            after = doc["s"]
+        after = paging.sequence_after(page_token, fp)
         a = AuditEntryRow
         query = sa.select(a).where(a.sequence > after)
         for column, value in ((a.identity, identity), (a.target, target), (a.outcome, outcome)):

@@ -37,14 +37,21 @@ def decode_token(token: str, fingerprint: str) -> dict:
     return doc
 
 
+def _resume_point(token: str, fingerprint: str, key: str, kind: type):
+    doc = decode_token(token, fingerprint)
+    if not isinstance(doc.get(key), kind):
+        raise errors.InvalidArgument("is not a page token of this listing", "page_token")
+    return doc[key]
+
+
 def name_after(token: str, fingerprint: str) -> str:
     """The name a by-name listing resumes after: "" for the first page."""
-    if not token:
-        return ""
-    doc = decode_token(token, fingerprint)
-    if not isinstance(doc.get("n"), str):
-        raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-    return doc["n"]
+    return _resume_point(token, fingerprint, "n", str) if token else ""
+
+
+def sequence_after(token: str, fingerprint: str) -> int:
+    """The sequence number a listing in order of sequence resumes after: 0 for the first page."""
+    return _resume_point(token, fingerprint, "s", int) if token else 0
 
 
 def fingerprint(**filters) -> str:

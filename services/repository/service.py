@@ -30,7 +30,8 @@ from vws.repository import store
 from vws.repository import usage as usage_store
 from vws.repository.db import OWNER_WIDTH, EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
 from vws.repository.gateway import ManagerGateway
-from vws.repository.paging import checked_page_size, decode_token, encode_token, fingerprint, name_after
+from vws.repository.paging import (checked_page_size, decode_token, encode_token, fingerprint, name_after,
+                                   sequence_after)
 from vws.repository.watch import WatchHub
 from vws.v1 import workspace_pb2
 
@@ -627,12 +628,7 @@ class RepositoryService:
         size = checked_page_size(page_size)
         names.parse_workspace_name(parent, "parent")
         fp = fingerprint(parent=parent)
-        after = 0
-        if page_token:
-            doc = decode_token(page_token, fp)
-            if not isinstance(doc.get("s"), int):
-                raise errors.InvalidArgument("is not a page token of this listing", "page_token")
-            after = doc["s"]
+        after = sequence_after(page_token, fp)
         with self.uow() as session:
             row = self._load(session, parent, "parent")
             rows = store.list_events(session, row.id, after, size + 1)

@@ -59,9 +59,6 @@ class ExpiringCache:
 class PrincipalCache(ExpiringCache):
     """digest -> Principal, until the principal expires."""
 
-    def get(self, digest: str, now: dt.datetime) -> Principal | None:
-        return super().get(digest, now)
-
     def put(self, principal: Principal, key: str | None = None) -> None:
         super().put(key or principal.digest, principal)
 
