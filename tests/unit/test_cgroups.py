@@ -70,6 +70,20 @@ def test_v1_freeze_waits_while_freezing(tmp_path, monkeypatch):
     d.freeze("w1")  # returns only once FROZEN is read
 
 
+def test_v1_freeze_writes_frozen_again_while_freezing(tmp_path, monkeypatch):
+    """As the v1 kernel does when a task forks during a freeze: FREEZING until FROZEN is written
+    once more."""
+    d = CgroupDriver(v1_root(tmp_path), "m1", timeout=2.0)
+    d.create("w1")
+    writes = []
+    real_read, real_write = d._read, d._write
+    monkeypatch.setattr(d, "_write", lambda p, text: (writes.append(text), real_write(p, text)))
+    monkeypatch.setattr(d, "_read", lambda p: ("FROZEN" if writes.count("FROZEN") >= 2 else "FREEZING")
+                        if p.name == "freezer.state" else real_read(p))
+    d.freeze("w1")
+    assert writes == ["FROZEN", "FROZEN"]
+
+
 def test_v1_freeze_times_out_and_thaws(tmp_path, monkeypatch):
     d = CgroupDriver(v1_root(tmp_path), "m1", timeout=0.05)
     d.create("w1")

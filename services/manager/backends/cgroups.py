@@ -28,6 +28,10 @@ CPU_PERIOD_US = 100_000
 UNLIMITED_V1 = 1 << 62  # memory.limit_in_bytes reads back as PAGE_COUNTER_MAX pages: "no limit" above this
 
 # resource -> (v1 controller, v2 controller)
+# cgroup v1 can leave a freeze FREEZING for good when a task forks while it runs (here, 10 of
+# 800 freezes of a loop that forks every 10 ms never finished); writing FROZEN again freezes the
+# stragglers, as the v1 freezer leaves retrying to userspace. How often, while waiting:
+FREEZE_RETRY_SECONDS = 0.05
 NEEDS = {"memory": ("memory", "memory"), "cpu": ("cpu", "cpu"), "pids": ("pids", "pids")}
 
 
@@ -374,12 +378,18 @@ class CgroupDriver:
         return found
 
     # ------------------------------------------------------------------ freezer
-    def _wait(self, what: str, done, timeout: float | None = None) -> None:
+    def _wait(self, what: str, done, timeout: float | None = None, again=None) -> None:
+        """Polls until done(); `again`, if given, is called every FREEZE_RETRY_SECONDS meanwhile."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        next_again = time.monotonic() + FREEZE_RETRY_SECONDS
         while not done():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise errors.BackendError(f"cgroup {what} did not complete within {timeout:.1f}s")
+            if again is not None and now >= next_again:
+                again()
+                next_again = now + FREEZE_RETRY_SECONDS
             time.sleep(self.poll)
 
     def is_frozen(self, wid: str) -> bool:
@@ -397,8 +407,9 @@ class CgroupDriver:
             self._write(d / "freezer.state", "FROZEN")
         else:
             self._write(d / "cgroup.freeze", "1")
+        again = (lambda: self._write(d / "freezer.state", "FROZEN")) if self.version == 1 else None
         try:
-            self._wait(f"freeze of {d}", lambda: self.is_frozen(wid), timeout)
+            self._wait(f"freeze of {d}", lambda: self.is_frozen(wid), timeout, again)
         except errors.BackendError:
             self.thaw(wid)  # a half-frozen workspace is worse than a running one
             raise
