@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from vws.cli import credentials
-from vws.cli import output as out
-from vws.common import units
-from vws.v1 import access_pb2
+from . import credentials
+from . import output as out
+from ..common import units
+from ..v1 import access_pb2
 
 ROLES = {"viewer": access_pb2.RoleBinding.ROLE_VIEWER, "operator": access_pb2.RoleBinding.ROLE_OPERATOR,
          "manager": access_pb2.RoleBinding.ROLE_MANAGER}
@@ -32,7 +32,7 @@ def member_of(text: str) -> str:
 
 
 def cmd_whoami(args) -> int:
-    from vws.cli.main import Connection
+    from .main import Connection
     r = Connection(args).access().GetCaller(access_pb2.GetCallerRequest(), timeout=TIMEOUT)
     choice = args.credential
     if args.output == "json":
@@ -88,7 +88,7 @@ def cmd_whoami(args) -> int:
 
 def cmd_login(args) -> int:
     """Logs a proxy in now (later commands reuse the session until it ends)."""
-    from vws.cli.main import CliError, Connection
+    from .main import CliError, Connection
     conn = Connection(args)
     conn.ready()
     choice = args.credential
@@ -117,7 +117,7 @@ def _print_bindings(args, name: str, bindings) -> None:
 
 
 def cmd_acl(args) -> int:
-    from vws.cli.main import Connection, workspace_name
+    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().ListRoleBindings(access_pb2.ListRoleBindingsRequest(name=name), timeout=TIMEOUT)
     _print_bindings(args, name, r.bindings)
@@ -125,7 +125,7 @@ def cmd_acl(args) -> int:
 
 
 def cmd_grant(args) -> int:
-    from vws.cli.main import Connection, workspace_name
+    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().GrantRole(access_pb2.GrantRoleRequest(
         name=name, binding=access_pb2.RoleBinding(member=member_of(args.member), role=ROLES[args.role])),
@@ -135,7 +135,7 @@ def cmd_grant(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    from vws.cli.main import Connection, workspace_name
+    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().RevokeRole(access_pb2.RevokeRoleRequest(name=name, member=member_of(args.member)),
                                              timeout=TIMEOUT)
@@ -144,7 +144,7 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from vws.cli.main import Connection, workspace_name
+    from .main import Connection, workspace_name
     req = access_pb2.ListAuditEntriesRequest(page_size=min(args.limit, 1000), identity=args.identity or "",
                                              target=workspace_name(args.target) if args.target else "",
                                              outcome=(args.outcome or "").upper())

@@ -28,10 +28,10 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.cli import output as out
-from vws.cli.main import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
-from vws.common import units
-from vws.v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
+from . import output as out
+from .main import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
+from ..common import units
+from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
 NATIVE = "native"

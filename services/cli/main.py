@@ -16,10 +16,10 @@ import uuid
 
 import grpc
 
-from vws.cli import access, credentials
-from vws.cli import output as out
-from vws.common import clients, config, errors, names, units
-from vws.v1 import (access_pb2, factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2)
+from . import access, credentials
+from . import output as out
+from ..common import clients, config, errors, names, units
+from ..v1 import (access_pb2, factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2)
 
 W = workspace_pb2.Workspace
 IMG = image_pb2.Image
@@ -798,17 +798,17 @@ def setup_logging(level: str | None) -> None:
 
 
 def cmd_up(args) -> int:
-    from vws.cli import stack
+    from . import stack
     return stack.up(args)
 
 
 def cmd_down(args) -> int:
-    from vws.cli import stack
+    from . import stack
     return stack.down(args)
 
 
 def cmd_status(args) -> int:
-    from vws.cli import stack
+    from . import stack
     return stack.status(args)
 
 
@@ -981,7 +981,7 @@ def build_parser() -> argparse.ArgumentParser:
     image_command("rm", cmd_image_rm, "remove an image (workspaces booted from it keep running)").add_argument(
         "name", metavar="NAME")
 
-    from vws.cli import fftbench  # here, not at the top: it builds on this module
+    from . import fftbench  # here, not at the top: it builds on this module
     fftbench.add_parser(sub, command)
 
     access.add_parsers(command)

@@ -7,7 +7,7 @@ import sys
 
 from google.protobuf import json_format
 
-from vws.common import units
+from ..common import units
 
 
 def to_dict(message) -> dict:

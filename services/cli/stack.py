@@ -17,10 +17,10 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vws.cli import output as out
-from vws.cli.main import CliError, data_dir, describe_rpc_error, use_credentials
-from vws.common import clients, config, errors
-from vws.v1 import image_pb2, repository_pb2
+from . import output as out
+from .main import CliError, data_dir, describe_rpc_error, use_credentials
+from ..common import clients, config, errors
+from ..v1 import image_pb2, repository_pb2
 
 SERVICES = ("repository", "factory", "manager")
 # Where scripts/build-guest.sh (run by `make setup`) leaves the test guest.
@@ -91,7 +91,7 @@ def up(args) -> int:
     if not args.insecure:
         # The site's CA, the services' certificates and the administrator's credential, made
         # on the first start (and renewed when near their end); the CLI finds them there.
-        from vws.common.auth import pki
+        from ..common.auth import pki
         made = pki.ensure_dir(dd / "pki").made
         if made:
             print(f"{'pki':<10} made {', '.join(made)} in {dd / 'pki'}")

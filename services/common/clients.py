@@ -7,8 +7,8 @@ import threading
 
 import grpc
 
-from vws.common import tls
-from vws.v1 import access_pb2_grpc, auth_pb2_grpc, factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
+from . import tls
+from ..v1 import access_pb2_grpc, auth_pb2_grpc, factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
 
 # Reconnect within a second of a peer coming back (a restarted service, a reused port) rather
 # than after gRPC's default backoff, which grows to two minutes.

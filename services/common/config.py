@@ -16,8 +16,8 @@ import socket
 import tomllib
 from typing import Any
 
-from vws.common import units
-from vws.common.errors import InvalidArgument
+from . import units
+from .errors import InvalidArgument
 
 SHARED_FIELDS = {"data_dir", "repository", "pki_dir", "insecure", "ca"}
 

@@ -6,11 +6,11 @@ import datetime as dt
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from vws.common import model
-from vws.common.auth.gate import Caller
-from vws.common.auth.principal import CredentialKind, Principal
-from vws.v1 import access_pb2, image_pb2
-from vws.v1 import workspace_pb2 as pb
+from . import model
+from .auth.gate import Caller
+from .auth.principal import CredentialKind, Principal
+from ..v1 import access_pb2, image_pb2
+from ..v1 import workspace_pb2 as pb
 
 _STATE_TO_PB = {s: pb.Workspace.State.Value(f"STATE_{s.value}") for s in model.State}
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from vws.common.errors import InvalidArgument
+from .errors import InvalidArgument
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9]{3,30}$")

@@ -18,8 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from vws.common import errors, tls
-from vws.common.auth.gate import Gate
+from . import errors, tls
+from .auth.gate import Gate
 
 log = logging.getLogger("vws.server")
 

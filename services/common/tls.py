@@ -10,7 +10,7 @@ import pathlib
 import grpc
 from cryptography import x509
 
-from vws.common import errors
+from . import errors
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -64,7 +64,7 @@ def service_identity(settings, role: str) -> Identity | None:
         return None
     d = pki_dir(settings)
     if not (settings.certificate and settings.private_key and settings.ca):
-        from vws.common.auth import pki  # cryptography work only when it is needed
+        from .auth import pki  # cryptography work only when it is needed
         pki.ensure_dir(d)
     fix = "give --certificate, --private-key and --ca, or leave them empty to use the local PKI"
     return Identity(ca_pem=_read(pathlib.Path(settings.ca or d / "ca.pem"), "the CA certificate", "ca", fix),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from vws.common.errors import InvalidArgument
+from .errors import InvalidArgument
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.I)
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import grpc
 
-from vws.common import clients, converters, model
-from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from vws.v1 import manager_pb2, record_pb2, repository_pb2, workspace_pb2
+from ..common import clients, converters, model
+from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
+from ..v1 import manager_pb2, record_pb2, repository_pb2, workspace_pb2
 
 TIMEOUT = 10.0
 # Deploy runs the workspace's set-up script; give it room.

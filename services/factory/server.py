@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import logging
 
-from vws.common import config
-from vws.common.auth.remote import RemoteAuthorizer
-from vws.common.auth.serving import protect
-from vws.common.config import FactorySettings
-from vws.common.server import Service, create_server
-from vws.factory.gateway import GrpcManagers, GrpcRecords
-from vws.factory.service import WorkspaceFactory
-from vws.factory.servicer import FactoryServicer
-from vws.factory.validation import Limits
-from vws.v1 import factory_pb2, factory_pb2_grpc
+from ..common import config
+from ..common.auth.remote import RemoteAuthorizer
+from ..common.auth.serving import protect
+from ..common.config import FactorySettings
+from ..common.server import Service, create_server
+from .gateway import GrpcManagers, GrpcRecords
+from .service import WorkspaceFactory
+from .servicer import FactoryServicer
+from .validation import Limits
+from ..v1 import factory_pb2, factory_pb2_grpc
 
 log = logging.getLogger("vws.factory")
 

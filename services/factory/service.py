@@ -16,10 +16,10 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import converters, errors, model, names, units
-from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from vws.common.model import State
-from vws.factory.validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
+from ..common import converters, errors, model, names, units
+from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
+from ..common.model import State
+from .validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 

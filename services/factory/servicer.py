@@ -1,10 +1,10 @@
 """FactoryService: converts and calls the service layer."""
 from __future__ import annotations
 
-from vws.common import converters, model
-from vws.common.auth import gate
-from vws.factory.service import WorkspaceFactory
-from vws.v1 import factory_pb2, factory_pb2_grpc, workspace_pb2
+from ..common import converters, model
+from ..common.auth import gate
+from .service import WorkspaceFactory
+from ..v1 import factory_pb2, factory_pb2_grpc, workspace_pb2
 
 
 class FactoryServicer(factory_pb2_grpc.FactoryServiceServicer):

@@ -8,8 +8,8 @@ import dataclasses
 import datetime as dt
 import re
 
-from vws.common import errors, model, names, units
-from vws.common.config import FactorySettings
+from ..common import errors, model, names, units
+from ..common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from vws.common import model, units
-from vws.manager.backends.base import Counters
-from vws.manager.state import LocalWorkspace
+from ..common import model, units
+from .backends.base import Counters
+from .state import LocalWorkspace
 
 if TYPE_CHECKING:
-    from vws.manager.service import WorkspaceManager
+    from .service import WorkspaceManager
 
 log = logging.getLogger("vws.manager.accounting")
 
@@ -294,7 +294,7 @@ class UsageAccounting:
                     self.manager.repository.report_usage(self.manager.identity.name,
                                                          [usages[n] for n, _ in chunk])
                 except Exception as exc:  # noqa: BLE001
-                    from vws.manager.service import is_unreachable
+                    from .service import is_unreachable
                     level = logging.DEBUG if is_unreachable(exc) else logging.WARNING
                     log.log(level, "reporting usage failed (%s); retrying next round",
                             getattr(exc, "details", lambda: exc)())

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import grpc
 
-from vws.common import clients, converters, errors, model
-from vws.manager.state import Report
-from vws.v1 import manager_pb2, record_pb2, repository_pb2
+from ..common import clients, converters, errors, model
+from .state import Report
+from ..v1 import manager_pb2, record_pb2, repository_pb2
 
 TIMEOUT = 10.0
 
@@ -118,7 +118,7 @@ class GrpcPeers:
         return dict(r.transfer_ids)
 
     def send(self, address: str, path, transfer_id: str, hint: list[str], progress):
-        from vws.manager import migration, transfer
+        from . import migration, transfer
         r = transfer.send_file(address, path, transfer_id, candidates_hint=hint,
                                progress=lambda p: progress(p.bytes_done, p.bytes_total),
                                options=transfer.SendOptions(stall_timeout=self.stall_timeout,

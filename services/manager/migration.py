@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from vws.common import converters, errors, model, names, units
-from vws.common.model import EventType, State
-from vws.manager.backends.base import HostHandle, Package
-from vws.manager.state import LocalWorkspace, Migration
-from vws.v1 import workspace_pb2
+from ..common import converters, errors, model, names, units
+from ..common.model import EventType, State
+from .backends.base import HostHandle, Package
+from .state import LocalWorkspace, Migration
+from ..v1 import workspace_pb2
 
 log = logging.getLogger("vws.manager.migration")
 

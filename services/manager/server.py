@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import logging
 
-from vws.common import config, errors, names
-from vws.common.auth.remote import RemoteAuthorizer
-from vws.common.auth.serving import protect
-from vws.common.config import ManagerSettings
-from vws.common.server import Service, create_server
-from vws.manager.accounting import UsageAccounting
-from vws.manager.backends import make_backend
-from vws.manager.backends.base import BackendSettings
-from vws.manager.backends.router import KindRouter
-from vws.manager.gateway import GrpcPeers, GrpcRepository
-from vws.manager.migration import Migrations
-from vws.manager.service import ManagerIdentity, WorkspaceManager
-from vws.manager.servicer import ManagerServicer
-from vws.manager.state import LocalState
-from vws.manager import transfer
-from vws.manager.transfer_servicer import TransferServicer, add_to_server
-from vws.v1 import manager_pb2, manager_pb2_grpc
+from ..common import config, errors, names
+from ..common.auth.remote import RemoteAuthorizer
+from ..common.auth.serving import protect
+from ..common.config import ManagerSettings
+from ..common.server import Service, create_server
+from .accounting import UsageAccounting
+from .backends import make_backend
+from .backends.base import BackendSettings
+from .backends.router import KindRouter
+from .gateway import GrpcPeers, GrpcRepository
+from .migration import Migrations
+from .service import ManagerIdentity, WorkspaceManager
+from .servicer import ManagerServicer
+from .state import LocalState
+from . import transfer
+from .transfer_servicer import TransferServicer, add_to_server
+from ..v1 import manager_pb2, manager_pb2_grpc
 
 log = logging.getLogger("vws.manager")
 
@@ -44,7 +44,7 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
             log.warning("not offering sandbox workspaces: %s", getattr(exc, "message", exc))
     if settings.vms:
         try:
-            from vws.manager.backends.vm import LibvirtBackend, VmSettings
+            from .backends.vm import LibvirtBackend, VmSettings
             if settings.vm_orphans not in ("destroy", "report"):
                 raise errors.InvalidArgument(f"{settings.vm_orphans!r}: use destroy or report", "vm_orphans")
             plug_ins.append(LibvirtBackend(

@@ -12,10 +12,10 @@ from typing import Callable, Protocol
 
 import grpc
 
-from vws.common import errors, model, names, units
-from vws.common.model import Action, State
-from vws.manager.backends.base import Backend, ExecOptions, HostHandle
-from vws.manager.state import LocalState, LocalWorkspace, Report
+from ..common import errors, model, names, units
+from ..common.model import Action, State
+from .backends.base import Backend, ExecOptions, HostHandle
+from .state import LocalState, LocalWorkspace, Report
 
 log = logging.getLogger("vws.manager")
 

@@ -11,11 +11,11 @@ import threading
 
 import grpc
 
-from vws.common import converters, errors, model
-from vws.common.model import Action
-from vws.manager.migration import FileOffer
-from vws.manager.service import WorkspaceManager
-from vws.v1 import manager_pb2, manager_pb2_grpc
+from ..common import converters, errors, model
+from ..common.model import Action
+from .migration import FileOffer
+from .service import WorkspaceManager
+from ..v1 import manager_pb2, manager_pb2_grpc
 
 log = logging.getLogger("vws.manager")
 CHUNK = 64 * 1024

@@ -11,8 +11,8 @@ import sqlite3
 import threading
 from typing import Iterator
 
-from vws.common import converters, model
-from vws.v1 import workspace_pb2
+from ..common import converters, model
+from ..v1 import workspace_pb2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (

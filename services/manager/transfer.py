@@ -50,10 +50,10 @@ from typing import Callable, Iterable
 import grpc
 from blake3 import blake3
 
-from vws.common import clients, errors
+from ..common import clients, errors
 from vws.native import copysum
 from vws.native.copysum_py import Extents
-from vws.v1 import transfer_pb2, transfer_pb2_grpc
+from ..v1 import transfer_pb2, transfer_pb2_grpc
 
 log = logging.getLogger("vws.manager.transfer")
 

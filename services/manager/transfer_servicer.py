@@ -9,9 +9,9 @@ import logging
 
 import grpc
 
-from vws.common import errors
-from vws.manager.transfer import TransferStore, decode_chunk
-from vws.v1 import transfer_pb2, transfer_pb2_grpc
+from ..common import errors
+from .transfer import TransferStore, decode_chunk
+from ..v1 import transfer_pb2, transfer_pb2_grpc
 
 log = logging.getLogger("vws.manager.transfer")
 SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name

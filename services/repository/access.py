@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from vws.common import errors, model, names
-from vws.common.auth import pki
-from vws.common.auth.credentials import AUTHORIZATION, Authenticator
-from vws.common.auth.gate import AuditRecord, Call, Caller, Role, Rule
-from vws.common.auth.policy import GroupUsage
-from vws.common.auth.principal import CredentialKind
-from vws.repository import db, paging
-from vws.repository.db import AuditEntryRow, RoleBindingRow, WorkspaceRow
+from ..common import errors, model, names
+from ..common.auth import pki
+from ..common.auth.credentials import AUTHORIZATION, Authenticator
+from ..common.auth.gate import AuditRecord, Call, Caller, Role, Rule
+from ..common.auth.policy import GroupUsage
+from ..common.auth.principal import CredentialKind
+from . import db, paging
+from .db import AuditEntryRow, RoleBindingRow, WorkspaceRow
 
 log = logging.getLogger("vws.repository.access")
 

@@ -2,11 +2,11 @@
 role a method needs; this converts and calls the AccessStore and the site's policy."""
 from __future__ import annotations
 
-from vws.common import converters
-from vws.common.auth import gate
-from vws.common.auth.policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
-from vws.repository.access import AccessStore, AuditEntry, Binding
-from vws.v1 import access_pb2, access_pb2_grpc, workspace_pb2
+from ..common import converters
+from ..common.auth import gate
+from ..common.auth.policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
+from .access import AccessStore, AuditEntry, Binding
+from ..v1 import access_pb2, access_pb2_grpc, workspace_pb2
 
 _ROLE_TO_PB = {r: access_pb2.RoleBinding.Role.Value(f"ROLE_{r.name}") for r in gate.Role}
 _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}

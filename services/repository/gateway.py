@@ -6,8 +6,8 @@ from typing import Protocol
 
 import grpc
 
-from vws.common import clients, converters, errors, model
-from vws.v1 import manager_pb2
+from ..common import clients, converters, errors, model
+from ..v1 import manager_pb2
 
 TIMEOUT = 10.0
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)

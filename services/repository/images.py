@@ -17,8 +17,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from vws.common import model
-from vws.repository.db import ImageFileRow, ImageRow
+from ..common import model
+from .db import ImageFileRow, ImageRow
 
 QCOW2_MAGIC = b"QFI\xfb"
 DIGEST = re.compile(r"^blake3-4m:[0-9a-f]{64}$")

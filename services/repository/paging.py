@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 
-from vws.common import errors
+from ..common import errors
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

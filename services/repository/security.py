@@ -7,15 +7,15 @@ import logging
 import pathlib
 import tomllib
 
-from vws.common import errors
-from vws.common.auth import pki
-from vws.common.auth.certs import TrustStore, slash_dn
-from vws.common.auth.credentials import Authenticator
-from vws.common.auth.policy import PolicyFile
-from vws.common.auth.session import SessionAuthority, load_or_create_key
-from vws.common.auth.tokens import TokenIssuer, TokenVerifier
-from vws.common.auth.voms import VomsDir
-from vws.common.config import RepositorySettings
+from ..common import errors
+from ..common.auth import pki
+from ..common.auth.certs import TrustStore, slash_dn
+from ..common.auth.credentials import Authenticator
+from ..common.auth.policy import PolicyFile
+from ..common.auth.session import SessionAuthority, load_or_create_key
+from ..common.auth.tokens import TokenIssuer, TokenVerifier
+from ..common.auth.voms import VomsDir
+from ..common.config import RepositorySettings
 
 log = logging.getLogger("vws.repository.security")
 

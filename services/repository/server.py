@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import logging
 
-from vws.common import config
-from vws.common.auth.certs import slash_dn
-from vws.common.auth.serving import protect
-from vws.common.auth.service import AuthServicer
-from vws.common.config import RepositorySettings
-from vws.common.server import Service, create_server
-from vws.repository import db, security
-from vws.repository.access import LocalAuthorizer
-from vws.repository.access_servicer import AccessServicer
-from vws.repository.gateway import GrpcManagers, ManagerGateway
-from vws.repository.service import RepositoryService
-from vws.repository.servicer import RecordServicer, RepositoryServicer
-from vws.v1 import (access_pb2, access_pb2_grpc, auth_pb2, auth_pb2_grpc, record_pb2, record_pb2_grpc, repository_pb2,
+from ..common import config
+from ..common.auth.certs import slash_dn
+from ..common.auth.serving import protect
+from ..common.auth.service import AuthServicer
+from ..common.config import RepositorySettings
+from ..common.server import Service, create_server
+from . import db, security
+from .access import LocalAuthorizer
+from .access_servicer import AccessServicer
+from .gateway import GrpcManagers, ManagerGateway
+from .service import RepositoryService
+from .servicer import RecordServicer, RepositoryServicer
+from ..v1 import (access_pb2, access_pb2_grpc, auth_pb2, auth_pb2_grpc, record_pb2, record_pb2_grpc, repository_pb2,
                     repository_pb2_grpc)
 
 log = logging.getLogger("vws.repository")

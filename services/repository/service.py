@@ -19,21 +19,21 @@ from typing import Callable, Iterator
 
 import sqlalchemy as sa
 
-from vws.common import converters, errors, model, names
-from vws.common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from vws.common.auth.policy import Decision, PolicyFile, WorkspaceRequest
-from vws.common.config import RepositorySettings
-from vws.common.model import EventType, State
-from vws.repository import access as access_store
-from vws.repository import images as image_store
-from vws.repository import store
-from vws.repository import usage as usage_store
-from vws.repository.db import OWNER_WIDTH, EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
-from vws.repository.gateway import ManagerGateway
-from vws.repository.paging import (checked_page_size, decode_token, encode_token, fingerprint, name_after,
+from ..common import converters, errors, model, names
+from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
+from ..common.auth.policy import Decision, PolicyFile, WorkspaceRequest
+from ..common.config import RepositorySettings
+from ..common.model import EventType, State
+from . import access as access_store
+from . import images as image_store
+from . import store
+from . import usage as usage_store
+from .db import OWNER_WIDTH, EventRow, ManagerRow, UnitOfWork, WorkspaceLabelRow, WorkspaceRow
+from .gateway import ManagerGateway
+from .paging import (checked_page_size, decode_token, encode_token, fingerprint, name_after,
                                    sequence_after)
-from vws.repository.watch import WatchHub
-from vws.v1 import workspace_pb2
+from .watch import WatchHub
+from ..v1 import workspace_pb2
 
 log = logging.getLogger("vws.repository")
 

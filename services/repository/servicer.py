@@ -2,13 +2,13 @@
 statuses by the shared interceptor (vws.common.server)."""
 from __future__ import annotations
 
-from vws.common import converters, errors
-from vws.common.auth import gate
-from vws.common.auth.gate import Authorizer
-from vws.common.converters import caller_from_pb, caller_to_pb
-from vws.repository.access_servicer import audit_entry_from_pb, entitlement
-from vws.repository.service import RepositoryService
-from vws.v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc, workspace_pb2
+from ..common import converters, errors
+from ..common.auth import gate
+from ..common.auth.gate import Authorizer
+from ..common.converters import caller_from_pb, caller_to_pb
+from .access_servicer import audit_entry_from_pb, entitlement
+from .service import RepositoryService
+from ..v1 import record_pb2, record_pb2_grpc, repository_pb2, repository_pb2_grpc, workspace_pb2
 
 ws_pb = converters.workspace_to_pb
 

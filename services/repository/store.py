@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from vws.common import converters, model
-from vws.repository.db import NOT_TERMINATED, EventRow, ManagerRow, WorkspaceLabelRow, WorkspaceRow
+from ..common import converters, model
+from .db import NOT_TERMINATED, EventRow, ManagerRow, WorkspaceLabelRow, WorkspaceRow
 
 # ----------------------------------------------------------------------------- conversions
 

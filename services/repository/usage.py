@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from vws.common import model
-from vws.repository.db import EventRow, UsageRow, WorkspaceRow
+from ..common import model
+from .db import EventRow, UsageRow, WorkspaceRow
 
 URF = "http://schema.ogf.org/urf/2003/09/urf"
 RESOURCE = "vws"

@@ -1,13 +1,13 @@
 """Credentials, sessions and policy: who calls (Principal), proven how (certificate, proxy with
 VOMS attributes through a login, WLCG token), and what they may do (Policy)."""
-from vws.common.auth.certs import TrustStore, slash_dn, subject_hash
-from vws.common.auth.credentials import AUTHORIZATION, Authenticator, PrincipalCache
-from vws.common.auth.policy import (Customisation, Decision, GroupUsage, Limits, Policy, PolicyFile, Quota, Reason,
+from .certs import TrustStore, slash_dn, subject_hash
+from .credentials import AUTHORIZATION, Authenticator, PrincipalCache
+from .policy import (Customisation, Decision, GroupUsage, Limits, Policy, PolicyFile, Quota, Reason,
                                     WorkspaceRequest)
-from vws.common.auth.principal import CredentialKind, Principal
-from vws.common.auth.session import ProxyFile, Session, SessionAuthority, load_or_create_key
-from vws.common.auth.tokens import TokenIssuer, TokenVerifier
-from vws.common.auth.voms import VomsDir
+from .principal import CredentialKind, Principal
+from .session import ProxyFile, Session, SessionAuthority, load_or_create_key
+from .tokens import TokenIssuer, TokenVerifier
+from .voms import VomsDir
 
 __all__ = ["AUTHORIZATION", "Authenticator", "CredentialKind", "Customisation", "Decision", "GroupUsage", "Limits",
            "Policy", "PolicyFile", "Principal", "PrincipalCache", "ProxyFile", "Quota", "Reason", "Session",

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from vws.common.errors import Unauthenticated
+from ..errors import Unauthenticated
 
 # OpenSSL's short names, as grid DNs (and .lsc files, grid-mapfiles) spell them.
 _SHORT = {

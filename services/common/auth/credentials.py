@@ -12,14 +12,14 @@ from typing import Callable, Iterable, Mapping
 
 from cryptography import x509
 
-from vws.common.auth.certs import TrustStore, load_pem_or_der, slash_dn
-from vws.common.auth.pki import public_client_identity
-from vws.common.auth.principal import CredentialKind, Principal, digest_of
-from vws.common.auth.proxy import proxy_info, verify_proxy_chain
-from vws.common.auth.session import SESSION_PREFIX, Session, SessionAuthority, verify_possession
-from vws.common.auth.tokens import TokenVerifier
-from vws.common.auth.voms import VomsDir
-from vws.common.errors import Unauthenticated
+from .certs import TrustStore, load_pem_or_der, slash_dn
+from .pki import public_client_identity
+from .principal import CredentialKind, Principal, digest_of
+from .proxy import proxy_info, verify_proxy_chain
+from .session import SESSION_PREFIX, Session, SessionAuthority, verify_possession
+from .tokens import TokenVerifier
+from .voms import VomsDir
+from ..errors import Unauthenticated
 
 PUBLIC_CLIENT = public_client_identity()  # the site's public client certificate: names no one
 AUTHORIZATION = "authorization"  # gRPC metadata key: "Bearer <WLCG token or vws session token>"

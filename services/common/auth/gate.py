@@ -21,10 +21,10 @@ from typing import Protocol
 
 import grpc
 
-from vws.common import errors, tls
-from vws.common.auth.credentials import AUTHORIZATION, Authenticator
-from vws.common.auth.pki import admin_identity, service_role
-from vws.common.auth.principal import Principal
+from .. import errors, tls
+from .credentials import AUTHORIZATION, Authenticator
+from .pki import admin_identity, service_role
+from .principal import Principal
 
 log = logging.getLogger("vws.gate")
 

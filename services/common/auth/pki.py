@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vws.common.auth.certs import TrustStore, signed_by, slash_dn
-from vws.common.errors import InvalidArgument
+from .certs import TrustStore, signed_by, slash_dn
+from ..errors import InvalidArgument
 
 SERVICES = ("repository", "factory", "manager")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")

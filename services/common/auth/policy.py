@@ -17,9 +17,9 @@ import threading
 import time
 import tomllib
 
-from vws.common import model, units
-from vws.common.auth.principal import CredentialKind, Principal
-from vws.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from .. import model, units
+from .principal import CredentialKind, Principal
+from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
 log = logging.getLogger(__name__)
 

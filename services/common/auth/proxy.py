@@ -9,10 +9,10 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from vws.common.auth.certs import TrustStore, check_validity, signed_by, slash_dn
-from vws.common.auth.principal import CredentialKind, Principal
-from vws.common.auth.voms import VomsDir, parse_acs
-from vws.common.errors import Unauthenticated
+from .certs import TrustStore, check_validity, signed_by, slash_dn
+from .principal import CredentialKind, Principal
+from .voms import VomsDir, parse_acs
+from ..errors import Unauthenticated
 
 OID_PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 _INHERIT_ALL = "1.3.6.1.5.5.7.21.1"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from vws.common import clients
-from vws.common.auth.gate import AuditRecord, Call, Caller, Rule
-from vws.common.converters import caller_from_pb
-from vws.v1 import access_pb2, record_pb2
+from .. import clients
+from .gate import AuditRecord, Call, Caller, Rule
+from ..converters import caller_from_pb
+from ...v1 import access_pb2, record_pb2
 
 TIMEOUT = 15.0
 

@@ -7,10 +7,10 @@ import os
 
 import grpc
 
-from vws.common import converters
-from vws.common.auth.credentials import Authenticator
-from vws.common.auth.session import ProxyFile
-from vws.v1 import auth_pb2, auth_pb2_grpc
+from .. import converters
+from .credentials import Authenticator
+from .session import ProxyFile
+from ...v1 import auth_pb2, auth_pb2_grpc
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

@@ -8,10 +8,10 @@ from typing import Callable
 
 from cryptography import x509
 
-from vws.common import clients, tls
-from vws.common.auth.certs import TrustStore
-from vws.common.auth.credentials import Authenticator
-from vws.common.auth.gate import Authorizer, Gate
+from .. import clients, tls
+from .certs import TrustStore
+from .credentials import Authenticator
+from .gate import Authorizer, Gate
 
 
 @dataclasses.dataclass

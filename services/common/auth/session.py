@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography import x509
 
-from vws.common.auth.principal import Principal, digest_of
-from vws.common.errors import Unauthenticated
+from .principal import Principal, digest_of
+from ..errors import Unauthenticated
 
 CHALLENGE_PREFIX = "vwsc1."
 SESSION_PREFIX = "vws1."

@@ -11,8 +11,8 @@ import threading
 
 import jwt
 
-from vws.common.auth.principal import CredentialKind, Principal
-from vws.common.errors import Unauthenticated
+from .principal import CredentialKind, Principal
+from ..errors import Unauthenticated
 
 ANY_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"  # the profile's "any relying party"
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")

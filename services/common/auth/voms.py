@@ -16,8 +16,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from vws.common.auth.certs import TrustStore, slash_dn, slash_from_rdns
-from vws.common.errors import Unauthenticated
+from .certs import TrustStore, slash_dn, slash_from_rdns
+from ..errors import Unauthenticated
 
 OID_AC_SEQ = x509.ObjectIdentifier("1.3.6.1.4.1.8005.100.100.5")  # proxy extension holding the ACs
 OID_FQANS = "1.3.6.1.4.1.8005.100.100.4"                          # AC attribute: the FQANs

@@ -1,22 +1,22 @@
 """Backend plug-ins: how a manager realises workspaces on its host."""
 from __future__ import annotations
 
-from vws.common import errors
-from vws.manager.backends.base import Backend, BackendSettings
+from ...common import errors
+from .base import Backend, BackendSettings
 
 KINDS = ("dynamic-accounts", "account-pool", "sandbox")
 
 
 def make_backend(settings: BackendSettings) -> Backend:
     if settings.kind == "dynamic-accounts":
-        from vws.manager.backends.accounts import DynamicAccounts
+        from .accounts import DynamicAccounts
         return DynamicAccounts(settings)
     if settings.kind == "account-pool":
-        from vws.manager.backends.pool import AccountPool
+        from .pool import AccountPool
         return AccountPool(settings)
     if settings.kind == "sandbox":
         try:
-            from vws.manager.backends.sandbox import SandboxBackend
+            from .sandbox import SandboxBackend
         except ImportError:
             raise errors.Unimplemented("the sandbox backend is not part of this build") from None
         return SandboxBackend(settings)

@@ -22,11 +22,11 @@ import weakref
 import time
 from pathlib import Path
 
-from vws.common import errors, model, units
-from vws.manager.backends.base import (
+from ...common import errors, model, units
+from .base import (
     Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package, SetupFailed, host_capacity)
-from vws.manager.backends.cgroups import CPU_PERIOD_US, CgroupDriver, _alive
-from vws.manager.backends.disk import DiskImages, image_size
+from .cgroups import CPU_PERIOD_US, CgroupDriver, _alive
+from .disk import DiskImages, image_size
 
 log = logging.getLogger("vws.manager.backends")
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from vws.common import errors, model
+from ...common import errors, model
 
 # progress(activity, done_bytes, total_bytes): long work in realise (an image copy) reports here.
 ProgressFn = Callable[[str, int, int], None]

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from vws.common import errors
-from vws.manager.backends.base import Counters
+from ...common import errors
+from .base import Counters
 
 V1_CONTROLLERS = ("freezer", "memory", "cpu", "cpuacct", "pids")
 V2_CONTROLLERS = ("memory", "cpu", "pids")

@@ -13,11 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-from vws.common import errors, model
-from vws.manager.backends.accounts import (
+from ...common import errors, model
+from .accounts import (
     AccountBackend, getpw, run_account_tool, supplementary_groups, validate_prefix)
-from vws.manager.backends.base import BackendSettings, HostHandle
-from vws.manager.backends.cgroups import CgroupDriver
+from .base import BackendSettings, HostHandle
+from .cgroups import CgroupDriver
 
 log = logging.getLogger("vws.manager.backends")
 

@@ -6,8 +6,8 @@ import dataclasses
 import logging
 import subprocess
 
-from vws.common import errors, model
-from vws.manager.backends.base import Backend, Counters, ExecOptions, HostHandle, Package
+from ...common import errors, model
+from .base import Backend, Counters, ExecOptions, HostHandle, Package
 
 log = logging.getLogger("vws.manager.backends")
 

@@ -27,11 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-from vws.common import errors, model
-from vws.manager.backends import netshape
-from vws.manager.backends.accounts import ROOT_PATH, DynamicAccounts, getpw
-from vws.manager.backends.base import BackendSettings, Counters, HostHandle
-from vws.manager.backends.cgroups import CgroupDriver, _alive
+from ...common import errors, model
+from . import netshape
+from .accounts import ROOT_PATH, DynamicAccounts, getpw
+from .base import BackendSettings, Counters, HostHandle
+from .cgroups import CgroupDriver, _alive
 
 log = logging.getLogger("vws.manager.backends")
 

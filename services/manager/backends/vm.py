@@ -32,12 +32,12 @@ import time
 import uuid
 from pathlib import Path
 
-from vws.common import errors, model, units
-from vws.manager.backends import domain as dom_xml
-from vws.manager.backends import netshape
-from vws.manager.backends.base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package,
+from ...common import errors, model, units
+from . import domain as dom_xml
+from . import netshape
+from .base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package,
                                        ProgressFn, host_capacity)
-from vws.manager.backends.images import ImageCache
+from .images import ImageCache
 from vws.native import copysum
 
 log = logging.getLogger("vws.manager.vm")
@@ -70,7 +70,7 @@ def choose_domain_type(uri: str, wanted: str) -> tuple[str, str]:
         return wanted, "configured"
     if uri.startswith("xen"):
         return "xen", "a Xen connection"
-    from vws.manager.backends.kvmprobe import kvm_works
+    from .kvmprobe import kvm_works
     ok, why = kvm_works()
     return ("kvm", "KVM runs guests here") if ok else ("qemu", f"no acceleration: {why}")
 
