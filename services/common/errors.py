@@ -84,13 +84,43 @@ class BackendError(Internal):
     """A host operation (useradd, cgroup write, ...) failed."""
 
 
-_BY_STATUS = {c.grpc_status_code: c for c in (
-    NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable, Unimplemented, PermissionDenied,
-    Aborted, DataLoss, Internal)}
+class DeadlineExceeded(VwsError):
+    """A call did not finish in the time it was given."""
+    grpc_status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class OutOfRange(VwsError):
+    grpc_status_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unknown(VwsError):
+    """A peer answered a status it did not explain."""
+    grpc_status_code = grpc.StatusCode.UNKNOWN
+
+
+def _leaves(cls: type[VwsError]):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _leaves(sub)
+
+
+# status -> the domain error that stands for it (the first class naming it; subclasses such as
+# BackendError narrow one, they do not stand for it).
+_BY_STATUS: dict[grpc.StatusCode, type[VwsError]] = {}
+for _cls in _leaves(VwsError):
+    _BY_STATUS.setdefault(_cls.grpc_status_code, _cls)
 
 
 def for_status(code: grpc.StatusCode, message: str) -> VwsError:
     """The domain error for a status another service answered (to carry it on unchanged)."""
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(message)
-    return _BY_STATUS.get(code, Internal)(message)
+    return _BY_STATUS.get(code, Unknown)(message)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> VwsError:
+    """The domain error a received gRPC error stands for, every status included, so callers
+    catch domain errors and never read a grpc.RpcError by hand."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    error = for_status(code or grpc.StatusCode.UNKNOWN, details or "")
+    error.__cause__ = exc
+    return error

@@ -34,16 +34,7 @@ class Kind(enum.Enum):
     UNIX_ACCOUNT = "UNIX_ACCOUNT"
     SANDBOX = "SANDBOX"
     VIRTUAL_MACHINE = "VIRTUAL_MACHINE"
-
-    @property
-    def cli_name(self) -> str:
-        return {"UNIX_ACCOUNT": "account", "SANDBOX": "sandbox", "VIRTUAL_MACHINE": "vm"}[self.value]
-
-    @property
-    def has_own_network(self) -> bool:
-        """Whether it has a network interface of its own (whose bandwidth can be shaped); a
-        Unix account shares the host's."""
-        return self is not Kind.UNIX_ACCOUNT
+    # What differs between kinds is a trait in vws.common.kinds, not a branch on these.
 
 
 class EventType(enum.Enum):

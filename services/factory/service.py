@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from ..common import converters, errors, model, names, units
+from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from ..common.model import State
 from .validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
@@ -86,7 +86,7 @@ def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str
         return f"{m.state.value.lower()}: no heartbeat since {m.heartbeat_time:%H:%M:%S}" if m.heartbeat_time \
             else "not heard from"
     if spec.kind not in m.kinds:
-        return f"does not offer {spec.kind.cli_name} workspaces"
+        return f"does not offer {kinds.name_of(spec.kind)} workspaces"
     if account_pool and m.account_pool != account_pool:
         return (f"leases from {'account pool ' + m.account_pool if m.account_pool else 'no account pool'}; the site's "
                 f"policy puts your workspaces in pool {account_pool}")
@@ -236,7 +236,7 @@ class WorkspaceFactory:
                 "no manager has registered with the repository; start one (vws manager) or wait for it",
                 [("managers", "none registered")])
         raise errors.ResourceExhausted(
-            f"no manager has room for this {record.spec.kind.cli_name} workspace: "
+            f"no manager has room for this {kinds.name_of(record.spec.kind)} workspace: "
             + "; ".join(f"{r.manager}: {r.reason}" for r in refusals),
             [(r.manager, r.reason) for r in refusals])
 

@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 import re
 
-from ..common import errors, model, names, units
+from ..common import errors, kinds, model, names, units
 from ..common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -110,7 +110,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
-        elif value == 0 and (field != "network_bits_per_second" or (spec.kind and spec.kind.has_own_network)):
+        elif value == 0 and (field != "network_bits_per_second" or (spec.kind and kinds.of(spec.kind).own_network)):
             # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)
             setattr(res, field, getattr(limits.defaults, field))
 
@@ -188,7 +188,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if v:
         raise errors.InvalidArgument(v)
     if spec.kind not in IMPLEMENTED:
-        raise errors.Unimplemented(NOT_YET.get(spec.kind, f"{spec.kind.cli_name} workspaces are not implemented at "
+        raise errors.Unimplemented(NOT_YET.get(spec.kind, f"{kinds.name_of(spec.kind)} workspaces are not implemented at "
                                                           "this site yet") + "; ask for another kind")
     new_spec = dataclasses.replace(spec, resources=res, lifetime=lifetime,
                                    software=dataclasses.replace(sw, files=list(sw.files), image=image))

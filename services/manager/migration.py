@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..common import converters, errors, model, names, units
+from ..common import converters, errors, kinds, model, names, units
 from ..common.model import EventType, State
 from .backends.base import HostHandle, Package
 from .state import LocalWorkspace, Migration
@@ -234,7 +234,7 @@ class Migrations:
                                          + " or ".join(sorted(s.value for s in model.MIGRATABLE)), "workspace.state")
         if workspace.spec.kind not in m.backend.kinds:
             raise errors.FailedPrecondition(f"manager {m.identity.name} ({m.backend.name}) does not realise "
-                                            f"{workspace.spec.kind.cli_name} workspaces")
+                                            f"{kinds.name_of(workspace.spec.kind)} workspaces")
         m.check_pool(workspace)
         try:
             json.loads(package)

@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from ..common import errors, model, names, units
+from ..common import errors, kinds, model, names, units
 from ..common.model import Action, State
 from .backends.base import Backend, ExecOptions, HostHandle
 from .state import LocalState, LocalWorkspace, Report
@@ -179,7 +179,7 @@ class WorkspaceManager:
                 raise
             enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY
-            self._changed(ws, final, f"{workspace.spec.kind.cli_name} workspace on {self.backend.describe(handle)}"
+            self._changed(ws, final, f"{kinds.name_of(workspace.spec.kind)} workspace on {self.backend.describe(handle)}"
                           + (", started" if final is State.RUNNING else ", ready, not started"),
                           enforcement=enforcement)
             return self.view(ws, enforcement)

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from ...common import errors, model
+from ...common import errors, kinds, model
 
 # progress(activity, done_bytes, total_bytes): long work in realise (an image copy) reports here.
 ProgressFn = Callable[[str, int, int], None]
@@ -174,17 +174,17 @@ class Backend(abc.ABC):
     def suspend(self, handle: HostHandle) -> str | None:
         """Serialises the workspace to the manager's storage (RUNNING or PAUSED -> SUSPENDED)."""
         raise errors.FailedPrecondition(
-            f"{handle.kind.cli_name} workspaces cannot be suspended: their processes cannot be serialised on "
+            f"{kinds.name_of(handle.kind)} workspaces cannot be suspended: their processes cannot be serialised on "
             "this host; pause it instead (processes frozen in memory)")
 
     def reboot(self, handle: HostHandle) -> str | None:
         raise errors.FailedPrecondition(
-            f"{handle.kind.cli_name} workspaces have no system to reboot; stop and start it instead")
+            f"{kinds.name_of(handle.kind)} workspaces have no system to reboot; stop and start it instead")
 
     def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir: Path) -> Package:
         """Serialises the workspace for migration (files into workdir, or files it already has):
         nothing runs in it afterwards until revert_pack here or unpack on the destination."""
-        raise errors.FailedPrecondition(f"{handle.kind.cli_name} workspaces cannot migrate from this manager "
+        raise errors.FailedPrecondition(f"{kinds.name_of(handle.kind)} workspaces cannot migrate from this manager "
                                         f"({self.name})")
 
     def revert_pack(self, handle: HostHandle, package: Package, state: model.State) -> None:
@@ -194,7 +194,7 @@ class Backend(abc.ABC):
                ) -> HostHandle:
         """On the destination: makes the workspace from a package received, in state (one of
         model.MIGRATABLE). On failure nothing is left."""
-        raise errors.FailedPrecondition(f"{spec.kind.cli_name} workspaces cannot migrate to this manager ({self.name})")
+        raise errors.FailedPrecondition(f"{kinds.name_of(spec.kind)} workspaces cannot migrate to this manager ({self.name})")
 
     def describe(self, handle: HostHandle) -> str:
         """How messages name what realises the workspace on the host, e.g. `account vws-w1`."""

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import subprocess
 
-from ...common import errors, model
+from ...common import errors, kinds, model
 from .base import Backend, Counters, ExecOptions, HostHandle, Package
 
 log = logging.getLogger("vws.manager.backends")
@@ -30,7 +30,7 @@ class KindRouter(Backend):
             return self._by_kind[kind]
         except KeyError:
             raise errors.Unimplemented(f"this manager ({self.name}) does not realise "
-                                       f"{kind.cli_name if kind else 'unspecified'} workspaces") from None
+                                       f"{kinds.name_of(kind)} workspaces") from None
 
     def capacity(self) -> model.Capacity:
         # The plug-ins share one host: its figures, and the largest workspace count any offers.
