@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import output as out
 from .main import CliError, data_dir, describe_rpc_error, use_credentials
-from ..common import clients, config, errors
+from ..common import clients, config, errors, host
 from ..v1 import image_pb2, repository_pb2
 
 SERVICES = ("repository", "factory", "manager")
@@ -35,11 +35,7 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return host.alive(pid)  # a zombie child of ours is not alive
 
 
 def serving(address: str, timeout: float = 1.0) -> bool:

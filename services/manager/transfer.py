@@ -50,7 +50,7 @@ from typing import Callable, Iterable
 import grpc
 from blake3 import blake3
 
-from ..common import clients, errors
+from ..common import clients, errors, host
 from vws.native import copysum
 from vws.native.copysum_py import Extents
 from ..v1 import transfer_pb2, transfer_pb2_grpc
@@ -582,7 +582,7 @@ class TransferStore:
             final = self.root / "done" / _key(transfer_id)
             os.replace(t.data_path, final)
             if self.fsync:
-                _fsync_dir(final.parent)
+                host.fsync_dir(final.parent)
             self._save_chunk_digests(actual, t.chunk_size, digests)
             t.close()
             t.journal_path.unlink(missing_ok=True)
@@ -736,14 +736,6 @@ class TransferStore:
         tmp = saved.with_name(saved.name + ".tmp")
         tmp.write_bytes(b"".join(digests))
         os.replace(tmp, saved)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ============================================================================ the sender

@@ -17,7 +17,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..common import model
+from ..common import host, model
 from .db import ImageFileRow, ImageRow
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -126,7 +126,7 @@ class ImageStore:
         final.parent.mkdir(mode=0o755, exist_ok=True)
         os.chmod(copied, 0o444)
         os.rename(copied, final)
-        _fsync_dir(final.parent)
+        host.fsync_dir(final.parent)
         return True
 
     def remove(self, location: str | os.PathLike) -> None:
@@ -142,14 +142,6 @@ class ImageStore:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                 raise
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- rows

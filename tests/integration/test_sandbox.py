@@ -23,7 +23,7 @@ from vws.common import model
 from vws.manager.backends import netshape
 from vws.manager.backends.accounts import getpw, is_locked, uid_pids
 from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle
-from vws.manager.backends.cgroups import _alive
+from vws.common.host import alive as _alive
 from vws.manager.backends.sandbox import SandboxBackend, reap_all_under
 
 pytestmark = [pytest.mark.root,

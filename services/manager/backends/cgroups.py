@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from ...common import errors
+from ...common import errors, host
 from .base import Counters
 
 V1_CONTROLLERS = ("freezer", "memory", "cpu", "cpuacct", "pids")
@@ -45,17 +45,6 @@ class Limits:
 
 
 _FIELD = {"memory": "memory_bytes", "cpu": "cpu_millis", "pids": "max_processes"}
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid is a process that still runs (a zombie has finished)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The state follows the parenthesised command, which may itself contain ')'.
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X", b"")
 
 
 class CgroupDriver:
@@ -434,7 +423,7 @@ class CgroupDriver:
             return
         deadline = time.monotonic() + self.timeout
         while True:
-            live = [p for p in self.pids(wid) if _alive(p)]
+            live = [p for p in self.pids(wid) if host.alive(p)]
             if not live:
                 return
             if time.monotonic() > deadline:

@@ -27,11 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-from ...common import errors, model
+from ...common import errors, host, model
 from . import netshape
 from .accounts import ROOT_PATH, DynamicAccounts, getpw
 from .base import BackendSettings, Counters, HostHandle
-from .cgroups import CgroupDriver, _alive
+from .cgroups import CgroupDriver
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -42,17 +42,6 @@ MERGED_USR_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # pid 1 of the sandbox is bwrap itself (it reaps the orphans of every Exec); this is its only child.
 # It says it runs (every mount is in place) on its standard output, a pipe, then waits forever.
 INIT_SCRIPT = "printf 1; exec >/dev/null; exec sleep infinity"
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot): a pid with another start time is
-    another process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(stat[stat.rfind(b")") + 2:].split()[19])
 
 
 def system_binds() -> list[str]:
@@ -135,7 +124,7 @@ class SandboxBackend(DynamicAccounts):
 
     def _running_pid(self, st: SandboxState) -> int:
         """The init's pid if it is still the same process and runs, else 0."""
-        if st.pid and _start_time(st.pid) == st.start_time and _alive(st.pid):
+        if st.pid and host.start_time(st.pid) == st.start_time and host.alive(st.pid):
             return st.pid
         return 0
 
@@ -212,7 +201,7 @@ class SandboxBackend(DynamicAccounts):
             raise errors.BackendError(f"bwrap did not start the sandbox of {st.workspace_id} "
                                       f"(status {proc.returncode}): {text[-2000:]}")
         self._inits[st.workspace_id] = proc
-        st.pid, st.start_time = pid, _start_time(pid) or 0
+        st.pid, st.start_time = pid, host.start_time(pid) or 0
         self._save(st)
         try:
             netshape.setup(pid, st.link, st.bits_per_second)
@@ -249,7 +238,7 @@ class SandboxBackend(DynamicAccounts):
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + 5
-            while _alive(pid) and _start_time(pid) == st.start_time:
+            while host.alive(pid) and host.start_time(pid) == st.start_time:
                 if time.monotonic() > deadline:
                     raise errors.BackendError(f"sandbox init {pid} of {st.workspace_id} survived SIGKILL for 5s")
                 time.sleep(0.001)
@@ -389,7 +378,7 @@ def reap_all_under(root: Path | str) -> None:
             st = SandboxState(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if st.pid and _start_time(st.pid) == st.start_time:
+        if st.pid and host.start_time(st.pid) == st.start_time:
             try:
                 os.kill(st.pid, signal.SIGKILL)
             except ProcessLookupError:
