@@ -4,6 +4,7 @@ them and start it again. Managers make real accounts under a prefix unique to th
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import json
 import os
@@ -274,6 +275,32 @@ def reclaim_everything(backend) -> None:
             backend.remove_accounts()
     finally:
         backend.close()
+
+
+def remove_accounts(prefix: str) -> None:
+    """Accounts a test's backend made under its prefix, their processes killed first."""
+    if not prefix:
+        return
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith(prefix):
+            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
+            subprocess.run(["userdel", "--remove", "--force", pw.pw_name], capture_output=True)
+
+
+@contextlib.contextmanager
+def driven(backend, prefixes, *also):
+    """Yields a backend a test drives directly; afterwards reclaims all it holds, runs the
+    `also` clean-ups (each a callable), and removes the accounts under the test's `prefixes`."""
+    try:
+        yield backend
+    finally:
+        try:
+            reclaim_everything(backend)
+        finally:
+            for clean in also:
+                clean()
+            for prefix in prefixes:
+                remove_accounts(prefix)
 
 
 def remove_cgroups(manager_id: str) -> None:

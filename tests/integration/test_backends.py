@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import reclaim_everything
+from tests.integration.stack import driven
 from vws.common import errors, model
 from vws.manager.backends import make_backend
 from vws.manager.backends.accounts import DynamicAccounts, getpw, is_locked, supplementary_groups, uid_pids
@@ -34,13 +34,6 @@ def _wid() -> str:
     return "w" + secrets.token_hex(6)[:11]
 
 
-def _remove_prefixed(prefix: str) -> None:
-    for pw in pwd.getpwall():
-        if pw.pw_name.startswith(prefix):
-            subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
-            subprocess.run(["userdel", "--remove", pw.pw_name], capture_output=True)
-
-
 @pytest.fixture(params=["dynamic-accounts", "account-pool"])
 def backend(request, tmp_path):
     tag = secrets.token_hex(3)
@@ -53,14 +46,8 @@ def backend(request, tmp_path):
         b.test_clock = clock
     else:
         b = make_backend(settings)
-    try:
+    with driven(b, (settings.account_prefix, settings.pool_prefix)):
         yield b
-    finally:
-        try:
-            reclaim_everything(b)
-        finally:
-            _remove_prefixed(settings.account_prefix)
-            _remove_prefixed(settings.pool_prefix)
 
 
 def spec(setup: str = "", files=(), env=None) -> model.WorkspaceSpec:

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import reclaim_everything
+from tests.integration.stack import driven
 from vws.common import errors, model
 from vws.manager.backends.accounts import DynamicAccounts
 from vws.manager.backends.base import BackendSettings, ExecOptions
 from vws.manager.backends.disk import mounts, release_all_under
 from vws.manager.backends.pool import AccountPool
-from tests.integration.test_backends import _remove_prefixed
 
 pytestmark = [pytest.mark.root,
               pytest.mark.requires(os.geteuid() != 0, "needs root: makes real accounts, cgroups and mounts")]
@@ -35,15 +34,8 @@ def backend(request, tmp_path):
                                account_prefix=f"vwe{tag}-", pool_prefix=f"vwe{tag}p", pool_size=2,
                                quarantine_seconds=0.0, disk_stock_bytes=64 * M, disk_stock=1)
     b = AccountPool(settings) if request.param == "account-pool" else DynamicAccounts(settings)
-    try:
+    with driven(b, (settings.account_prefix, settings.pool_prefix), lambda: release_all_under(tmp_path)):
         yield b
-    finally:
-        try:
-            reclaim_everything(b)
-        finally:
-            release_all_under(tmp_path)
-            _remove_prefixed(settings.account_prefix)
-            _remove_prefixed(settings.pool_prefix)
 
 
 def limited(memory=0, cpu=0, disk=0, pids=0) -> model.WorkspaceSpec:

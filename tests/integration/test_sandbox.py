@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import reclaim_everything, remove_cgroups
+from tests.integration.stack import driven, remove_cgroups
 
 from vws.common import model
 from vws.manager.backends import netshape
@@ -41,19 +40,10 @@ def backend(tmp_path):
     settings = BackendSettings(kind="sandbox", manager_id=f"s{tag}", state_dir=tmp_path / "state",
                                account_prefix=f"vws{tag}-")
     b = SandboxBackend(settings)
-    try:
+    # whatever survived a failure: sandboxes, interfaces, reservations, accounts
+    with driven(b, (settings.account_prefix,), lambda: reap_all_under(settings.state_dir),
+                lambda: remove_cgroups(settings.manager_id)):
         yield b
-    finally:
-        try:
-            reclaim_everything(b)
-        finally:
-            # whatever survived a failure: sandboxes, interfaces, reservations, accounts
-            reap_all_under(settings.state_dir)
-            for pw in pwd.getpwall():
-                if pw.pw_name.startswith(settings.account_prefix):
-                    subprocess.run(["pkill", "-KILL", "-u", pw.pw_name], capture_output=True)
-                    subprocess.run(["userdel", "--remove", "--force", pw.pw_name], capture_output=True)
-            remove_cgroups(settings.manager_id)
 
 
 def spec(bits: int = 0, setup: str = "") -> model.WorkspaceSpec:
