@@ -4,15 +4,11 @@ feeding a batch in pieces equal to feeding it at once."""
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 
+from tests.unit import twins
 from vws.native import accounting_numpy, accounting_py
 from vws.native.accounting_py import FIELDS, FLOAT_FIELDS, Accumulators
 
@@ -262,7 +258,7 @@ def test_the_hot_loop_is_declared_without_the_gil():
 
 def test_public_module_prefers_the_extension():
     from vws.native import accounting
-    want = "python" if os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0") or _accounting is None else "cython"
+    want = twins.expected(_accounting)
     assert accounting.IMPLEMENTATION == want
     assert accounting.accumulate is (_accounting.accumulate if want == "cython" else accounting_py.accumulate)
     assert accounting.Accumulators is Accumulators
@@ -270,7 +266,4 @@ def test_public_module_prefers_the_extension():
 
 
 def test_no_extensions_switch_forces_the_twin():
-    code = "import vws.native.accounting as a; print(a.IMPLEMENTATION, a.accumulate.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VWS_NO_EXTENSIONS": "1"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["python", "vws.native.accounting_py"]
+    assert twins.chosen_with_no_extensions("accounting", "accumulate") == ["python", "vws.native.accounting_py"]

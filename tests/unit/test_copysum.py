@@ -12,7 +12,10 @@ import subprocess
 import sys
 
 import pytest
+
 from blake3 import blake3
+
+from tests.unit import twins
 
 from vws.native import copysum_py
 from vws.native.copysum_py import CHUNK, PROGRESS_STEP, CopyResult, DigestMismatch
@@ -502,7 +505,7 @@ def test_the_io_loop_is_declared_without_the_gil():
 
 def test_public_module_prefers_the_extension():
     from vws.native import copysum
-    want = "python" if os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0") or _copysum is None else "cython"
+    want = twins.expected(_copysum)
     assert copysum.IMPLEMENTATION == want
     impl = _copysum if want == "cython" else copysum_py
     assert copysum.copy_file is impl.copy_file and copysum.digest_file is impl.digest_file
@@ -513,10 +516,7 @@ def test_public_module_prefers_the_extension():
 
 
 def test_no_extensions_switch_forces_the_twin():
-    code = "import vws.native.copysum as c; print(c.IMPLEMENTATION, c.copy_file.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VWS_NO_EXTENSIONS": "1"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["python", "vws.native.copysum_py"]
+    assert twins.chosen_with_no_extensions("copysum", "copy_file") == ["python", "vws.native.copysum_py"]
 
 
 # ---- read_chunks: each chunk with its digest, in the same pass as the read (transfers) ----

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
+from tests.unit import twins
 from vws.native import fft, fft_py
 from vws.native.fft_py import MAX_REL_ERROR, FFTResult
 
@@ -205,7 +203,7 @@ def test_accuracy_error(monkeypatch):
 
 
 def test_public_module_chooses_an_implementation():
-    want = "python" if os.environ.get("VWS_NO_EXTENSIONS", "") not in ("", "0") or _fft is None else "cython"
+    want = twins.expected(_fft)
     assert fft.IMPLEMENTATION == want
     impl = _fft if want == "cython" else fft_py
     assert fft.fft is impl.fft and fft.time_transform is impl.time_transform
@@ -215,10 +213,7 @@ def test_public_module_chooses_an_implementation():
 
 
 def test_no_extensions_forces_the_twin():
-    code = "import vws.native.fft as f; print(f.IMPLEMENTATION, f.time_transform.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VWS_NO_EXTENSIONS": "1"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["python", "vws.native.fft_py"]
+    assert twins.chosen_with_no_extensions("fft", "time_transform") == ["python", "vws.native.fft_py"]
 
 
 def test_result_is_plain_data():
