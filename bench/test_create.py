@@ -7,45 +7,11 @@ import uuid
 
 import pytest
 
-from bench.conftest import median, ms
-from vws.common import clients
-from vws.v1 import factory_pb2, repository_pb2, workspace_pb2
+from bench.conftest import measure_creates, median, ms
+from vws.v1 import workspace_pb2
 
 ROUNDS = 60
-W = workspace_pb2.Workspace
-
-
-def _create_ready(stack) -> tuple[float, str]:
-    req = factory_pb2.CreateWorkspaceRequest(request_id=str(uuid.uuid4()), workspace=W(
-        spec=workspace_pb2.WorkspaceSpec(kind=workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT, start_on_create=False)))
-    t0 = time.perf_counter()
-    r = clients.factory(stack.factory.address).CreateWorkspace(req, timeout=60)
-    elapsed = time.perf_counter() - t0
-    assert r.workspace.state == W.STATE_READY, r.workspace
-    return elapsed, r.workspace.name
-
-
-def _measure_creates(benchmark, stack, label, report):
-    repo = clients.repository(stack.repository.address)
-    samples, last = [], []
-
-    def setup():
-        if last:
-            repo.DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=last.pop()), timeout=60)
-        return (), {}
-
-    def target():
-        elapsed, name = _create_ready(stack)
-        samples.append(elapsed)
-        last.append(name)
-    for _ in range(5):  # warm channels and caches
-        setup()
-        target()
-    samples.clear()
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1)
-    setup()
-    report.add_samples(label, samples)
-    return samples
+K = workspace_pb2.WorkspaceSpec
 
 
 def _bare_useradd_userdel(benchmark, report):
@@ -69,14 +35,14 @@ def test_anchor_bare_useradd_userdel(benchmark, report):
 @pytest.mark.benchmark(group="create-until-ready")
 def test_create_pool_account(benchmark, stack_factory, report):
     stack = stack_factory(backend="account-pool", pool_size=4)
-    _measure_creates(benchmark, stack, "create pool", report)
+    measure_creates(benchmark, stack, report, "create pool", K.KIND_UNIX_ACCOUNT, rounds=ROUNDS)
     _summarise(report, "create pool", 0.015)
 
 
 @pytest.mark.benchmark(group="create-until-ready")
 def test_create_dynamic_account(benchmark, stack_factory, report):
     stack = stack_factory(backend="dynamic-accounts")
-    _measure_creates(benchmark, stack, "create dynamic", report)
+    measure_creates(benchmark, stack, report, "create dynamic", K.KIND_UNIX_ACCOUNT, rounds=ROUNDS)
     _summarise(report, "create dynamic", 0.040)
 
 

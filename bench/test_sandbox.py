@@ -6,23 +6,20 @@ Goal: create until READY p50 <= 100 ms."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 
-from bench.conftest import median, ms
-from vws.common import clients, model
-from vws.manager.backends.base import BackendSettings, HostHandle
+from bench.conftest import measure_creates, median, ms
+from vws.common import model
+from vws.manager.backends.base import BackendSettings
 from vws.manager.backends.sandbox import SandboxBackend
-from vws.v1 import factory_pb2, repository_pb2, workspace_pb2
+from vws.v1 import workspace_pb2
 
 ROUNDS = 40
 W = workspace_pb2.Workspace
@@ -115,46 +112,12 @@ def test_sandbox_backend_realise_start(benchmark, tmp_path, report):
     _summarise(report, "backend realise+start", "backend realise+start (RUNNING)")
 
 
-def _create(stack, start: bool) -> tuple[float, str]:
-    req = factory_pb2.CreateWorkspaceRequest(request_id=str(uuid.uuid4()), workspace=W(
-        spec=workspace_pb2.WorkspaceSpec(kind=workspace_pb2.WorkspaceSpec.KIND_SANDBOX, start_on_create=start)))
-    t0 = time.perf_counter()
-    r = clients.factory(stack.factory.address).CreateWorkspace(req, timeout=60)
-    elapsed = time.perf_counter() - t0
-    assert r.workspace.state == (W.STATE_RUNNING if start else W.STATE_READY), r.workspace
-    return elapsed, r.workspace.name
-
-
 @pytest.mark.parametrize("start", [False, True], ids=["until-READY", "until-RUNNING"])
 @pytest.mark.benchmark(group="sandbox-create")
 def test_create_sandbox(benchmark, stack_factory, report, start):
     stack = stack_factory(backend="dynamic-accounts")
-    repo = clients.repository(stack.repository.address)
-    samples, last = [], []
-
-    def setup():
-        if last:
-            repo.DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=last.pop()), timeout=60)
-        return (), {}
-
-    def target():
-        elapsed, name = _create(stack, start)
-        samples.append(elapsed)
-        last.append(name)
-    try:
-        target()
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip(f"the stack does not create sandboxes yet: {exc.details()}")
-        raise
-    for _ in range(4):
-        setup()
-        target()
-    samples.clear()
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS, iterations=1)
-    setup()
     label = "create sandbox " + ("until RUNNING" if start else "until READY")
-    report.add_samples(label, samples)
+    measure_creates(benchmark, stack, report, label, workspace_pb2.WorkspaceSpec.KIND_SANDBOX, start, ROUNDS, warm=5)
     _summarise(report, label, label)
 
 
