@@ -36,8 +36,7 @@ from .wire import (BASE, BLOCK_DIGEST, CHUNK, DATA, LOCAL, SEND_CHUNKS, ZERO, ch
 log = logging.getLogger("vws.manager.transfer")
 
 # A stream that ends with one of these is started again (from what the receiver verified).
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-             grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS)
+RETRYABLE = (errors.Unavailable, errors.DeadlineExceeded, errors.Aborted, errors.Cancelled, errors.DataLoss)
 # A chunk refused as corrupt this many times in a row is not a passing fault: give up.
 MAX_DATA_LOSS = 3
 
@@ -84,7 +83,7 @@ class TransferFailed(errors.Unavailable):
     it verified, so sending again resumes from there (or abort it)."""
 
 
-class _Broken(Exception):
+class _Broken(errors.Unavailable):
     """This stream is over (stalled, cancelled, ended by the receiver); start again."""
 
 
@@ -142,10 +141,10 @@ class _Sender:
                 self.report(force=True)
                 return self.result
             except (grpc.RpcError, _Broken) as exc:
-                code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-                message = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
-                losses = losses + 1 if code is grpc.StatusCode.DATA_LOSS else 0
-                if code not in RETRYABLE or losses >= MAX_DATA_LOSS:
+                error = exc if isinstance(exc, _Broken) else errors.from_rpc_error(exc)
+                code, message = error.grpc_status_code, error.message
+                losses = losses + 1 if isinstance(error, errors.DataLoss) else 0
+                if not isinstance(error, RETRYABLE) or losses >= MAX_DATA_LOSS:
                     raise errors.for_status(code, f"transfer {self.transfer_id} to {self.target}: {message}") from None
                 elapsed = time.monotonic() - self.t0
                 if elapsed + wait > o.give_up_after:
