@@ -18,7 +18,7 @@ from .service import ManagerIdentity, WorkspaceManager
 from .servicer import ManagerServicer
 from .state import LocalState
 from . import transfer
-from .transfer_servicer import TransferServicer, add_to_server
+from .transfer import TransferServicer, add_to_server
 from ..v1 import manager_pb2, manager_pb2_grpc
 
 log = logging.getLogger("vws.manager")

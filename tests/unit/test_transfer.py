@@ -13,6 +13,7 @@ from blake3 import blake3
 from vws.common import errors
 from vws.manager import transfer
 from vws.manager.transfer import DATA, LOCAL, ZERO, Chunk, TransferStore, decode_chunk, encode_chunk
+from vws.manager.transfer.sender import BaseBlocks
 from vws.native import copysum
 from vws.v1 import transfer_pb2
 
@@ -229,7 +230,7 @@ def test_a_chunk_that_differs_from_an_earlier_copy_in_a_few_blocks_is_built_on_i
     o = store.start("w/disk@2", len(new), cs, candidate_transfer_ids=["w/disk@1"])
     assert o.base_block_size == block
     assert o.base_block_digests == b"".join(blake3(p).digest()[:16] for p in chunks_of(old, block))
-    changed = transfer._Base(o.base_block_digests, o.base_block_size).changed(cs, memoryview(new)[cs:2 * cs])
+    changed = BaseBlocks(o.base_block_digests, o.base_block_size).changed(cs, memoryview(new)[cs:2 * cs])
     assert changed == [(block, block)]
     piece = new[cs + block:cs + 2 * block]
     r = store.receive("w/disk@2", o.session, [

@@ -1,7 +1,7 @@
 """TransferService over gRPC: converts and calls the receiving side of transfers
-(vws.manager.transfer.TransferStore). SendChunks' requests are decoded by
-transfer.decode_chunk (a view of each chunk's bytes, not copies), so the service is
-registered with add_to_server rather than the generated function."""
+(receiver.TransferStore). SendChunks' requests are decoded by wire.decode_chunk (a view of
+each chunk's bytes, not copies), so the service is registered with add_to_server rather than
+the generated function."""
 from __future__ import annotations
 
 import itertools
@@ -9,9 +9,10 @@ import logging
 
 import grpc
 
-from ..common import errors
-from .transfer import TransferStore, decode_chunk
-from ..v1 import transfer_pb2, transfer_pb2_grpc
+from ...common import errors
+from ...v1 import transfer_pb2, transfer_pb2_grpc
+from .receiver import TransferStore
+from .wire import decode_chunk
 
 log = logging.getLogger("vws.manager.transfer")
 SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
