@@ -47,17 +47,13 @@ import time
 import pytest
 
 from bench.conftest import median
-from bench.test_copy import _make_sparse, _prepare, _write_random
+from bench.test_copy import BIG, CHUNK, MiB, _make_sparse, _prepare, _write_random
 from tests.integration.netns import ROOT, Hosts
 from tests.integration.stack import site_pki
 from vws.native import copysum
 
 GROUP = "transfer"
 ROUNDS = 5
-MiB = 1 << 20
-GiB = 1 << 30
-CHUNK = copysum.CHUNK
-BIG = 1 * GiB
 RSYNC_PORT = 8730
 SSH_PORT = 8722
 # The encrypted anchor's cipher: OpenSSH's fastest here (AES-NI), like the AES-GCM TLS 1.3 gives gRPC.
