@@ -22,10 +22,10 @@ import weakref
 import time
 from pathlib import Path
 
-from ...common import errors, model, units
+from ...common import errors, host, model, units
 from .base import (
     Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package, SetupFailed, host_capacity)
-from .cgroups import CPU_PERIOD_US, CgroupDriver, _alive
+from .cgroups import CPU_PERIOD_US, CgroupDriver
 from .disk import DiskImages, image_size
 
 log = logging.getLogger("vws.manager.backends")
@@ -126,7 +126,7 @@ def kill_uid(uid: int, timeout: float = 5.0) -> None:
     cgroup too: logins, cron jobs)."""
     deadline = time.monotonic() + timeout
     while True:
-        live = [p for p in uid_pids(uid) if _alive(p)]
+        live = [p for p in uid_pids(uid) if host.alive(p)]
         if not live:
             return
         if time.monotonic() > deadline:
