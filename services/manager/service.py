@@ -210,20 +210,12 @@ class WorkspaceManager:
 
     def transition(self, name: str, action: Action, reason: str = "", force: bool = False) -> model.Workspace:
         """Start, stop, pause, resume, suspend, reboot or destroy, only along legal moves."""
+        if action is Action.DESTROY:
+            return self.destroy(name, reason)
         with self._lock(name):
             ws = self._require(name)
-            allowed, target = model.TRANSITIONS[action]
-            if ws.state not in allowed:
-                need = " or ".join(sorted(s.value for s in allowed))
-                raise errors.FailedPrecondition(
-                    f"cannot {action.value} {name}: it is {ws.state.value}; {action.value} needs {need}")
+            _, target = self._check_move(ws, action)
             handle = self._handle(ws)
-            if action is Action.DESTROY:
-                self.state.change(ws, State.TERMINATING, reason or "destroy requested")
-                self._final_usage(ws)
-                self.backend.destroy(handle)
-                self._changed(ws, State.TERMINATED, reason or "destroyed")
-                return self.view(ws)
             if action is Action.STOP:
                 said = self.backend.stop(handle, force)
             else:
@@ -231,13 +223,31 @@ class WorkspaceManager:
             self._changed(ws, target, said or _DONE[action])
             return self.view(ws)
 
+    @staticmethod
+    def _check_move(ws: LocalWorkspace, action: Action) -> tuple[frozenset[State], State]:
+        allowed, target = model.TRANSITIONS[action]
+        if ws.state not in allowed:
+            need = " or ".join(sorted(s.value for s in allowed))
+            raise errors.FailedPrecondition(
+                f"cannot {action.value} {ws.name}: it is {ws.state.value}; {action.value} needs {need}")
+        return allowed, target
+
     def destroy(self, name: str, reason: str = "") -> model.Workspace:
-        """Idempotent: a workspace this manager no longer holds is reported TERMINATED."""
+        """Idempotent: a workspace this manager destroyed or no longer holds is answered
+        TERMINATED; a destroy that overlaps one under way waits for it and answers so too."""
         names.parse_workspace_name(name)
-        if self.state.get(name) is None:
-            return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED,
-                                   state_message="not on this manager")
-        return self.transition(name, Action.DESTROY, reason)
+        with self._lock(name):
+            # Read under the lock: a destroy that held it before this one has removed the workspace.
+            ws = self.state.get(name)
+            if ws is None:
+                return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED,
+                                       state_message="not on this manager")
+            self._check_move(ws, Action.DESTROY)
+            self.state.change(ws, State.TERMINATING, reason or "destroy requested")
+            self._final_usage(ws)
+            self.backend.destroy(self._handle(ws))
+            self._changed(ws, State.TERMINATED, reason or "destroyed")
+            return self.view(ws)
 
     def spawn(self, name: str, argv: list[str], environment: dict[str, str], working_directory: str
               ) -> subprocess.Popen:
@@ -313,10 +323,12 @@ class WorkspaceManager:
                 if r is None or r.state in (State.TERMINATED, State.TERMINATING):
                     why = "its record is gone" if r is None else f"the repository says {r.state.value}"
                     with self._lock(name):
-                        self._final_usage(ws)
-                        self.backend.destroy(self._handle(ws))
-                        self._changed(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
-                                      model.EventType.RECONCILED)
+                        ws = self.state.get(name)  # None: a client's destroy came first
+                        if ws is not None:
+                            self._final_usage(ws)
+                            self.backend.destroy(self._handle(ws))
+                            self._changed(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
+                                          model.EventType.RECONCILED)
                     del local[name]
                     done["destroyed"].append(name)
             for name, r in remote.items():

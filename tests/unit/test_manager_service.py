@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
+import time
 
 import grpc
 import pytest
@@ -278,3 +280,45 @@ def test_a_workspace_of_an_account_pool_comes_only_to_a_manager_of_that_pool(par
     assert mgr.state.all() == [] and backend.accounts == {} and mgr.state.migrations() == []
     backend.account_pool = "atlas"
     assert mgr.deploy(pooled).state is State.RUNNING
+
+
+class SlowDestroyBackend(FakeBackend):
+    """A backend whose destroy waits until the test lets it finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.destroying, self.finish = threading.Event(), threading.Event()
+
+    def destroy(self, h):
+        self.destroying.set()
+        assert self.finish.wait(10)
+        super().destroy(h)
+
+
+def test_two_overlapping_destroys_both_answer_terminated(tmp_path):
+    """A client's destroy and the repository's expiry loop (or two clients) may overlap: the
+    second waits for the first and answers TERMINATED, never NOT_FOUND."""
+    backend, repo = SlowDestroyBackend(), FakeRepository()
+    mgr = WorkspaceManager(ManagerIdentity("m1", "127.0.0.1:1"), backend, LocalState(tmp_path / "state.db"), repo)
+    name = mgr.deploy(placed()).name
+    answers: dict[str, object] = {}
+
+    def destroy(who):
+        try:
+            answers[who] = mgr.destroy(name, f"by {who}")
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            answers[who] = exc
+    first = threading.Thread(target=destroy, args=("client",))
+    first.start()
+    assert backend.destroying.wait(10)
+    second = threading.Thread(target=destroy, args=("expiry",))
+    second.start()
+    time.sleep(0.2)  # the second destroy is under way while the first is in the backend
+    backend.finish.set()
+    first.join(10)
+    second.join(10)
+    assert {who: getattr(a, "state", a) for who, a in answers.items()} == {
+        "client": State.TERMINATED, "expiry": State.TERMINATED}
+    assert [what for what, _ in backend.log].count("destroy") == 1
+    assert [s for n, s in repo.reports if n == name] == [State.RUNNING, State.TERMINATING, State.TERMINATED]
+    mgr.state.close()
