@@ -13,8 +13,8 @@ from .backends import make_backend
 from .backends.base import BackendSettings
 from .backends.router import KindRouter
 from .gateway import GrpcPeers, GrpcRepository
-from .migration import Migrations
 from .held import HeldWorkspaces, ManagerIdentity
+from .migration import Migrations
 from .service import WorkspaceManager
 from .servicer import ManagerServicer
 from .state import LocalState
