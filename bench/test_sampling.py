@@ -4,7 +4,6 @@ repository), as a share of one core when it runs once a second. The anchor is th
 5% of one core, i.e. 50 ms of CPU per second."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from vws.common import converters, model
 from vws.manager.accounting import UsageAccounting
+from vws.manager.held import HeldWorkspaces, ManagerIdentity
 from vws.manager.backends.base import HostHandle
 from vws.manager.backends.cgroups import CgroupDriver
 from vws.manager.state import LocalState, LocalWorkspace
@@ -21,11 +21,6 @@ from vws.manager.state import LocalState, LocalWorkspace
 WORKSPACES = 500
 ROUNDS = 20
 BUDGET = 0.05  # of one core, sampling once a second
-
-
-@dataclasses.dataclass
-class Identity:
-    name: str
 
 
 class CgroupBackend:
@@ -49,15 +44,6 @@ class Receiver:
         return len(usages)
 
 
-class Manager:
-    def __init__(self, state, backend, receiver):
-        self.state, self.backend, self.repository = state, backend, receiver
-        self.identity = Identity("managers/bench")
-
-    def _handle(self, ws):
-        return HostHandle(ws.workspace_id, ws.host_identity, ws.spec.kind)
-
-
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory):
     if os.geteuid() != 0:
@@ -72,7 +58,9 @@ def sampled(tmp_path_factory):
         state.insert(LocalWorkspace(name=f"workspaces/{wid}", spec=model.WorkspaceSpec(), state=model.State.RUNNING,
                                     host_identity=f"vws-{wid}", create_time=model.utcnow()))
     receiver = Receiver()
-    accounting = UsageAccounting(Manager(state, CgroupBackend(driver), receiver), tmp / "usage.db", 1.0)
+    backend = CgroupBackend(driver)
+    held = HeldWorkspaces(ManagerIdentity("bench", ""), state, backend, receiver)
+    accounting = UsageAccounting(held, backend, receiver, tmp / "usage.db", 1.0)
     yield accounting, receiver
     accounting.close()
     state.close()

@@ -22,16 +22,14 @@ import sqlite3
 import threading
 import time
 import datetime as dt
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from ..common import model, units
-from .backends.base import Counters
+from .backends.base import Backend, Counters
+from .held import HeldWorkspaces, described, is_unreachable
 from .state import LocalWorkspace
-
-if TYPE_CHECKING:
-    from .service import WorkspaceManager
 
 log = logging.getLogger("vws.manager.accounting")
 
@@ -69,8 +67,11 @@ PERSIST_EVERY = 30.0
 class UsageAccounting:
     """The usage book: workspace name -> index in the accumulators, which grow as needed."""
 
-    def __init__(self, manager: "WorkspaceManager", path: pathlib.Path, interval: float, core=None):
-        self.manager = manager
+    def __init__(self, held: HeldWorkspaces, backend: Backend, receiver: UsageReceiver, path: pathlib.Path,
+                 interval: float, core=None):
+        """held: the workspaces held here (sampled; a limit reached is recorded in their history);
+        backend: whose counters are sampled; receiver: where the figures are reported."""
+        self.held, self.backend, self.receiver = held, backend, receiver
         self.interval = interval
         self.core = core or _core()
         self._fields = tuple(self.core.FIELDS)
@@ -208,22 +209,22 @@ class UsageAccounting:
         if not ws.host_identity:
             return None
         try:
-            return self.manager.backend.sample(self.manager._handle(ws))
+            return self.backend.sample(ws.handle)
         except Exception:  # noqa: BLE001 - one workspace's counters must not stop the round
             log.exception("sampling %s failed", ws.name)
             return None
 
     def run_once(self) -> int:
         """One round: samples every workspace held, folds, reports. Returns how many were sampled."""
-        held = self.manager.state.all()
+        holding = self.held.state.all()
         samples = []
-        for ws in held:
+        for ws in holding:
             if ws.state in _NOT_SAMPLED or ws.name in self._ended:
                 continue
             c = self._sample(ws)
             if c is not None:
                 samples.append((ws.name, c))
-        held_names = {ws.name for ws in held}
+        held_names = {ws.name for ws in holding}
         with self._lock:
             samples = [(n, c) for n, c in samples if n not in self._ended]  # finalised meanwhile
             self._ended &= held_names
@@ -271,13 +272,13 @@ class UsageAccounting:
         what = f"{kills} program{'s' if kills != 1 else ''} killed for going past the memory limit"
         if limit:
             what += f" of {units.format_size(limit)}"
-        with contextlib.nullcontext() if locked else self.manager._lock(name):
-            ws = self.manager.state.get(name)  # read under the lock: its state as it is now
+        with contextlib.nullcontext() if locked else self.held.lock(name):
+            ws = self.held.state.get(name)  # read under the lock: its state as it is now
             if ws is None:
                 return
-            self.manager.state.change(ws, ws.state, what, model.EventType.LIMIT_REACHED)
+            self.held.state.change(ws, ws.state, what, model.EventType.LIMIT_REACHED)
         log.info("%s: %s", name, what)
-        self.manager.flush()
+        self.held.flush()
 
     # ----------------------------------------------------------------- delivery
     def deliver(self) -> int:
@@ -291,13 +292,10 @@ class UsageAccounting:
             for start in range(0, len(pending), REPORT_BATCH):
                 chunk = pending[start:start + REPORT_BATCH]
                 try:
-                    self.manager.repository.report_usage(self.manager.identity.name,
-                                                         [usages[n] for n, _ in chunk])
+                    self.receiver.report_usage(self.held.identity.name, [usages[n] for n, _ in chunk])
                 except Exception as exc:  # noqa: BLE001
-                    from .service import is_unreachable
                     level = logging.DEBUG if is_unreachable(exc) else logging.WARNING
-                    log.log(level, "reporting usage failed (%s); retrying next round",
-                            getattr(exc, "details", lambda: exc)())
+                    log.log(level, "reporting usage failed (%s); retrying next round", described(exc))
                     return delivered
                 with self._lock:
                     for name, version in chunk:

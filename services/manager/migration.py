@@ -10,7 +10,6 @@ the migration on local record before they change the host, so a restart of eithe
 middle is reconciled the same way (reconcile, called at every start before the rest)."""
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -19,15 +18,16 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..common import converters, errors, kinds, model, names, units
+import grpc
+
+from ..common import errors, kinds, model, names, units
 from ..common.model import EventType, State
 from .backends.base import HostHandle, Package
-from .state import LocalWorkspace, Migration
-from ..v1 import workspace_pb2
+from .held import HeldWorkspaces
+from .state import IN, OUT, LocalWorkspace, Migration
 
 log = logging.getLogger("vws.manager.migration")
 
-OUT, IN = "out", "in"
 REPORT_INTERVAL = 0.5  # seconds between progress reports to the repository
 
 
@@ -78,47 +78,65 @@ class Peers(Protocol):
     def abort(self, address: str, name: str, reason: str) -> None: ...
 
 
+class Arrivals(Protocol):
+    """Where files other managers send this one arrive (vws.manager.transfer.TransferStore)."""
+
+    def take(self, transfer_id: str) -> Path: ...
+    def discard(self, transfer_id: str) -> bool: ...
+
+
+class Repository(Protocol):
+    """What a migration needs of the repository (vws.manager.gateway.GrpcRepository)."""
+
+    def get(self, name: str) -> model.Workspace | None: ...
+    def manager_address(self, name: str) -> str: ...
+    def move(self, name: str, source: str, endpoint: model.Endpoint, message: str = "") -> model.Workspace: ...
+    def progress(self, manager: str, name: str, progress: model.Progress | None) -> None: ...
+
+
 class Migrations:
-    def __init__(self, manager, peers: Peers, transfers, workdir: Path, clock: Callable[[], float] = time.monotonic):
-        """manager: the WorkspaceManager; transfers: the TransferStore receiving files here."""
-        self.m, self.peers, self.transfers, self.clock = manager, peers, transfers, clock
+    def __init__(self, held: HeldWorkspaces, repository: Repository, peers: Peers, transfers: Arrivals,
+                 workdir: Path, clock: Callable[[], float] = time.monotonic):
+        """held: the workspaces held here (their locks, record and backend), shared with the
+        manager; transfers: where files other managers send this one arrive."""
+        self.held, self.repository, self.peers, self.transfers, self.clock = held, repository, peers, transfers, clock
+        self.identity, self.state, self.backend = held.identity, held.state, held.backend
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.unsettled: set[str] = set()  # interrupted, and the repository could not yet say how they ended
 
     # ------------------------------------------------------------------ source
     def migrate(self, name: str, destination: str, progress: ProgressFn | None = None) -> Result:
-        m = self.m
         names.parse_manager_name(destination, "destination")
-        if destination == m.identity.name:
+        if destination == self.identity.name:
             raise errors.InvalidArgument(f"is {destination}, which holds it already; name another manager",
                                          "destination")
-        with m._lock(name):
-            ws = m._require(name)
+        with self.held.lock(name):
+            ws = self.held.require(name)
             if ws.state not in model.MIGRATABLE:
                 need = " or ".join(sorted(s.value for s in model.MIGRATABLE))
                 raise errors.FailedPrecondition(f"cannot migrate {name}: it is {ws.state.value}; migration needs {need}")
-            address = m.repository.manager_address(destination)
+            address = self.repository.manager_address(destination)
             # The record's customisation goes along: the destination takes it only in the same account pool.
-            record = m.repository.get(name)
+            record = self.repository.get(name)
             customisation = record.customisation if record is not None else None
             prior, t0 = ws.state, self.clock()
             mig = Migration(name, OUT, destination, address, prior, {"stage": "packing"})
-            m.state.put_migration(mig)
-            m._changed(ws, State.MIGRATING, f"migrating to {destination} ({address})")
-            handle = m._handle(ws)
+            self.state.put_migration(mig)
+            self.held.record(ws, State.MIGRATING, f"migrating to {destination} ({address})")
+            handle = ws.handle
             package = Package({})
             try:
                 workdir = self.workdir / ws.workspace_id
                 workdir.mkdir(parents=True, exist_ok=True)
-                package = m.backend.pack(handle, ws.spec, prior, workdir)
+                package = self.backend.pack(handle, ws.spec, prior, workdir)
                 mig.record.update(stage="packed", package=_package_record(package))
-                m.state.put_migration(mig)
+                self.state.put_migration(mig)
                 offers = self._offers(package)
-                sent = dataclasses.replace(m.view(dataclasses.replace(ws, state=prior)), customisation=customisation)
-                ids = self.peers.accept(address, sent, m.identity.name, offers, json.dumps(package.meta))
+                sent = dataclasses.replace(self.held.view(dataclasses.replace(ws, state=prior)), customisation=customisation)
+                ids = self.peers.accept(address, sent, self.identity.name, offers, json.dumps(package.meta))
                 mig.record.update(stage="sending", transfer_ids=ids)
-                m.state.put_migration(mig)
+                self.state.put_migration(mig)
                 figures = self._send(address, package, offers, ids, self._reporting(name, progress))
                 arrived = self.peers.finish(address, name)
             except BaseException as exc:
@@ -131,11 +149,11 @@ class Migrations:
                 if not moved:
                     self._roll_back(ws, mig, package, _why(exc))
                     raise
-                arrived = m.repository.get(name) or m.view(ws)
+                arrived = self.repository.get(name) or self.held.view(ws)
                 figures = Sent(0, 0, 0, 0, 0)
             self._release(ws, mig, handle)
             seconds = self.clock() - t0
-            return Result(arrived, m.identity.name, destination, figures.bytes_total, figures.bytes_sent,
+            return Result(arrived, self.identity.name, destination, figures.bytes_total, figures.bytes_sent,
                           figures.bytes_reused + figures.bytes_zero, figures.resumes, seconds)
 
     def _reporting(self, name: str, progress: ProgressFn | None) -> ProgressFn:
@@ -151,7 +169,7 @@ class Migrations:
                 return
             last[0] = now
             try:
-                self.m.repository.progress(self.m.identity.name, name,
+                self.repository.progress(self.identity.name, name,
                                            model.Progress(activity, done, total, rate, model.utcnow()))
             except Exception as exc:  # noqa: BLE001 - progress is best effort
                 log.debug("progress of %s not delivered: %s", name, exc)
@@ -188,83 +206,72 @@ class Migrations:
         """Whether the repository names destination as the holder (a finish whose answer was
         lost, a restart after it); None when the repository does not answer."""
         try:
-            r = self.m.repository.get(name)
+            r = self.repository.get(name)
         except Exception as exc:  # noqa: BLE001
             log.warning("the repository cannot say where %s is: %s", name, exc)
             return None
         return r is not None and r.endpoint is not None and r.endpoint.manager == destination
 
     def _roll_back(self, ws: LocalWorkspace, mig: Migration, package: Package, why: str) -> None:
-        m = self.m
         try:
             self.peers.abort(mig.peer_address, ws.name, why)
         except Exception as exc:  # noqa: BLE001 - the destination discards it at its next start anyway
             log.warning("could not tell %s to drop the migration of %s: %s", mig.peer, ws.name, exc)
         try:
-            m.backend.revert_pack(m._handle(ws), package, mig.prior_state)
+            self.backend.revert_pack(ws.handle, package, mig.prior_state)
         except errors.VwsError as exc:
-            m._changed(ws, State.FAILED, f"migration to {mig.peer} failed ({why}), and it could not be put back "
-                       f"here: {exc.message}", EventType.MIGRATED)
+            self.held.record(ws, State.FAILED, f"migration to {mig.peer} failed ({why}), and it could not be put "
+                             f"back here: {exc.message}", EventType.MIGRATED)
         else:
-            m._changed(ws, mig.prior_state, f"migration to {mig.peer} failed: {why}; it carries on here as it was",
-                       EventType.MIGRATED)
-        m.state.drop_migration(ws.name)
+            self.held.record(ws, mig.prior_state, f"migration to {mig.peer} failed: {why}; it carries on here as "
+                             "it was", EventType.MIGRATED)
+        self.state.drop_migration(ws.name)
         shutil.rmtree(self.workdir / ws.workspace_id, ignore_errors=True)
 
     def _release(self, ws: LocalWorkspace, mig: Migration, handle: HostHandle) -> None:
         """The destination holds it now: nothing of it stays here (no report: it is not ours)."""
-        m = self.m
         try:
-            m.backend.destroy(handle)
+            self.backend.destroy(handle)
         except Exception:  # noqa: BLE001 - the orphan sweep at the next start removes what is left
             log.exception("removing the migrated %s from this host", ws.name)
-        m.state.forget(ws.name)
-        m.state.drop_migration(ws.name)
+        self.state.forget(ws.name)
+        self.state.drop_migration(ws.name)
         shutil.rmtree(self.workdir / ws.workspace_id, ignore_errors=True)
 
     # ------------------------------------------------------------- destination
     def accept(self, workspace: model.Workspace, source: str, offers: list[FileOffer], package: str
                ) -> dict[str, str]:
-        m = self.m
         name = workspace.name
         wid = names.parse_workspace_name(name, "workspace.name")
         names.parse_manager_name(source, "source")
         if workspace.state not in model.MIGRATABLE:
             raise errors.InvalidArgument(f"is {workspace.state.value}; a workspace migrates from "
                                          + " or ".join(sorted(s.value for s in model.MIGRATABLE)), "workspace.state")
-        if workspace.spec.kind not in m.backend.kinds:
-            raise errors.FailedPrecondition(f"manager {m.identity.name} ({m.backend.name}) does not realise "
+        if workspace.spec.kind not in self.backend.kinds:
+            raise errors.FailedPrecondition(f"manager {self.identity.name} ({self.backend.name}) does not realise "
                                             f"{kinds.name_of(workspace.spec.kind)} workspaces")
-        m.check_pool(workspace)
+        self.held.check_pool(workspace)
         try:
             json.loads(package)
         except ValueError:
             raise errors.InvalidArgument("is not JSON", "package") from None
-        with m._lock(name):
-            known = m.state.migration(name)
+        with self.held.lock(name):
+            known = self.state.migration(name)
             if known is not None and known.direction == IN:
                 return known.record["transfer_ids"]
-            if m.state.get(name) is not None:
-                raise errors.FailedPrecondition(f"{name} is on {m.identity.name} already")
-            m._check_room(workspace.spec)
+            if self.state.get(name) is not None:
+                raise errors.FailedPrecondition(f"{name} is on {self.identity.name} already")
+            self.held.check_room(workspace.spec)
             ids = {o.role: f"migrate-{wid}-{o.role}" for o in offers}
-            record = {"workspace": base64.b64encode(converters.workspace_to_pb(workspace).SerializeToString()).decode(),
-                      "package": package, "transfer_ids": ids}
-            m.state.put_migration(Migration(name, IN, source, "", workspace.state, record))
+            self.state.put_migration(Migration.arrival(workspace, source, package, ids))
             return ids
 
-    def arriving(self) -> list[model.WorkspaceSpec]:
-        """The specs of workspaces accepted here and still on their way: room is kept for them."""
-        return [_arriving(mig).spec for mig in self.m.state.migrations()
-                if mig.direction == IN and self.m.state.get(mig.name) is None]
-
     def finish(self, name: str) -> model.Workspace:
-        m = self.m
-        with m._lock(name):
-            mig = m.state.migration(name)
+        with self.held.lock(name):
+            mig = self.state.migration(name)
             if mig is None or mig.direction != IN:
-                raise errors.NotFound(f"no migration of {name} to {m.identity.name} was accepted")
-            arriving = _arriving(mig)
+                raise errors.NotFound(f"no migration of {name} to {self.identity.name} was accepted")
+            arriving = mig.arriving
             try:
                 files = {role: self.transfers.take(tid) for role, tid in mig.record["transfer_ids"].items()}
             except errors.NotFound as exc:
@@ -272,29 +279,28 @@ class Migrations:
             local = LocalWorkspace(name=name, spec=arriving.spec, state=State.MIGRATING, owner=arriving.owner,
                                    labels=dict(arriving.labels), termination_time=arriving.termination_time,
                                    create_time=arriving.create_time)
-            m.state.insert(local)
+            self.state.insert(local)
             handle = None
             try:
-                handle = m.backend.unpack(local.workspace_id, arriving.spec,
-                                          Package(files, json.loads(mig.record["package"])), mig.prior_state)
+                handle = self.backend.unpack(local.workspace_id, arriving.spec,
+                                             Package(files, json.loads(mig.record["package"])), mig.prior_state)
                 local.host_identity = handle.host_identity
-                m.repository.move(name, mig.peer, model.Endpoint(name, m.identity.name, m.identity.address,
-                                                                 handle.host_identity))
+                self.repository.move(name, mig.peer, model.Endpoint(name, self.identity.name, self.identity.address,
+                                                                    handle.host_identity))
             except BaseException:
                 if handle is not None:
-                    m.backend.destroy(handle)
-                m.state.forget(name)
+                    self.backend.destroy(handle)
+                self.state.forget(name)
                 self._discard(mig)
                 raise
-            m._changed(local, mig.prior_state, f"arrived from {mig.peer} as {m.backend.describe(handle)}",
-                       EventType.MIGRATED, enforcement=m.backend.enforcement(handle))
+            self.held.record(local, mig.prior_state, f"arrived from {mig.peer} as {self.backend.describe(handle)}",
+                             EventType.MIGRATED, enforcement=self.backend.enforcement(handle))
             self._discard(mig)
-            return m.view(local)
+            return self.held.view(local)
 
     def abort(self, name: str, reason: str = "") -> bool:
-        m = self.m
-        with m._lock(name):
-            mig = m.state.migration(name)
+        with self.held.lock(name):
+            mig = self.state.migration(name)
             if mig is None or mig.direction != IN:
                 return False
             log.info("migration of %s from %s aborted: %s", name, mig.peer, reason or "no reason given")
@@ -304,7 +310,7 @@ class Migrations:
     def _discard(self, mig: Migration) -> None:
         for tid in mig.record.get("transfer_ids", {}).values():
             self.transfers.discard(tid)
-        self.m.state.drop_migration(mig.name)
+        self.state.drop_migration(mig.name)
 
     # --------------------------------------------------------------- restarts
     def reconcile(self, only: set[str] | None = None) -> dict[str, list[str]]:
@@ -312,54 +318,49 @@ class Migrations:
         at start before the manager's own reconciliation (a guest in transit has no domain,
         which that would call vanished), and again for the unsettled ones."""
         done: dict[str, list[str]] = {"completed": [], "rolled_back": [], "dropped": [], "unsettled": []}
-        m = self.m
-        for mig in m.state.migrations():
+        for mig in self.state.migrations():
             if only is not None and mig.name not in only:
                 continue
-            ws = m.state.get(mig.name)
+            ws = self.state.get(mig.name)
             if ws is None and mig.direction == OUT:
-                m.state.drop_migration(mig.name)
+                self.state.drop_migration(mig.name)
                 continue
-            moved = self._moved(mig.name, mig.peer if mig.direction == OUT else m.identity.name)
+            moved = self._moved(mig.name, mig.peer if mig.direction == OUT else self.identity.name)
             if moved is None:
                 done["unsettled"].append(mig.name)
                 continue
             if mig.direction == OUT:
                 if moved:
-                    self._release(ws, mig, m._handle(ws))
+                    self._release(ws, mig, ws.handle)
                     done["completed"].append(mig.name)
                 else:
                     package = _package_from(mig.record.get("package"))
-                    with m._lock(mig.name):
+                    with self.held.lock(mig.name):
                         self._roll_back(ws, mig, package, "the manager restarted in the middle")
                     done["rolled_back"].append(mig.name)
             else:
                 if ws is not None and ws.state is State.MIGRATING:
                     if moved:
-                        m.state.change(ws, mig.prior_state, f"arrived from {mig.peer} (finished after a restart)",
+                        self.state.change(ws, mig.prior_state, f"arrived from {mig.peer} (finished after a restart)",
                                        EventType.MIGRATED)
                     else:
-                        m.backend.destroy(m._handle(ws))
-                        m.state.forget(mig.name)
+                        self.backend.destroy(ws.handle)
+                        self.state.forget(mig.name)
                 self._discard(mig)
                 done["dropped"].append(mig.name)
         self.unsettled = set(done["unsettled"])
-        m.flush()
+        self.held.flush()
         if any(done.values()):
             log.info("migrations reconciled: %s", {k: v for k, v in done.items() if v})
         return done
 
 
-def _arriving(mig: Migration) -> model.Workspace:
-    """The workspace an accepted migration brings, as the source sent it."""
-    return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(base64.b64decode(mig.record["workspace"])))
-
-
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        error = errors.from_rpc_error(exc)
+        return f"{error.grpc_status_code.name}: {error.message}"
     if isinstance(exc, errors.VwsError):
         return exc.message
-    if hasattr(exc, "details") and callable(exc.details):
-        return f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc.details())
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

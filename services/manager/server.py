@@ -13,8 +13,9 @@ from .backends import make_backend
 from .backends.base import BackendSettings
 from .backends.router import KindRouter
 from .gateway import GrpcPeers, GrpcRepository
+from .held import HeldWorkspaces, ManagerIdentity
 from .migration import Migrations
-from .service import ManagerIdentity, WorkspaceManager
+from .service import WorkspaceManager
 from .servicer import ManagerServicer
 from .state import LocalState
 from . import transfer
@@ -59,18 +60,19 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
         except Exception as exc:  # noqa: BLE001 - the other kinds are still offered; the log says why not VMs
             log.warning("not offering virtual-machine workspaces: %s", getattr(exc, "message", exc))
     backend = plug_ins[0] if len(plug_ins) == 1 else KindRouter(plug_ins)
-    manager = WorkspaceManager(
-        ManagerIdentity(manager_id, settings.advertise or settings.listen,
-                        settings.heartbeat_interval.total_seconds()),
-        backend, LocalState(state_dir / "state.db"), repository)
-    manager.accounting = UsageAccounting(manager, state_dir / "state.db", settings.accounting_interval.total_seconds())
+    # The parts first, each given what it uses; the manager's core last, given the parts.
+    identity = ManagerIdentity(manager_id, settings.advertise or settings.listen,
+                               settings.heartbeat_interval.total_seconds())
+    held = HeldWorkspaces(identity, LocalState(state_dir / "state.db"), backend, repository)
+    accounting = UsageAccounting(held, backend, repository, state_dir / "state.db",
+                                 settings.accounting_interval.total_seconds())
     # What other managers send this one (migration); the image cache is where base images are.
-    manager.transfers = transfer.TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache",
-                                               fsync=settings.transfer_fsync)
-    manager.migrations = Migrations(manager, GrpcPeers(settings.transfer_stall_timeout.total_seconds(),
-                                                       settings.transfer_give_up_after.total_seconds()),
-                                    manager.transfers, state_dir / "migration")
-    return manager
+    transfers = transfer.TransferStore(state_dir / "transfer", image_cache=state_dir / "vm" / "cache",
+                                       fsync=settings.transfer_fsync)
+    migrations = Migrations(held, repository, GrpcPeers(settings.transfer_stall_timeout.total_seconds(),
+                                                        settings.transfer_give_up_after.total_seconds()),
+                            transfers, state_dir / "migration")
+    return WorkspaceManager(held, repository, migrations, accounting)
 
 
 def serve(settings: ManagerSettings, repository=None) -> tuple[Service, WorkspaceManager]:
@@ -81,14 +83,14 @@ def serve(settings: ManagerSettings, repository=None) -> tuple[Service, Workspac
     manager.reconcile()
 
     def register(server):
-        manager_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(manager), server)
+        manager_pb2_grpc.add_ManagerServiceServicer_to_server(ManagerServicer(manager, manager.migrations), server)
         return [manager_pb2.DESCRIPTOR.services_by_name["ManagerService"].full_name,
-                add_to_server(TransferServicer(manager.transfers), server)]
+                add_to_server(TransferServicer(manager.migrations.transfers), server)]
 
     def on_stop():
         manager.stop_background()
         manager.accounting.close()
-        manager.transfers.close()
+        manager.migrations.transfers.close()
         manager.backend.close()
         manager.state.close()
     service = create_server(settings.listen, register, on_stop=on_stop, options=transfer.BULK_OPTIONS,

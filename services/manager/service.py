@@ -1,21 +1,23 @@
-"""The manager's service layer: the workspace state machine on this host, delivery of state
-changes to the repository, heartbeats, and reconciliation after any crash. It talks to the
-host only through its backend plug-in and never branches on the kind."""
+"""The manager's service layer: the workspace state machine on this host, heartbeats, and
+reconciliation after any crash. The workspaces it holds, and the delivery of their changes to
+the repository, are in the book it is given (vws.manager.held), shared with its migrations and
+its usage accounting. It talks to the host only through its backend plug-in and never
+branches on the kind."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import subprocess
 import threading
 import time
 from typing import Callable, Protocol
 
-import grpc
-
-from ..common import errors, kinds, model, names, units
+from ..common import errors, kinds, model, names
 from ..common.model import Action, State
-from .backends.base import Backend, ExecOptions, HostHandle
-from .state import LocalState, LocalWorkspace, Report
+from .accounting import UsageAccounting
+from .backends.base import ExecOptions
+from .held import HeldWorkspaces, is_unreachable
+from .migration import Migrations
+from .state import LocalWorkspace, Report
 
 log = logging.getLogger("vws.manager")
 
@@ -34,26 +36,6 @@ class RepositoryGateway(Protocol):
     def move(self, name: str, source: str, endpoint: model.Endpoint, message: str = "") -> model.Workspace: ...
 
 
-UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, errors.Unavailable):
-        return True
-    return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in UNREACHABLE
-
-
-@dataclasses.dataclass
-class ManagerIdentity:
-    manager_id: str
-    address: str
-    heartbeat_interval: float = 2.0
-
-    @property
-    def name(self) -> str:
-        return names.manager_name(self.manager_id)
-
-
 _DONE = {Action.START: "started", Action.STOP: "stopped: every process killed, account locked",
          Action.PAUSE: "paused: processes frozen", Action.RESUME: "resumed", Action.SUSPEND: "suspended",
          Action.REBOOT: "rebooted"}
@@ -61,90 +43,19 @@ PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the repository
 
 
 class WorkspaceManager:
-    def __init__(self, identity: ManagerIdentity, backend: Backend, state: LocalState,
-                 repository: RepositoryGateway, clock: Callable[[], float] = time.monotonic):
-        self.identity, self.backend, self.state, self.repository = identity, backend, state, repository
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._flush_lock = threading.Lock()
+    def __init__(self, held: HeldWorkspaces, repository: RepositoryGateway, migrations: Migrations,
+                 accounting: UsageAccounting, clock: Callable[[], float] = time.monotonic):
+        """held: the workspaces held here (and the backend realising them); migrations and
+        accounting: the manager's other parts, built on the same book."""
+        self.held, self.repository, self.migrations, self.accounting = held, repository, migrations, accounting
+        self.identity, self.backend, self.state = held.identity, held.backend, held.state
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._registered = False
         self._reconciled_with_repository = False
         self._clock = clock
-        # Usage accounting (vws.manager.accounting.UsageAccounting), attached by server.build().
-        self.accounting = None
-        # Migrations to and from other managers (vws.manager.migration.Migrations), attached likewise.
-        self.migrations = None
-
-    # ----------------------------------------------------------------- helpers
-    def _lock(self, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(name, threading.Lock())
-
-    def _require(self, name: str, field: str = "name") -> LocalWorkspace:
-        names.parse_workspace_name(name, field)
-        ws = self.state.get(name)
-        if ws is None:
-            raise errors.NotFound(f"workspace {name} is not on manager {self.identity.name}")
-        return ws
-
-    def _handle(self, ws: LocalWorkspace) -> HostHandle:
-        return HostHandle(ws.workspace_id, ws.host_identity, ws.spec.kind)
-
-    def view(self, ws: LocalWorkspace, enforcement: model.Enforcement | None = None) -> model.Workspace:
-        return model.Workspace(
-            name=ws.name, spec=ws.spec, state=ws.state, state_message=ws.state_message,
-            endpoint=model.Endpoint(ws.name, self.identity.name, self.identity.address, ws.host_identity),
-            owner=ws.owner, termination_time=ws.termination_time, labels=ws.labels, create_time=ws.create_time,
-            enforcement=enforcement)
-
-    def _changed(self, ws: LocalWorkspace, state: State, message: str,
-                 event_type: model.EventType = model.EventType.STATE_CHANGED,
-                 enforcement: model.Enforcement | None = None) -> None:
-        self.state.change(ws, state, message, event_type, enforcement=enforcement)
-        self.flush()
 
     # ------------------------------------------------------------- lifecycle
-    def allocated(self) -> model.Capacity:
-        """What the workspaces held here take, and those accepted and on their way (migrations)."""
-        total = model.Capacity()
-        arriving = self.migrations.arriving() if self.migrations is not None else []
-        for spec in [ws.spec for ws in self.state.all()] + arriving:
-            total.workspaces += 1
-            total.memory_bytes += spec.resources.memory_bytes
-            total.disk_bytes += spec.resources.disk_bytes
-            total.cpu_millis += spec.resources.cpu_millis
-        return total
-
-    def _check_room(self, spec: model.WorkspaceSpec) -> None:
-        cap, used = self.backend.capacity(), self.allocated()
-        wanted = spec.resources
-        short = []
-        if used.workspaces + 1 > cap.workspaces:
-            short.append(("workspaces", f"{used.workspaces} of {cap.workspaces} workspaces in use"))
-        size, millis = units.format_size, (lambda v: f"{v}m")
-        for label, need, have, total, fmt in (
-                ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes, size),
-                ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes, size),
-                ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis, millis)):
-            if total and need + have > total:
-                short.append((label, f"{label}: {fmt(need)} wanted, {fmt(max(total - have, 0))} of {fmt(total)} free"))
-        if short:
-            raise errors.ResourceExhausted(
-                f"manager {self.identity.name} has no room: " + "; ".join(d for _, d in short),
-                [(f"{self.identity.name}/{s}", d) for s, d in short])
-
-    def check_pool(self, workspace: model.Workspace) -> None:
-        """A workspace the site's policy puts in an account pool is realised only by a manager
-        leasing from that pool."""
-        pool, mine = workspace.account_pool, self.backend.account_pool
-        if pool and pool != mine:
-            raise errors.FailedPrecondition(
-                f"the site's policy puts {workspace.name} in account pool {pool}, and manager {self.identity.name} "
-                f"leases from {'pool ' + mine if mine else 'no pool'}; choose a manager of pool {pool} "
-                "(vws managers shows each one's pool)")
-
     def deploy(self, workspace: model.Workspace) -> model.Workspace:
         """Realises a placed workspace. Idempotent on its name; on failure nothing is left."""
         wid = names.parse_workspace_name(workspace.name, "workspace.name")
@@ -152,12 +63,12 @@ class WorkspaceManager:
             raise errors.Unimplemented(
                 f"manager {self.identity.name} ({self.backend.name}) does not realise "
                 f"{workspace.spec.kind.value if workspace.spec.kind else 'unspecified'} workspaces")
-        self.check_pool(workspace)
-        with self._lock(workspace.name):
+        self.held.check_pool(workspace)
+        with self.held.lock(workspace.name):
             existing = self.state.get(workspace.name)
             if existing is not None:
-                return self.view(existing)
-            self._check_room(workspace.spec)
+                return self.held.view(existing)
+            self.held.check_room(workspace.spec)
             ws = LocalWorkspace(
                 name=workspace.name, spec=workspace.spec, state=State.PENDING, owner=workspace.owner,
                 labels=dict(workspace.labels), termination_time=workspace.termination_time,
@@ -172,17 +83,18 @@ class WorkspaceManager:
             except BaseException:
                 self.state.forget(workspace.name)
                 try:
-                    self.backend.destroy(HostHandle(wid, ws.host_identity, workspace.spec.kind)) \
-                        if ws.host_identity else None
+                    if ws.host_identity:
+                        self.backend.destroy(ws.handle)
                 except Exception:  # noqa: BLE001 - the original failure is what the caller needs
                     log.exception("undoing the failed deploy of %s", workspace.name)
                 raise
             enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY
-            self._changed(ws, final, f"{kinds.name_of(workspace.spec.kind)} workspace on {self.backend.describe(handle)}"
-                          + (", started" if final is State.RUNNING else ", ready, not started"),
-                          enforcement=enforcement)
-            return self.view(ws, enforcement)
+            self.held.record(ws, final, f"{kinds.name_of(workspace.spec.kind)} workspace on "
+                             f"{self.backend.describe(handle)}"
+                             + (", started" if final is State.RUNNING else ", ready, not started"),
+                             enforcement=enforcement)
+            return self.held.view(ws, enforcement)
 
     def _progress_reporter(self, ws: LocalWorkspace):
         """The progress callback handed to realise: the first call moves the workspace to
@@ -193,7 +105,7 @@ class WorkspaceManager:
         def report(activity: str, done: int, total: int) -> None:
             now = self._clock()
             if ws.state is State.PENDING:
-                self._changed(ws, State.PROPAGATING, activity)
+                self.held.record(ws, State.PROPAGATING, activity)
             elapsed = now - last["time"]
             if elapsed > 0.2:
                 last["rate"] = (done - last["done"]) / elapsed if done >= last["done"] else 0.0
@@ -210,34 +122,45 @@ class WorkspaceManager:
 
     def transition(self, name: str, action: Action, reason: str = "", force: bool = False) -> model.Workspace:
         """Start, stop, pause, resume, suspend, reboot or destroy, only along legal moves."""
-        with self._lock(name):
-            ws = self._require(name)
-            allowed, target = model.TRANSITIONS[action]
-            if ws.state not in allowed:
-                need = " or ".join(sorted(s.value for s in allowed))
-                raise errors.FailedPrecondition(
-                    f"cannot {action.value} {name}: it is {ws.state.value}; {action.value} needs {need}")
-            handle = self._handle(ws)
-            if action is Action.DESTROY:
-                self.state.change(ws, State.TERMINATING, reason or "destroy requested")
-                self._final_usage(ws)
-                self.backend.destroy(handle)
-                self._changed(ws, State.TERMINATED, reason or "destroyed")
-                return self.view(ws)
+        if action is Action.DESTROY:
+            return self.destroy(name, reason)
+        with self.held.lock(name):
+            ws = self.held.require(name)
+            target = self._check_move(ws, action)
+            handle = ws.handle
             if action is Action.STOP:
                 said = self.backend.stop(handle, force)
             else:
                 said = getattr(self.backend, action.value)(handle)
-            self._changed(ws, target, said or _DONE[action])
-            return self.view(ws)
+            self.held.record(ws, target, said or _DONE[action])
+            return self.held.view(ws)
+
+    @staticmethod
+    def _check_move(ws: LocalWorkspace, action: Action) -> State:
+        """The state the action leads to; FailedPrecondition when the workspace's state does not allow it."""
+        allowed, target = model.TRANSITIONS[action]
+        if ws.state not in allowed:
+            need = " or ".join(sorted(s.value for s in allowed))
+            raise errors.FailedPrecondition(
+                f"cannot {action.value} {ws.name}: it is {ws.state.value}; {action.value} needs {need}")
+        return target
 
     def destroy(self, name: str, reason: str = "") -> model.Workspace:
-        """Idempotent: a workspace this manager no longer holds is reported TERMINATED."""
+        """Idempotent: a workspace this manager destroyed or no longer holds is answered
+        TERMINATED; a destroy that overlaps one under way waits for it and answers so too."""
         names.parse_workspace_name(name)
-        if self.state.get(name) is None:
-            return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED,
-                                   state_message="not on this manager")
-        return self.transition(name, Action.DESTROY, reason)
+        with self.held.lock(name):
+            # Read under the lock: a destroy that held it before this one has removed the workspace.
+            ws = self.state.get(name)
+            if ws is None:
+                return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED,
+                                       state_message="not on this manager")
+            self._check_move(ws, Action.DESTROY)
+            self.state.change(ws, State.TERMINATING, reason or "destroy requested")
+            self.accounting.finalise(ws)
+            self.backend.destroy(ws.handle)
+            self.held.record(ws, State.TERMINATED, reason or "destroyed")
+            return self.held.view(ws)
 
     def spawn(self, name: str, argv: list[str], environment: dict[str, str], working_directory: str
               ) -> subprocess.Popen:
@@ -246,34 +169,15 @@ class WorkspaceManager:
         for key in environment:
             if not key or "=" in key or "\0" in key:
                 raise errors.InvalidArgument(f"{key!r} is not a variable name", f"environment[{key}]")
-        ws = self._require(name)
+        ws = self.held.require(name)
         if ws.state is not State.RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in {name}: it is {ws.state.value}; exec needs RUNNING")
         env = {**ws.spec.software.environment, **environment}
-        return self.backend.spawn(self._handle(ws), ExecOptions(list(argv), env, working_directory))
-
-    def _final_usage(self, ws: LocalWorkspace, locked: bool = True) -> None:
-        """The workspace ends: its usage is sampled once more and reported as final."""
-        if self.accounting is not None:
-            self.accounting.finalise(ws, locked)
+        return self.backend.spawn(ws.handle, ExecOptions(list(argv), env, working_directory))
 
     # ------------------------------------------------------------- delivery
     def flush(self) -> int:
-        """Delivers queued state changes in order; stops at the first that cannot be delivered."""
-        sent = 0
-        with self._flush_lock:
-            for report in self.state.pending_reports():
-                try:
-                    self.repository.report(self.identity.name, report)
-                except Exception as exc:  # noqa: BLE001
-                    if is_unreachable(exc):
-                        return sent
-                    # The repository refused it for good (record gone, reassigned): drop it.
-                    log.warning("repository refused the report on %s (%s): %s", report.name,
-                                report.state.value, getattr(exc, "details", lambda: exc)())
-                self.state.delivered(report.seq)
-                sent += 1
-        return sent
+        return self.held.flush()
 
     # ------------------------------------------------------------- reconcile
     def reconcile(self) -> dict[str, list[str]]:
@@ -282,9 +186,7 @@ class WorkspaceManager:
                                       "adopted": []}
         # 0. Migrations a restart cut short are finished or undone first: a guest in transit has
         # no domain here, which the host check below would call vanished.
-        in_transit: set[str] = set()
-        if self.migrations is not None:
-            in_transit = set(self.migrations.reconcile()["unsettled"])
+        in_transit = set(self.migrations.reconcile()["unsettled"])
         # 1. Deploys interrupted by a crash are undone: their client got no answer and may retry.
         for ws in self.state.all():
             if ws.state in (State.PENDING, State.PROPAGATING):
@@ -312,11 +214,13 @@ class WorkspaceManager:
                     r = self.repository.get(name)
                 if r is None or r.state in (State.TERMINATED, State.TERMINATING):
                     why = "its record is gone" if r is None else f"the repository says {r.state.value}"
-                    with self._lock(name):
-                        self._final_usage(ws)
-                        self.backend.destroy(self._handle(ws))
-                        self._changed(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
-                                      model.EventType.RECONCILED)
+                    with self.held.lock(name):
+                        ws = self.state.get(name)  # None: a client's destroy came first
+                        if ws is not None:
+                            self.accounting.finalise(ws)
+                            self.backend.destroy(ws.handle)
+                            self.held.record(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
+                                             model.EventType.RECONCILED)
                     del local[name]
                     done["destroyed"].append(name)
             for name, r in remote.items():
@@ -339,28 +243,28 @@ class WorkspaceManager:
                 local[name] = ws
             self._reconciled_with_repository = True
         # 3. The host against what this manager holds.
-        held = {ws.workspace_id for ws in local.values()}
+        held_ids = {ws.workspace_id for ws in local.values()}
         for hid, wid in self.backend.inventory().items():
-            if wid not in held:
+            if wid not in held_ids:
                 self.backend.reclaim(hid)
                 done["orphans_removed"].append(hid)
         for ws in local.values():
             if ws.state in (State.FAILED,) or not ws.host_identity or ws.name in in_transit:
                 continue
-            if not self.backend.exists(self._handle(ws)):
-                self.state.change(ws, State.FAILED, f"its {self.backend.describe(self._handle(ws))} vanished from "
+            if not self.backend.exists(ws.handle):
+                self.state.change(ws, State.FAILED, f"its {self.backend.describe(ws.handle)} vanished from "
                                   "the host while the manager was not watching", model.EventType.RECONCILED)
-                self._final_usage(ws, locked=False)
+                self.accounting.finalise(ws, locked=False)
                 done["vanished"].append(ws.name)
                 continue
             # After a host restart its cgroups, filesystem mount and sandbox are gone: put them back.
             running = ws.state in (State.RUNNING, State.PAUSED)
             try:
-                restored = self.backend.restore(self._handle(ws), ws.spec, running)
+                restored = self.backend.restore(ws.handle, ws.spec, running)
             except errors.VwsError as exc:
                 self.state.change(ws, State.FAILED, f"could not be restored on the host: {exc.message}",
                                   model.EventType.RECONCILED)
-                self._final_usage(ws, locked=False)
+                self.accounting.finalise(ws, locked=False)
                 done["vanished"].append(ws.name)
                 continue
             if restored:
@@ -376,7 +280,7 @@ class WorkspaceManager:
     def info(self) -> model.ManagerInfo:
         return model.ManagerInfo(
             name=self.identity.name, address=self.identity.address, kinds=sorted(self.backend.kinds, key=lambda k: k.value),
-            backend=self.backend.name, capacity=self.backend.capacity(), allocated=self.allocated(),
+            backend=self.backend.name, capacity=self.backend.capacity(), allocated=self.held.allocated(),
             heartbeat_interval=model.dt.timedelta(seconds=self.identity.heartbeat_interval),
             account_pool=self.backend.account_pool)
 
@@ -386,7 +290,7 @@ class WorkspaceManager:
             if not self._registered:
                 self.repository.register(self.info())
                 self._registered = True
-            elif not self.repository.heartbeat(self.identity.name, self.allocated()):
+            elif not self.repository.heartbeat(self.identity.name, self.held.allocated()):
                 self._registered = False
                 self.repository.register(self.info())
                 self._registered = True
@@ -397,7 +301,7 @@ class WorkspaceManager:
         self.flush()
         if not self._reconciled_with_repository:
             self.reconcile()
-        elif self.migrations is not None and self.migrations.unsettled:
+        elif self.migrations.unsettled:
             self.migrations.reconcile(self.migrations.unsettled)  # the repository answers again
         return True
 
@@ -411,7 +315,7 @@ class WorkspaceManager:
     def start_background(self) -> None:
         loops = [(self.identity.heartbeat_interval, self.heartbeat_once, "heartbeat"),
                  (1.0, self.backend.maintain, "backend maintenance")]
-        if self.accounting is not None and self.accounting.interval > 0:
+        if self.accounting.interval > 0:
             loops.append((self.accounting.interval, self.accounting.run_once, "usage accounting"))
         for interval, body, what in loops:
             t = threading.Thread(target=self._loop, args=(interval, body, what), daemon=True, name=what)

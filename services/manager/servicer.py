@@ -6,14 +6,13 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import threading
 
 import grpc
 
 from ..common import converters, errors, model
 from ..common.model import Action
-from .migration import FileOffer
+from .migration import FileOffer, Migrations
 from .service import WorkspaceManager
 from ..v1 import manager_pb2, manager_pb2_grpc
 
@@ -22,18 +21,12 @@ CHUNK = 64 * 1024
 
 
 class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
-    def __init__(self, manager: WorkspaceManager):
-        self.manager = manager
+    def __init__(self, manager: WorkspaceManager, migrations: Migrations):
+        self.manager, self.migrations = manager, migrations
 
     # ----------------------------------------------------------------- migration
-    def _migrations(self):
-        if self.manager.migrations is None:
-            raise errors.Unimplemented(f"manager {self.manager.identity.name} does not migrate workspaces")
-        return self.manager.migrations
-
     def MigrateWorkspace(self, request, context):
         """The migration runs in a thread of its own: a client that goes away does not stop it."""
-        migrations = self._migrations()
         events: queue.Queue = queue.Queue()
 
         def progress(activity: str, done: int, total: int, rate: float) -> None:
@@ -42,7 +35,7 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
 
         def work() -> None:
             try:
-                events.put(("result", migrations.migrate(request.name, request.destination, progress)))
+                events.put(("result", self.migrations.migrate(request.name, request.destination, progress)))
             except BaseException as exc:  # noqa: BLE001 - handed to the call, which maps it
                 events.put(("error", exc))
         threading.Thread(target=work, daemon=True, name=f"migrate {request.name}").start()
@@ -61,17 +54,17 @@ class ManagerServicer(manager_pb2_grpc.ManagerServiceServicer):
                 return
 
     def AcceptMigration(self, request, context):
-        ids = self._migrations().accept(converters.workspace_from_pb(request.workspace), request.source,
+        ids = self.migrations.accept(converters.workspace_from_pb(request.workspace), request.source,
                                         [FileOffer(f.role, f.size_bytes, f.digest) for f in request.files],
                                         request.package)
         return manager_pb2.AcceptMigrationResponse(transfer_ids=ids)
 
     def FinishMigration(self, request, context):
-        ws = self._migrations().finish(request.name)
+        ws = self.migrations.finish(request.name)
         return manager_pb2.FinishMigrationResponse(workspace=converters.workspace_to_pb(ws))
 
     def AbortMigration(self, request, context):
-        self._migrations().abort(request.name, request.reason)
+        self.migrations.abort(request.name, request.reason)
         return manager_pb2.AbortMigrationResponse()
 
     def DeployWorkspace(self, request, context):

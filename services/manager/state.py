@@ -3,6 +3,7 @@ reconcile its host with the repository, plus an outbox of state changes not yet 
 the repository (they reach it, in order, when it is back)."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -12,6 +13,7 @@ import threading
 from typing import Iterator
 
 from ..common import converters, model
+from .backends.base import HostHandle
 from ..v1 import workspace_pb2
 
 _SCHEMA = """
@@ -64,6 +66,11 @@ class LocalWorkspace:
     def workspace_id(self) -> str:
         return self.name.split("/", 1)[1]
 
+    @property
+    def handle(self) -> HostHandle:
+        """How the backend finds it on the host."""
+        return HostHandle(self.workspace_id, self.host_identity, self.spec.kind)
+
 
 @dataclasses.dataclass
 class Report:
@@ -77,10 +84,13 @@ class Report:
     enforcement: model.Enforcement | None = None
 
 
+OUT, IN = "out", "in"  # a migration's direction: from this manager, to it
+
+
 @dataclasses.dataclass
 class Migration:
     """A migration under way, on record before the host changes so that a restart finds it:
-    direction "out" on the source, "in" on the destination; record holds what each end needs
+    direction OUT on the source, IN on the destination; record holds what each end needs
     to finish or undo it (the package, the transfer ids, the workspace as it arrived)."""
     name: str
     direction: str
@@ -89,6 +99,19 @@ class Migration:
     prior_state: model.State
     record: dict = dataclasses.field(default_factory=dict)
     start_time: dt.datetime | None = None
+
+    @classmethod
+    def arrival(cls, workspace: model.Workspace, source: str, package: str, transfer_ids: dict[str, str]
+                ) -> "Migration":
+        """An accepted migration to this manager of `workspace`, as the source sent it."""
+        return cls(workspace.name, IN, source, "", workspace.state, {
+            "workspace": base64.b64encode(converters.workspace_to_pb(workspace).SerializeToString()).decode(),
+            "package": package, "transfer_ids": transfer_ids})
+
+    @property
+    def arriving(self) -> model.Workspace:
+        """The workspace an accepted migration (IN) brings, as the source sent it."""
+        return converters.workspace_from_pb(workspace_pb2.Workspace.FromString(base64.b64decode(self.record["workspace"])))
 
 
 def _t(value: dt.datetime | None) -> str | None:
@@ -148,6 +171,10 @@ class LocalState:
     def drop_migration(self, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM migrations WHERE name = ?", (name,))
+
+    def arriving(self) -> list[model.Workspace]:
+        """The workspaces accepted here by a migration and still on their way."""
+        return [m.arriving for m in self.migrations() if m.direction == IN and self.get(m.name) is None]
 
     def get(self, name: str) -> LocalWorkspace | None:
         with self._lock:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pwd
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -112,6 +114,25 @@ def test_create_exec_manage_destroy_with_a_real_account(stack):
     states = [W.State.Name(e.state) for e in events.events]
     assert states[0] == "STATE_PENDING" and states[-1] == "STATE_TERMINATED"
     assert "STATE_PAUSED" in states
+
+
+def test_overlapping_destroys_both_answer_terminated(stack):
+    """Two destroys of one workspace at once (a client's and the repository's expiry loop, or two
+    clients) both answer TERMINATED, as does any later one: never NOT_FOUND."""
+    ws = create(stack).workspace
+    m = clients.manager(ws.endpoint.manager_address)
+    together = threading.Barrier(2)
+
+    def destroy(_):
+        together.wait()
+        return m.DestroyWorkspace(manager_pb2.DestroyWorkspaceRequest(name=ws.name, reason="overlap"),
+                                  timeout=30).workspace.state
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(destroy, range(2))) == [W.STATE_TERMINATED] * 2
+    assert m.DestroyWorkspace(manager_pb2.DestroyWorkspaceRequest(name=ws.name), timeout=30).workspace.state == \
+        W.STATE_TERMINATED
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+    assert stack.accounts() == []
 
 
 def pathlib_exists(path: str) -> bool:

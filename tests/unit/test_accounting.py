@@ -6,11 +6,8 @@ import pytest
 
 from vws.common import model
 from vws.common.model import Action, EventType, State
-from vws.manager.accounting import UsageAccounting
 from vws.manager.backends.base import Counters
-from vws.manager.service import ManagerIdentity, WorkspaceManager
-from vws.manager.state import LocalState
-from tests.unit.test_manager_service import Down, FakeBackend, FakeRepository, placed
+from tests.unit.test_manager_service import Down, FakeBackend, FakeRepository, build, placed
 
 NAME = "workspaces/wabcdefghijk"
 GiB = 1024 ** 3
@@ -53,16 +50,10 @@ class UsageRepository(FakeRepository):
         return [u for batch in self.usage_reports for u in batch if u.name == name][-1]
 
 
-def make(tmp_path, backend, repo):
-    mgr = WorkspaceManager(ManagerIdentity("m1", "127.0.0.1:1"), backend, LocalState(tmp_path / "state.db"), repo)
-    mgr.accounting = UsageAccounting(mgr, tmp_path / "state.db", 10.0)
-    return mgr
-
-
 @pytest.fixture
 def parts(tmp_path):
     backend, repo = CountingBackend(), UsageRepository()
-    mgr = make(tmp_path, backend, repo)
+    mgr = build(tmp_path, backend, repo)
     yield mgr, backend, repo
     mgr.accounting.close()
     mgr.state.close()
@@ -135,7 +126,7 @@ def test_limit_reached_waits_in_the_outbox_while_the_repository_is_down(parts):
 
 def test_a_restart_keeps_the_totals(tmp_path):
     backend, repo = CountingBackend(), UsageRepository()
-    mgr = make(tmp_path, backend, repo)
+    mgr = build(tmp_path, backend, repo)
     mgr.deploy(placed())
     backend.set(cpu_ns=1_000_000_000)
     mgr.accounting.run_once()
@@ -146,7 +137,7 @@ def test_a_restart_keeps_the_totals(tmp_path):
     mgr.accounting.close()
     mgr.state.close()
 
-    mgr = make(tmp_path, backend, repo)  # the manager restarts
+    mgr = build(tmp_path, backend, repo)  # the manager restarts
     assert mgr.accounting.usage(NAME).cpu_seconds == 3.0
     backend.now += 10
     backend.set(cpu_ns=5_000_000_000)
@@ -164,7 +155,7 @@ def test_a_restart_keeps_the_totals(tmp_path):
 
 def test_final_usage_survives_an_outage_and_a_restart(tmp_path):
     backend, repo = CountingBackend(), UsageRepository()
-    mgr = make(tmp_path, backend, repo)
+    mgr = build(tmp_path, backend, repo)
     mgr.deploy(placed())
     backend.set(cpu_ns=0)
     mgr.accounting.run_once()
@@ -177,7 +168,7 @@ def test_final_usage_survives_an_outage_and_a_restart(tmp_path):
     mgr.state.close()
 
     repo.up = True
-    mgr = make(tmp_path, backend, repo)
+    mgr = build(tmp_path, backend, repo)
     mgr.accounting.run_once()  # not held any more: only its final figures to deliver
     final = repo.latest()
     assert final.final and final.cpu_seconds == 7.0
@@ -195,7 +186,7 @@ def test_a_workspace_that_vanished_gets_final_usage(parts):
     backend.set(cpu_ns=2_000_000_000)
     mgr.accounting.run_once()
     del backend.accounts["u-wabcdefghijk"]  # gone behind the manager's back
-    repo.records[NAME] = mgr.view(mgr.state.get(NAME))
+    repo.records[NAME] = mgr.held.view(mgr.state.get(NAME))
     assert mgr.reconcile()["vanished"] == [NAME]
     final = repo.latest()
     assert final.final and final.cpu_seconds == 2.0
@@ -212,7 +203,7 @@ def test_destroy_right_after_create_still_records_final_usage(parts):
 
 def test_the_book_grows(tmp_path):
     backend, repo = CountingBackend(), UsageRepository()
-    mgr = make(tmp_path, backend, repo)
+    mgr = build(tmp_path, backend, repo)
     names = [f"workspaces/w{i:011d}x" for i in range(40)]
     for n in names:
         mgr.deploy(placed(n))

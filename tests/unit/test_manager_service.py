@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
+import time
 
 import grpc
 import pytest
@@ -10,7 +12,10 @@ import pytest
 from vws.common import errors, model
 from vws.common.model import Action, State
 from vws.manager.backends.base import Backend, HostHandle
-from vws.manager.service import ManagerIdentity, WorkspaceManager
+from vws.manager.accounting import UsageAccounting
+from vws.manager.held import HeldWorkspaces, ManagerIdentity
+from vws.manager.migration import FileOffer, Migrations
+from vws.manager.service import WorkspaceManager
 from vws.manager.state import LocalState
 
 
@@ -105,12 +110,25 @@ class FakeRepository:
         return self.records.get(name)
 
 
+def build(tmp_path, backend, repo, accounting_interval=10.0) -> WorkspaceManager:
+    """The manager as vws.manager.server builds it: its parts first, then its core."""
+    held = HeldWorkspaces(ManagerIdentity("m1", "127.0.0.1:1"), LocalState(tmp_path / "state.db"), backend, repo)
+    accounting = UsageAccounting(held, backend, repo, tmp_path / "state.db", accounting_interval)
+    migrations = Migrations(held, repo, peers=None, transfers=None, workdir=tmp_path / "migration")
+    return WorkspaceManager(held, repo, migrations, accounting)
+
+
+def close(mgr: WorkspaceManager) -> None:
+    mgr.accounting.close()
+    mgr.state.close()
+
+
 @pytest.fixture
 def parts(tmp_path):
     backend, repo = FakeBackend(), FakeRepository()
-    mgr = WorkspaceManager(ManagerIdentity("m1", "127.0.0.1:1"), backend, LocalState(tmp_path / "state.db"), repo)
+    mgr = build(tmp_path, backend, repo)
     yield mgr, backend, repo
-    mgr.state.close()
+    close(mgr)
 
 
 def placed(name="workspaces/wabcdefghijk", start=True):
@@ -249,25 +267,21 @@ def test_reconcile_with_the_repository_down_still_cleans_the_host(parts):
 
 
 def test_room_is_kept_for_a_workspace_on_its_way_here(parts, tmp_path):
-    from vws.manager.migration import FileOffer, Migrations
     mgr, backend, repo = parts
     backend.slots = 2
-    mgr.migrations = Migrations(mgr, peers=None, transfers=None, workdir=tmp_path / "migration")
     mgr.deploy(placed("workspaces/wfirst000001"))
     arriving = placed("workspaces/warriving001")
     arriving.state = State.RUNNING
     ids = mgr.migrations.accept(arriving, "managers/m2", [FileOffer("home", 10)], "{}")
     assert ids == {"home": "migrate-warriving001-home"}
     assert mgr.migrations.accept(arriving, "managers/m2", [FileOffer("home", 10)], "{}") == ids  # a retry
-    assert mgr.allocated().workspaces == 2
+    assert mgr.held.allocated().workspaces == 2
     with pytest.raises(errors.ResourceExhausted, match="2 of 2 workspaces in use"):
         mgr.deploy(placed("workspaces/wthird000001"))
 
 
 def test_a_workspace_of_an_account_pool_comes_only_to_a_manager_of_that_pool(parts, tmp_path):
-    from vws.manager.migration import FileOffer, Migrations
     mgr, backend, repo = parts
-    mgr.migrations = Migrations(mgr, peers=None, transfers=None, workdir=tmp_path / "migration")
     pooled = dataclasses.replace(placed("workspaces/wpooled00001"), customisation=model.Customisation(
         account_pool="atlas"))
     with pytest.raises(errors.FailedPrecondition, match="account pool atlas.*leases from no pool"):
@@ -278,3 +292,45 @@ def test_a_workspace_of_an_account_pool_comes_only_to_a_manager_of_that_pool(par
     assert mgr.state.all() == [] and backend.accounts == {} and mgr.state.migrations() == []
     backend.account_pool = "atlas"
     assert mgr.deploy(pooled).state is State.RUNNING
+
+
+class SlowDestroyBackend(FakeBackend):
+    """A backend whose destroy waits until the test lets it finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.destroying, self.finish = threading.Event(), threading.Event()
+
+    def destroy(self, h):
+        self.destroying.set()
+        assert self.finish.wait(10)
+        super().destroy(h)
+
+
+def test_two_overlapping_destroys_both_answer_terminated(tmp_path):
+    """A client's destroy and the repository's expiry loop (or two clients) may overlap: the
+    second waits for the first and answers TERMINATED, never NOT_FOUND."""
+    backend, repo = SlowDestroyBackend(), FakeRepository()
+    mgr = build(tmp_path, backend, repo)
+    name = mgr.deploy(placed()).name
+    answers: dict[str, object] = {}
+
+    def destroy(who):
+        try:
+            answers[who] = mgr.destroy(name, f"by {who}")
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            answers[who] = exc
+    first = threading.Thread(target=destroy, args=("client",))
+    first.start()
+    assert backend.destroying.wait(10)
+    second = threading.Thread(target=destroy, args=("expiry",))
+    second.start()
+    time.sleep(0.2)  # the second destroy is under way while the first is in the backend
+    backend.finish.set()
+    first.join(10)
+    second.join(10)
+    assert {who: getattr(a, "state", a) for who, a in answers.items()} == {
+        "client": State.TERMINATED, "expiry": State.TERMINATED}
+    assert [what for what, _ in backend.log].count("destroy") == 1
+    assert [s for n, s in repo.reports if n == name] == [State.RUNNING, State.TERMINATING, State.TERMINATED]
+    close(mgr)
