@@ -28,8 +28,9 @@ from typing import Callable, Protocol
 
 import grpc
 
+from . import commands
 from . import output as out
-from .main import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
+from .connection import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
 from ..common import units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
@@ -346,7 +347,7 @@ class Report:
 
     def plot(self, path: pathlib.Path) -> None:
         """MFLOPS per size per kind, and below it the degradation against native, as a PNG."""
-        import matplotlib
+        import matplotlib  # here only: it takes a second to load, and only --plot needs it
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 
@@ -486,15 +487,13 @@ def cmd_bench_fft(args) -> int:
     return 0 if report.results else 1
 
 
-def add_parser(sub, command) -> None:
+def add_parsers(command) -> None:
     """`vws bench fft` and its options, under the `bench` command."""
-    c = command("bench", None, "benchmarks of this site: vws bench fft")
-    bsub = c.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
-    bsub.required = True
+    bench = commands.group(command, "bench", "benchmarks of this site: vws bench fft", "bench_command", "BENCH_COMMAND")
     help = ("run the FFT harness natively and in a workspace of each kind (same CPU and memory), then print "
             "MFLOPS per size, the degradation against native and the spread across repeats")
-    b = bsub.add_parser("fft", help=help, description=help + ". The workspaces are destroyed at the end.")
-    b.set_defaults(fn=cmd_bench_fft)
+    b = bench("fft", cmd_bench_fft, help)
+    b.description = help + ". The workspaces are destroyed at the end."
     b.add_argument("-o", "--output", choices=["table", "json"], default="table",
                    help="table for people (default), json for programs (the raw figures)")
     b.add_argument("--on", default=",".join(ALL_KINDS), metavar="KINDS",
@@ -519,4 +518,4 @@ def add_parser(sub, command) -> None:
 
 
 __all__ = ["ALL_KINDS", "KindUnavailable", "NativeRunner", "Report", "RunFailed", "Settings", "WorkspaceRunner",
-           "add_parser", "cmd_bench_fft", "find_harness", "parse_kinds", "parse_result", "parse_sizes", "run"]
+           "add_parsers", "cmd_bench_fft", "find_harness", "parse_kinds", "parse_result", "parse_sizes", "run"]

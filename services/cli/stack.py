@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import output as out
-from .main import CliError, data_dir, describe_rpc_error, use_credentials
+from .connection import CliError, data_dir, describe_rpc_error, use_credentials
 from ..common import clients, config, errors, host
 from ..v1 import image_pb2, repository_pb2
 
@@ -87,7 +87,7 @@ def up(args) -> int:
     if not args.insecure:
         # The site's CA, the services' certificates and the administrator's credential, made
         # on the first start (and renewed when near their end); the CLI finds them there.
-        from ..common.auth import pki
+        from ..common.auth import pki  # here only: its cryptography would slow every other command
         made = pki.ensure_dir(dd / "pki").made
         if made:
             print(f"{'pki':<10} made {', '.join(made)} in {dd / 'pki'}")
@@ -233,3 +233,15 @@ def register_guest(repository_address: str) -> None:
             continue
         print(f"{'image':<10} {image_id} registered from {guest} ({out.size(made.size_bytes)}, "
               f"{time.monotonic() - t0:.1f}s)")
+
+
+def add_parsers(command) -> None:
+    c = command("up", up, "start the repository, a factory and a manager on this machine")
+    c.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the stack")
+    c.add_argument("--repository-listen", default=None, help="host:port (default 127.0.0.1:7701)")
+    c.add_argument("--factory-listen", default=None, help="host:port (default 127.0.0.1:7702)")
+    c.add_argument("--manager-listen", default=None, help="host:port (default 127.0.0.1:7703)")
+    c.add_argument("--backend", default=None, help="dynamic-accounts (default) or account-pool")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the services to answer")
+    command("down", down, "stop the stack that `vws up` started")
+    command("status", status, "show the services `vws up` started", read=True)

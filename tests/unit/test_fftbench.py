@@ -7,7 +7,8 @@ import json
 import pytest
 
 from vws.cli import fftbench
-from vws.cli.main import CliError, main
+from vws.cli.connection import CliError
+from vws.cli.main import main
 
 
 def settings(kinds=("native", "account", "vm"), sizes=(6, 8), repeat=3, harness="/bin/true"):

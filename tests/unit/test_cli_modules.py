@@ -1,0 +1,45 @@
+"""The CLI's modules: each command group over one connection module, with no import cycle, and
+`python -m vws.cli.main` (how `vws up` starts the services) handling errors as `vws` does."""
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import vws.cli
+
+CLI = pathlib.Path(vws.cli.__file__).parent
+
+
+def cli_imports() -> dict[str, set[str]]:
+    """module -> the modules of vws.cli it imports (relative imports of this package)."""
+    graph = {}
+    for path in CLI.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = found
+    return graph
+
+
+def test_no_module_of_the_cli_imports_one_that_imports_it_back():
+    graph = cli_imports()
+
+    def reaches(start: str, seen: set[str]) -> set[str]:
+        for m in graph.get(start, ()):
+            if m not in seen:
+                seen.add(m)
+                reaches(m, seen)
+        return seen
+    assert [m for m in graph if m in reaches(m, set())] == []
+    assert not any("main" in found for found in graph.values())
+
+
+def test_run_as_a_module_a_usage_mistake_is_one_line_and_exit_2():
+    # Before the split, `python -m vws.cli.main` loaded main twice and took a CliError for an unexpected one.
+    r = subprocess.run([sys.executable, "-m", "vws.cli.main", "bench", "fft", "--on", "xen"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("vws: --on 'xen': name kinds from native,") and r.stderr.count("\n") == 1
