@@ -15,13 +15,14 @@ from grpc_status import rpc_status
 
 from . import credentials
 from . import output as out
-from ..common import clients, config, errors, names
+from ..common import clients, config, errors, kinds, names
 from ..v1 import access_pb2, factory_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
-KINDS = {"account": workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT,
-         "sandbox": workspace_pb2.WorkspaceSpec.KIND_SANDBOX,
-         "vm": workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE}
+# Each kind of the kinds table on the wire, named as vws.common.converters names it (whose imports
+# of the auth package would add a third of a second to every command).
+_WIRE_KIND = {kind: workspace_pb2.WorkspaceSpec.Kind.Value(f"KIND_{kind.value}") for kind in kinds.TABLE}
+_TRAITS_OF_WIRE = {value: kinds.of(kind) for kind, value in _WIRE_KIND.items()}
 TIMEOUT = 30.0
 # Calls that may wait on a guest (shut down, save or restore its memory) or copy an image.
 LONG_TIMEOUT = 300.0
@@ -219,13 +220,25 @@ def state_name(value: int) -> str:
     return out.enum_name(W.State, value, "STATE_")
 
 
+def wire_kind(name: str | None, image: bool = False) -> int:
+    """The kind the command line names, on the wire; no name: the default kind (for a request
+    that names an `image` or not)."""
+    return _WIRE_KIND[kinds.by_name(name).kind if name else kinds.default(image=image)]
+
+
+def kind_traits(value: int) -> kinds.Traits | None:
+    """The traits of a kind on the wire; None for one this build does not know."""
+    return _TRAITS_OF_WIRE.get(value)
+
+
 def host_noun(kind: int) -> str:
     """What realises a workspace of this kind on its host, as the CLI names it."""
-    return "domain" if kind == KINDS["vm"] else "account"
+    return (kind_traits(kind) or kinds.of(kinds.DEFAULT)).host_noun
 
 
 def kind_name(value: int) -> str:
-    return {v: k for k, v in KINDS.items()}.get(value, "?")
+    traits = kind_traits(value)
+    return traits.name if traits else "?"
 
 
 def workspace_name(text: str) -> str:

@@ -149,7 +149,8 @@ def _cache_path(proxy: str, address: str) -> pathlib.Path:
 
 def session_for(proxy: str, address: str, fresh: bool = False) -> str:
     """A session token for this proxy at this repository: cached, or from a new login."""
-    from ..common.auth.service import login  # here only: the auth package loads JWT and ASN.1 parsers only a proxy needs
+    # Here only: the auth package loads cryptography, JWT and ASN.1 parsers, which only a proxy needs.
+    from ..common.auth.service import login
     if not os.path.exists(proxy):
         raise errors.InvalidArgument(f"the proxy {proxy} does not exist; make one with voms-proxy-init", "proxy")
     cache = _cache_path(proxy, address)

@@ -30,13 +30,13 @@ import grpc
 
 from . import commands
 from . import output as out
-from .connection import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
-from ..common import units
+from .connection import TIMEOUT, CliError, Connection, describe_rpc_error, wait_for, wire_kind
+from ..common import kinds, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
 NATIVE = "native"
-ALL_KINDS = (NATIVE, "account", "sandbox", "vm")
+ALL_KINDS = (NATIVE, *kinds.names())
 MIN_LOG2, MAX_LOG2 = 6, 22
 HARNESS = "vws-fft"
 # Where the harness lands in an account or sandbox workspace (relative to its home).
@@ -185,28 +185,29 @@ class WorkspaceRunner:
 
     def __init__(self, kind: str, conn: Connection, settings: Settings, site: factory_pb2.GetSiteInfoResponse):
         self.kind, self.conn, self.settings, self.site = kind, conn, settings, site
+        self.traits = kinds.by_name(kind)
         self.name = ""
         self.where = ""
         self.stub = None
 
     def spec(self) -> workspace_pb2.WorkspaceSpec:
         s = self.settings
-        spec = workspace_pb2.WorkspaceSpec(kind=KINDS[self.kind], start_on_create=True)
+        spec = workspace_pb2.WorkspaceSpec(kind=wire_kind(self.kind), start_on_create=True)
         spec.resources.cpu_millis = s.cpu_millis
         spec.resources.memory_bytes = s.memory_bytes
         max_lifetime = self.site.max_lifetime.ToTimedelta() if self.site.HasField("max_lifetime") else LIFETIME
         spec.lifetime.FromTimedelta(min(LIFETIME, max_lifetime) if max_lifetime.total_seconds() > 0 else LIFETIME)
-        if self.kind == "vm":  # a guest has no staged files: its image carries the harness
+        if self.traits.boots_image:  # the test guest's image carries the harness on its PATH
             spec.software.image = s.image
-        else:
+        if self.traits.accepts_setup:
             spec.software.files.add(path=STAGED, content=s.harness.read_bytes(), mode=0o755)
         return spec
 
     def argv(self, log2n: int) -> list[str]:
-        return [HARNESS if self.kind == "vm" else f"./{STAGED}", *self.settings.harness_args(log2n)]
+        return [f"./{STAGED}" if self.traits.accepts_setup else HARNESS, *self.settings.harness_args(log2n)]
 
     def prepare(self) -> None:
-        offer = next((k for k in self.site.kinds if k.kind == KINDS[self.kind]), None)
+        offer = next((k for k in self.site.kinds if k.kind == wire_kind(self.kind)), None)
         if offer is None or not offer.available:
             raise KindUnavailable(f"this site offers no {self.kind} workspaces"
                                   + (f": {offer.reason}" if offer is not None and offer.reason else ""))

@@ -13,9 +13,9 @@ import uuid
 import grpc
 
 from . import output as out
-from .connection import (KINDS, LONG_TIMEOUT, TIMEOUT, CliError, Connection, host_noun, kind_name, pairs,
-                         state_name, wait_for, workspace_name)
-from ..common import names, units
+from .connection import (LONG_TIMEOUT, TIMEOUT, CliError, Connection, host_noun, kind_name, pairs, state_name,
+                         wait_for, wire_kind, workspace_name)
+from ..common import kinds, names, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
@@ -87,8 +87,7 @@ def cmd_site(args) -> int:
 
 def cmd_create(args) -> int:
     conn = Connection(args)
-    kind = args.kind or ("vm" if args.image else "account")
-    spec = workspace_pb2.WorkspaceSpec(kind=KINDS[kind])
+    spec = workspace_pb2.WorkspaceSpec(kind=wire_kind(args.kind, image=bool(args.image)))
     res = spec.resources
     if args.memory is not None:
         res.memory_bytes = units.parse_size(args.memory, "--memory")
@@ -343,8 +342,9 @@ def add_parsers(command) -> None:
     command("site", cmd_site, "what this site offers: kinds, defaults and limits", read=True)
 
     c = command("create", cmd_create, "create a workspace", read=True)
-    c.add_argument("--kind", choices=sorted(KINDS), default=None,
-                   help="isolation (default account; vm when --image is given)")
+    c.add_argument("--kind", choices=sorted(kinds.names()), default=None,
+                   help=f"isolation (default {kinds.of(kinds.default()).name}; "
+                        f"{kinds.of(kinds.default(image=True)).name} when --image is given)")
     c.add_argument("--memory", help="exactly this much memory, e.g. 512M, 2G")
     c.add_argument("--disk", help="at least this much disk, e.g. 10G")
     c.add_argument("--cpu", help="CPU in millicores (500m) or cores (2)")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import vws.cli
+from vws.cli import connection
+from vws.v1 import workspace_pb2
 
 CLI = pathlib.Path(vws.cli.__file__).parent
 
@@ -43,3 +45,14 @@ def test_run_as_a_module_a_usage_mistake_is_one_line_and_exit_2():
                        text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("vws: --on 'xen': name kinds from native,") and r.stderr.count("\n") == 1
+
+
+def test_a_request_without_a_kind_means_the_tables_default():
+    Spec = workspace_pb2.WorkspaceSpec
+    assert connection.wire_kind(None) == Spec.KIND_UNIX_ACCOUNT
+    assert connection.wire_kind(None, image=True) == Spec.KIND_VIRTUAL_MACHINE
+    assert connection.wire_kind("sandbox", image=True) == Spec.KIND_SANDBOX
+    assert [connection.kind_name(k) for k in (Spec.KIND_UNIX_ACCOUNT, Spec.KIND_VIRTUAL_MACHINE, 99)] == [
+        "account", "vm", "?"]
+    assert connection.host_noun(Spec.KIND_VIRTUAL_MACHINE) == "domain"
+    assert connection.host_noun(Spec.KIND_SANDBOX) == connection.host_noun(Spec.KIND_UNSPECIFIED) == "account"
