@@ -4,6 +4,7 @@ line a failed call ends as, waiting for a workspace to reach a state, and the na
 values commands take and show."""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import pathlib
@@ -91,12 +92,8 @@ class Connection:
 
     def site(self) -> factory_pb2.GetSiteInfoResponse:
         self.ready()
-        try:
+        with reaching(self.unreachable("factory", self.factory_address)):
             return clients.factory(self.factory_address).GetSiteInfo(factory_pb2.GetSiteInfoRequest(), timeout=TIMEOUT)
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                raise self.unreachable("factory", self.factory_address) from None
-            raise
 
     def repository_address(self) -> str:
         self.ready()
@@ -124,6 +121,9 @@ class Connection:
 
     def get(self, name: str) -> W:
         return self.repository().GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name), timeout=TIMEOUT).workspace
+
+    def manager_unreachable(self, ws: W, address: str) -> CliError:
+        return CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {ws.name}", 3)
 
     def manager_of(self, ws: W):
         """The manager holding the workspace, at the address it last registered."""
@@ -154,9 +154,11 @@ def use_credentials(args) -> credentials.Choice:
 
 
 # --------------------------------------------------------------------------- failed calls
+# Every failed call the CLI reads goes through these: what it stands for is errors.from_rpc_error's answer.
 def describe_rpc_error(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    """The one line a failed call ends as: its status, what the service said (its field
+    violations when they say more) and, when TLS refused the connection, what to check."""
+    error = errors.from_rpc_error(exc)
     extra = []
     try:
         status = rpc_status.from_call(exc)
@@ -167,12 +169,31 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
                 extra += [f"{v.field}: {v.description}" for v in br.field_violations]
     except Exception:  # noqa: BLE001 - details are a bonus; the message stands alone
         pass
-    text = details or ""
+    text = error.message
     if extra and not all(e in text for e in extra):
         text = "; ".join(extra)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        text += credentials.explain_unavailable(exc)
-    return f"{code.name if code else 'ERROR'}: {text}"
+    if isinstance(error, errors.Unavailable):
+        text += credentials.explain_unavailable(error.message)
+    return f"{error.grpc_status_code.name}: {text}"
+
+
+def exit_code(exc: grpc.RpcError) -> int:
+    """2 for a call refused for its arguments (as for a usage mistake), else 1."""
+    return 2 if isinstance(errors.from_rpc_error(exc), errors.InvalidArgument) else 1
+
+
+@contextlib.contextmanager
+def reaching(failure: CliError, unless: str = ""):
+    """A call inside that finds its service UNAVAILABLE ends as `failure` (whom it could not
+    reach and what to do), unless the service's message starts with `unless` (the service
+    answered, about a third party); any other failure goes on as it is."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        error = errors.from_rpc_error(exc)
+        if isinstance(error, errors.Unavailable) and not (unless and error.message.startswith(unless)):
+            raise failure from None
+        raise
 
 
 # --------------------------------------------------------------------------- waiting
@@ -192,7 +213,7 @@ def wait_for(conn: Connection, name: str, targets: set[int], timeout: float, bar
             if last.state in (W.STATE_FAILED, W.STATE_TERMINATED) and last.state not in targets:
                 raise CliError(f"{name} is {state_name(last.state)}: {last.state_message}")
     except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        if isinstance(errors.from_rpc_error(exc), errors.DeadlineExceeded):
             raise CliError(f"gave up waiting for {name} after {timeout:g}s; it is "
                            f"{state_name(last.state) if last else 'unknown'}", 4) from None
         raise

@@ -19,8 +19,6 @@ import json
 import os
 import pathlib
 
-import grpc
-
 from ..common import clients, errors, tls
 
 SESSION_MARGIN = dt.timedelta(minutes=2)
@@ -171,9 +169,9 @@ def session_for(proxy: str, address: str, fresh: bool = False) -> str:
     return token
 
 
-def explain_unavailable(exc: grpc.RpcError) -> str:
-    """A hint for a connection TLS refused, or '' when it is not that."""
-    text = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+def explain_unavailable(message: str) -> str:
+    """A hint for a connection TLS refused (an UNAVAILABLE call's message), or '' when it is not that."""
+    text = message.lower()
     if any(w in text for w in ("handshake", "ssl", "certificate", "tls")):
         return (" (TLS refused the connection: is the service's CA the one given by --ca, VWS_CA or the stack's "
                 "pki/ca.pem? A stack started with --insecure needs --insecure here)")

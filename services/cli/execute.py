@@ -5,9 +5,7 @@ import argparse
 import os
 import sys
 
-import grpc
-
-from .connection import CliError, Connection, pairs, workspace_name
+from .connection import CliError, Connection, pairs, reaching, workspace_name
 from ..v1 import manager_pb2
 
 
@@ -45,20 +43,17 @@ def cmd_exec(args) -> int:
     call = stub.Exec(requests())
     code = 0
     try:
-        for msg in call:
-            which = msg.WhichOneof("output")
-            if which == "stdout":
-                sys.stdout.buffer.write(msg.stdout)
-                sys.stdout.buffer.flush()
-            elif which == "stderr":
-                sys.stderr.buffer.write(msg.stderr)
-                sys.stderr.buffer.flush()
-            elif which == "exit_status":
-                code = msg.exit_status.code
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            raise CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {name}", 3) from None
-        raise
+        with reaching(conn.manager_unreachable(ws, address)):
+            for msg in call:
+                which = msg.WhichOneof("output")
+                if which == "stdout":
+                    sys.stdout.buffer.write(msg.stdout)
+                    sys.stdout.buffer.flush()
+                elif which == "stderr":
+                    sys.stderr.buffer.write(msg.stderr)
+                    sys.stderr.buffer.flush()
+                elif which == "exit_status":
+                    code = msg.exit_status.code
     except KeyboardInterrupt:
         call.cancel()
         return 130

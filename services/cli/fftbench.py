@@ -31,7 +31,7 @@ import grpc
 from . import commands
 from . import output as out
 from .connection import TIMEOUT, CliError, Connection, describe_rpc_error, wait_for, wire_kind
-from ..common import kinds, units
+from ..common import errors, kinds, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
@@ -237,7 +237,7 @@ class WorkspaceRunner:
                 elif which == "exit_status":
                     code = msg.exit_status.code
         except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            if isinstance(errors.from_rpc_error(exc), errors.DeadlineExceeded):
                 raise RunFailed(f"no result within {self.settings.run_timeout:g}s (--run-timeout)") from None
             raise RunFailed(describe_rpc_error(exc)) from None
         text = stdout.decode(errors="replace")

@@ -8,7 +8,7 @@ import grpc
 
 from . import commands
 from . import output as out
-from .connection import TIMEOUT, CliError, Connection, describe_rpc_error, image_name
+from .connection import TIMEOUT, CliError, Connection, describe_rpc_error, exit_code, image_name, reaching
 from ..common import names
 from ..v1 import image_pb2, repository_pb2
 
@@ -83,15 +83,13 @@ def cmd_image_add(args) -> int:
         flags[len(image.files)] = IMAGE_FLAGS[role]
         # The repository reads the file itself: it needs the whole path.
         image.files.add(role=role, format=fmt, digest=digest or "", location=os.path.abspath(path))
+    repository = conn.repository()
     try:
-        r = conn.repository().CreateImage(repository_pb2.CreateImageRequest(
-            image_id=image_id, image=image, owner=getpass.getuser()), timeout=args.timeout)
+        with reaching(conn.unreachable("repository", conn.repository_address())):
+            r = repository.CreateImage(repository_pb2.CreateImageRequest(
+                image_id=image_id, image=image, owner=getpass.getuser()), timeout=args.timeout)
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        if code is grpc.StatusCode.UNAVAILABLE:
-            raise conn.unreachable("repository", conn._repository_address or "?") from None
-        raise CliError(image_flags_in(describe_rpc_error(exc), flags),
-                       2 if code is grpc.StatusCode.INVALID_ARGUMENT else 1) from None
+        raise CliError(image_flags_in(describe_rpc_error(exc), flags), exit_code(exc)) from None
     out.emit(args, r.image, lambda i: print(f"{i.name}  {boot_name(i.boot)}  {out.size(i.size_bytes)}  "
                                         f"{out.enum_name(IMG.Visibility, i.visibility, 'VISIBILITY_').lower()}"))
     return 0

@@ -12,7 +12,7 @@ import sys
 import grpc
 
 from . import access, commands, execute, fftbench, images, services, stack, usage, workspaces
-from .connection import CliError, describe_rpc_error
+from .connection import CliError, describe_rpc_error, exit_code
 from ..common import config, errors
 
 # In the order `vws --help` lists them.
@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="vws", description="Virtual Workspaces: execution environments on demand.")
     p.add_argument("--endpoint", help="the factory, host:port (default: $VWS_ENDPOINT, the config file, "
                                       "then the stack `vws up` started)")
-    p.add_argument("--data-dir", dest="global_data_dir", metavar="DIR", help="the stack's data directory (default: $VWS_DATA_DIR or "
-                                      f"{config.default_data_dir()})")
+    p.add_argument("--data-dir", dest="global_data_dir", metavar="DIR",
+                   help=f"the stack's data directory (default: $VWS_DATA_DIR or {config.default_data_dir()})")
     g = p.add_argument_group("credentials (default: found as `vws whoami` shows; see README, Security)")
     g.add_argument("--cert", help="your certificate (PEM; mutual TLS), with --key (default: $X509_USER_CERT)")
     g.add_argument("--key", help="its private key (default: the --cert file, or $X509_USER_KEY)")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, errors.InvalidArgument) else 1
     except grpc.RpcError as exc:
         print(f"vws: {describe_rpc_error(exc)}", file=sys.stderr)
-        return 2 if getattr(exc, "code", lambda: None)() is grpc.StatusCode.INVALID_ARGUMENT else 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -214,7 +214,7 @@ def register_guest(repository_address: str) -> None:
             print(f"{'image':<10} {image_id} already registered")
             continue
         except grpc.RpcError as exc:
-            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+            if not isinstance(errors.from_rpc_error(exc), errors.NotFound):
                 print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")
                 continue
         missing = [f.location for f in image.files if not os.path.isfile(f.location)]
@@ -226,7 +226,7 @@ def register_guest(repository_address: str) -> None:
             made = repo.CreateImage(repository_pb2.CreateImageRequest(
                 image_id=image_id, image=image, owner=getpass.getuser()), timeout=IMAGE_TIMEOUT).image
         except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.ALREADY_EXISTS:  # another `vws up` got there first
+            if isinstance(errors.from_rpc_error(exc), errors.AlreadyExists):  # another `vws up` got there first
                 print(f"{'image':<10} {image_id} already registered")
             else:
                 print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")

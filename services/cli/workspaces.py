@@ -13,8 +13,8 @@ import uuid
 import grpc
 
 from . import output as out
-from .connection import (LONG_TIMEOUT, TIMEOUT, CliError, Connection, host_noun, kind_name, pairs, state_name,
-                         wait_for, wire_kind, workspace_name)
+from .connection import (LONG_TIMEOUT, TIMEOUT, CliError, Connection, host_noun, kind_name, pairs, reaching,
+                         state_name, wait_for, wire_kind, workspace_name)
 from ..common import kinds, names, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
@@ -121,13 +121,9 @@ def cmd_create(args) -> int:
     labels = pairs(args.label, "--label", "KEY=VALUE")
     ws = W(spec=spec, labels=labels, owner=getpass.getuser())
     request_id = args.request_id or str(uuid.uuid4())
-    try:
+    with reaching(conn.unreachable("factory", conn.factory_address)):
         r = conn.factory().CreateWorkspace(factory_pb2.CreateWorkspaceRequest(request_id=request_id, workspace=ws),
                                            timeout=args.timeout)
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            raise conn.unreachable("factory", conn.factory_address) from None
-        raise
     created = r.workspace
     if args.wait:
         created = wait_for(conn, created.name, {W.STATE_READY, W.STATE_RUNNING} if args.no_start else {W.STATE_RUNNING},
@@ -214,12 +210,8 @@ def _manager_call(args, method: str, request_type, timeout: float = TIMEOUT, **f
     name = workspace_name(args.name)
     ws = conn.get(name)
     stub, address = conn.manager_of(ws)
-    try:
+    with reaching(conn.manager_unreachable(ws, address)):
         r = getattr(stub, method)(request_type(name=name, **fields), timeout=timeout)
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            raise CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {name}", 3) from None
-        raise
     out.emit(args, r.workspace, lambda w: print(f"{w.name}  {state_name(w.state)}  {w.state_message}"))
     return 0
 
@@ -269,17 +261,15 @@ def cmd_migrate(args) -> int:
     stub, address = conn.manager_of(ws)
     bar = out.ProgressBar(sys.stderr)
     result = None
+    # An UNAVAILABLE about the migration (the destination, say) comes from a manager that answered.
     try:
-        for msg in stub.MigrateWorkspace(manager_pb2.MigrateWorkspaceRequest(name=name, destination=destination),
-                                         timeout=args.timeout):
-            if msg.WhichOneof("event") == "progress":
-                bar.show(msg.progress)
-            else:
-                result = msg.result
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.UNAVAILABLE and not exc.details().startswith("migration"):
-            raise CliError(f"cannot reach {ws.endpoint.manager} at {address}, which holds {name}", 3) from None
-        raise
+        with reaching(conn.manager_unreachable(ws, address), unless="migration"):
+            for msg in stub.MigrateWorkspace(manager_pb2.MigrateWorkspaceRequest(name=name, destination=destination),
+                                             timeout=args.timeout):
+                if msg.WhichOneof("event") == "progress":
+                    bar.show(msg.progress)
+                else:
+                    result = msg.result
     finally:
         bar.show(None)
     if result is None:

@@ -7,6 +7,9 @@ import pathlib
 import subprocess
 import sys
 
+import grpc
+import pytest
+
 import vws.cli
 from vws.cli import connection
 from vws.v1 import workspace_pb2
@@ -56,3 +59,37 @@ def test_a_request_without_a_kind_means_the_tables_default():
         "account", "vm", "?"]
     assert connection.host_noun(Spec.KIND_VIRTUAL_MACHINE) == "domain"
     assert connection.host_noun(Spec.KIND_SANDBOX) == connection.host_noun(Spec.KIND_UNSPECIFIED) == "account"
+
+
+class Failed(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def test_a_failed_call_is_read_in_one_place():
+    assert connection.describe_rpc_error(Failed(grpc.StatusCode.NOT_FOUND, "no w1")) == "NOT_FOUND: no w1"
+    assert connection.describe_rpc_error(Failed(grpc.StatusCode.UNAUTHENTICATED, "who?")) == "UNAUTHENTICATED: who?"
+    tls = connection.describe_rpc_error(Failed(grpc.StatusCode.UNAVAILABLE, "SSL handshake failed"))
+    assert tls.startswith("UNAVAILABLE: SSL handshake failed (TLS refused the connection")
+    assert connection.exit_code(Failed(grpc.StatusCode.INVALID_ARGUMENT, "memory: too much")) == 2
+    assert connection.exit_code(Failed(grpc.StatusCode.FAILED_PRECONDITION, "not RUNNING")) == 1
+
+
+def test_reaching_turns_only_an_unavailable_service_into_its_message():
+    gone = connection.CliError("cannot reach the factory", 3)
+    with pytest.raises(connection.CliError) as caught:
+        with connection.reaching(gone):
+            raise Failed(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    assert caught.value is gone and caught.value.code == 3
+    with pytest.raises(Failed):  # the manager answered: about the destination of a migration
+        with connection.reaching(gone, unless="migration"):
+            raise Failed(grpc.StatusCode.UNAVAILABLE, "migration: cannot reach managers/b")
+    with pytest.raises(Failed):
+        with connection.reaching(gone):
+            raise Failed(grpc.StatusCode.NOT_FOUND, "no w1")
