@@ -6,12 +6,12 @@ import datetime as dt
 
 from . import credentials
 from . import output as out
+from .connection import TIMEOUT, CliError, Connection, workspace_name
 from ..common import units
 from ..v1 import access_pb2
 
 ROLES = {"viewer": access_pb2.RoleBinding.ROLE_VIEWER, "operator": access_pb2.RoleBinding.ROLE_OPERATOR,
          "manager": access_pb2.RoleBinding.ROLE_MANAGER}
-TIMEOUT = 30.0
 
 
 def _role_name(value: int) -> str:
@@ -32,7 +32,6 @@ def member_of(text: str) -> str:
 
 
 def cmd_whoami(args) -> int:
-    from .main import Connection
     r = Connection(args).access().GetCaller(access_pb2.GetCallerRequest(), timeout=TIMEOUT)
     choice = args.credential
     if args.output == "json":
@@ -88,7 +87,6 @@ def cmd_whoami(args) -> int:
 
 def cmd_login(args) -> int:
     """Logs a proxy in now (later commands reuse the session until it ends)."""
-    from .main import CliError, Connection
     conn = Connection(args)
     conn.ready()
     choice = args.credential
@@ -117,7 +115,6 @@ def _print_bindings(args, name: str, bindings) -> None:
 
 
 def cmd_acl(args) -> int:
-    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().ListRoleBindings(access_pb2.ListRoleBindingsRequest(name=name), timeout=TIMEOUT)
     _print_bindings(args, name, r.bindings)
@@ -125,7 +122,6 @@ def cmd_acl(args) -> int:
 
 
 def cmd_grant(args) -> int:
-    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().GrantRole(access_pb2.GrantRoleRequest(
         name=name, binding=access_pb2.RoleBinding(member=member_of(args.member), role=ROLES[args.role])),
@@ -135,7 +131,6 @@ def cmd_grant(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    from .main import Connection, workspace_name
     name = workspace_name(args.name)
     r = Connection(args).access().RevokeRole(access_pb2.RevokeRoleRequest(name=name, member=member_of(args.member)),
                                              timeout=TIMEOUT)
@@ -144,7 +139,6 @@ def cmd_revoke(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .main import Connection, workspace_name
     req = access_pb2.ListAuditEntriesRequest(page_size=min(args.limit, 1000), identity=args.identity or "",
                                              target=workspace_name(args.target) if args.target else "",
                                              outcome=(args.outcome or "").upper())
@@ -168,7 +162,6 @@ def cmd_audit(args) -> int:
 
 
 def add_parsers(command) -> None:
-    """`command(name, fn, help, read=...)` from vws.cli.main's parser."""
     command("whoami", cmd_whoami, "who you are to the site: identity, attributes, and what the policy allows you",
             read=True)
     command("login", cmd_login, "log a VOMS proxy in (--proxy or X509_USER_PROXY); later commands reuse the session",

@@ -19,8 +19,6 @@ import json
 import os
 import pathlib
 
-import grpc
-
 from ..common import clients, errors, tls
 
 SESSION_MARGIN = dt.timedelta(minutes=2)
@@ -149,6 +147,7 @@ def _cache_path(proxy: str, address: str) -> pathlib.Path:
 
 def session_for(proxy: str, address: str, fresh: bool = False) -> str:
     """A session token for this proxy at this repository: cached, or from a new login."""
+    # Here only: the auth package loads cryptography, JWT and ASN.1 parsers, which only a proxy needs.
     from ..common.auth.service import login
     if not os.path.exists(proxy):
         raise errors.InvalidArgument(f"the proxy {proxy} does not exist; make one with voms-proxy-init", "proxy")
@@ -170,9 +169,9 @@ def session_for(proxy: str, address: str, fresh: bool = False) -> str:
     return token
 
 
-def explain_unavailable(exc: grpc.RpcError) -> str:
-    """A hint for a connection TLS refused, or '' when it is not that."""
-    text = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+def explain_unavailable(message: str) -> str:
+    """A hint for a connection TLS refused (an UNAVAILABLE call's message), or '' when it is not that."""
+    text = message.lower()
     if any(w in text for w in ("handshake", "ssl", "certificate", "tls")):
         return (" (TLS refused the connection: is the service's CA the one given by --ca, VWS_CA or the stack's "
                 "pki/ca.pem? A stack started with --insecure needs --insecure here)")

@@ -28,14 +28,15 @@ from typing import Callable, Protocol
 
 import grpc
 
+from . import commands
 from . import output as out
-from .main import KINDS, TIMEOUT, CliError, Connection, describe_rpc_error, wait_for
-from ..common import units
+from .connection import TIMEOUT, CliError, Connection, describe_rpc_error, wait_for, wire_kind
+from ..common import errors, kinds, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
 NATIVE = "native"
-ALL_KINDS = (NATIVE, "account", "sandbox", "vm")
+ALL_KINDS = (NATIVE, *kinds.names())
 MIN_LOG2, MAX_LOG2 = 6, 22
 HARNESS = "vws-fft"
 # Where the harness lands in an account or sandbox workspace (relative to its home).
@@ -184,28 +185,29 @@ class WorkspaceRunner:
 
     def __init__(self, kind: str, conn: Connection, settings: Settings, site: factory_pb2.GetSiteInfoResponse):
         self.kind, self.conn, self.settings, self.site = kind, conn, settings, site
+        self.traits = kinds.by_name(kind)
         self.name = ""
         self.where = ""
         self.stub = None
 
     def spec(self) -> workspace_pb2.WorkspaceSpec:
         s = self.settings
-        spec = workspace_pb2.WorkspaceSpec(kind=KINDS[self.kind], start_on_create=True)
+        spec = workspace_pb2.WorkspaceSpec(kind=wire_kind(self.kind), start_on_create=True)
         spec.resources.cpu_millis = s.cpu_millis
         spec.resources.memory_bytes = s.memory_bytes
         max_lifetime = self.site.max_lifetime.ToTimedelta() if self.site.HasField("max_lifetime") else LIFETIME
         spec.lifetime.FromTimedelta(min(LIFETIME, max_lifetime) if max_lifetime.total_seconds() > 0 else LIFETIME)
-        if self.kind == "vm":  # a guest has no staged files: its image carries the harness
+        if self.traits.boots_image:  # the test guest's image carries the harness on its PATH
             spec.software.image = s.image
-        else:
+        if self.traits.accepts_setup:
             spec.software.files.add(path=STAGED, content=s.harness.read_bytes(), mode=0o755)
         return spec
 
     def argv(self, log2n: int) -> list[str]:
-        return [HARNESS if self.kind == "vm" else f"./{STAGED}", *self.settings.harness_args(log2n)]
+        return [f"./{STAGED}" if self.traits.accepts_setup else HARNESS, *self.settings.harness_args(log2n)]
 
     def prepare(self) -> None:
-        offer = next((k for k in self.site.kinds if k.kind == KINDS[self.kind]), None)
+        offer = next((k for k in self.site.kinds if k.kind == wire_kind(self.kind)), None)
         if offer is None or not offer.available:
             raise KindUnavailable(f"this site offers no {self.kind} workspaces"
                                   + (f": {offer.reason}" if offer is not None and offer.reason else ""))
@@ -235,7 +237,7 @@ class WorkspaceRunner:
                 elif which == "exit_status":
                     code = msg.exit_status.code
         except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            if isinstance(errors.from_rpc_error(exc), errors.DeadlineExceeded):
                 raise RunFailed(f"no result within {self.settings.run_timeout:g}s (--run-timeout)") from None
             raise RunFailed(describe_rpc_error(exc)) from None
         text = stdout.decode(errors="replace")
@@ -346,7 +348,7 @@ class Report:
 
     def plot(self, path: pathlib.Path) -> None:
         """MFLOPS per size per kind, and below it the degradation against native, as a PNG."""
-        import matplotlib
+        import matplotlib  # here only: it takes a second to load, and only --plot needs it
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 
@@ -486,15 +488,13 @@ def cmd_bench_fft(args) -> int:
     return 0 if report.results else 1
 
 
-def add_parser(sub, command) -> None:
+def add_parsers(command) -> None:
     """`vws bench fft` and its options, under the `bench` command."""
-    c = command("bench", None, "benchmarks of this site: vws bench fft")
-    bsub = c.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
-    bsub.required = True
+    bench = commands.group(command, "bench", "benchmarks of this site: vws bench fft", "bench_command", "BENCH_COMMAND")
     help = ("run the FFT harness natively and in a workspace of each kind (same CPU and memory), then print "
             "MFLOPS per size, the degradation against native and the spread across repeats")
-    b = bsub.add_parser("fft", help=help, description=help + ". The workspaces are destroyed at the end.")
-    b.set_defaults(fn=cmd_bench_fft)
+    b = bench("fft", cmd_bench_fft, help)
+    b.description = help + ". The workspaces are destroyed at the end."
     b.add_argument("-o", "--output", choices=["table", "json"], default="table",
                    help="table for people (default), json for programs (the raw figures)")
     b.add_argument("--on", default=",".join(ALL_KINDS), metavar="KINDS",
@@ -519,4 +519,4 @@ def add_parser(sub, command) -> None:
 
 
 __all__ = ["ALL_KINDS", "KindUnavailable", "NativeRunner", "Report", "RunFailed", "Settings", "WorkspaceRunner",
-           "add_parser", "cmd_bench_fft", "find_harness", "parse_kinds", "parse_result", "parse_sizes", "run"]
+           "add_parsers", "cmd_bench_fft", "find_harness", "parse_kinds", "parse_result", "parse_sizes", "run"]

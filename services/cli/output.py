@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 
 from google.protobuf import json_format
@@ -18,6 +19,14 @@ def to_dict(message) -> dict:
 def print_json(value) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def emit(args, message, human) -> None:
+    """The message as JSON with -o json, else as `human(message)` prints it."""
+    if getattr(args, "output", "table") == "json":
+        print_json(to_dict(message))
+    else:
+        human(message)
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
@@ -137,7 +146,6 @@ class ProgressBar:
     def _draw(self, text) -> None:
         if not self.live:
             return
-        import shutil
         self.stream.write("\r" + text(shutil.get_terminal_size((80, 24)).columns) + "\033[K")
         self.stream.flush()
         self.drawn = True

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import output as out
-from .main import CliError, data_dir, describe_rpc_error, use_credentials
+from .connection import CliError, data_dir, describe_rpc_error, use_credentials
 from ..common import clients, config, errors, host
 from ..v1 import image_pb2, repository_pb2
 
@@ -87,7 +87,7 @@ def up(args) -> int:
     if not args.insecure:
         # The site's CA, the services' certificates and the administrator's credential, made
         # on the first start (and renewed when near their end); the CLI finds them there.
-        from ..common.auth import pki
+        from ..common.auth import pki  # here only: its cryptography would slow every other command
         made = pki.ensure_dir(dd / "pki").made
         if made:
             print(f"{'pki':<10} made {', '.join(made)} in {dd / 'pki'}")
@@ -214,7 +214,7 @@ def register_guest(repository_address: str) -> None:
             print(f"{'image':<10} {image_id} already registered")
             continue
         except grpc.RpcError as exc:
-            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+            if not isinstance(errors.from_rpc_error(exc), errors.NotFound):
                 print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")
                 continue
         missing = [f.location for f in image.files if not os.path.isfile(f.location)]
@@ -226,10 +226,22 @@ def register_guest(repository_address: str) -> None:
             made = repo.CreateImage(repository_pb2.CreateImageRequest(
                 image_id=image_id, image=image, owner=getpass.getuser()), timeout=IMAGE_TIMEOUT).image
         except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.ALREADY_EXISTS:  # another `vws up` got there first
+            if isinstance(errors.from_rpc_error(exc), errors.AlreadyExists):  # another `vws up` got there first
                 print(f"{'image':<10} {image_id} already registered")
             else:
                 print(f"{'image':<10} {image_id} not registered: {describe_rpc_error(exc)}")
             continue
         print(f"{'image':<10} {image_id} registered from {guest} ({out.size(made.size_bytes)}, "
               f"{time.monotonic() - t0:.1f}s)")
+
+
+def add_parsers(command) -> None:
+    c = command("up", up, "start the repository, a factory and a manager on this machine")
+    c.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the stack")
+    c.add_argument("--repository-listen", default=None, help="host:port (default 127.0.0.1:7701)")
+    c.add_argument("--factory-listen", default=None, help="host:port (default 127.0.0.1:7702)")
+    c.add_argument("--manager-listen", default=None, help="host:port (default 127.0.0.1:7703)")
+    c.add_argument("--backend", default=None, help="dynamic-accounts (default) or account-pool")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the services to answer")
+    command("down", down, "stop the stack that `vws up` started")
+    command("status", status, "show the services `vws up` started", read=True)

@@ -2,16 +2,19 @@
 and the chart, over fake runners (the real run is tests/e2e/test_fft_cli.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import pathlib
 
 import pytest
 
 from vws.cli import fftbench
-from vws.cli.main import CliError, main
+from vws.cli.connection import CliError
+from vws.cli.main import main
+from vws.v1 import factory_pb2, workspace_pb2
 
 
 def settings(kinds=("native", "account", "vm"), sizes=(6, 8), repeat=3, harness="/bin/true"):
-    import pathlib
     return fftbench.Settings(kinds=tuple(kinds), sizes=tuple(sizes), repeat=repeat, min_time=0.01, cpu_millis=1000,
                              memory_bytes=1 << 30, image="busybox", harness=pathlib.Path(harness),
                              run_timeout=60.0)
@@ -169,3 +172,19 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path):
     assert "--repeat 0" in capsys.readouterr().err
     assert main(["bench", "fft", "--on", "native", "--plot", "x.svg", "--harness", "/bin/true"]) == 2
     assert "--plot x.svg: name a .png file" in capsys.readouterr().err
+
+
+def test_a_kind_that_boots_an_image_runs_the_harness_its_image_carries(tmp_path):
+    harness = tmp_path / "vws-fft"
+    harness.write_bytes(b"#!/bin/true\n")
+    s = dataclasses.replace(settings(), harness=harness)
+    site = factory_pb2.GetSiteInfoResponse()
+    vm = fftbench.WorkspaceRunner("vm", None, s, site)
+    assert vm.spec().kind == workspace_pb2.WorkspaceSpec.KIND_VIRTUAL_MACHINE
+    assert vm.spec().software.image == "busybox" and not vm.spec().software.files
+    assert vm.argv(10)[0] == "vws-fft"
+    account = fftbench.WorkspaceRunner("account", None, s, site)
+    assert account.spec().kind == workspace_pb2.WorkspaceSpec.KIND_UNIX_ACCOUNT
+    assert not account.spec().software.image and account.spec().software.files[0].path == "vws-fft"
+    assert account.argv(10)[0] == "./vws-fft"
+    assert fftbench.ALL_KINDS == ("native", "account", "sandbox", "vm")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from vws.cli import main, output
+from vws.cli import images, main, output, workspaces
 from vws.v1 import workspace_pb2
 
 MiB = 1 << 20
@@ -55,24 +55,24 @@ def test_create_image_fields_are_shown_as_flags():
     flags = {0: "kernel", 1: "initrd"}
     text = ("INVALID_ARGUMENT: image.files[0].digest: /k has digest a, not b; "
             "image.files[1].location: /i does not exist; image_id: 'X' is not an image name")
-    assert main._image_flags_in(text, flags) == (
+    assert images.image_flags_in(text, flags) == (
         "INVALID_ARGUMENT: --kernel-digest: /k has digest a, not b; --initrd: /i does not exist; "
         "NAME: 'X' is not an image name")
-    assert main._image_flags_in("image.files[0].format: is qcow2", {0: "disk"}) == "--format: is qcow2"
+    assert images.image_flags_in("image.files[0].format: is qcow2", {0: "disk"}) == "--format: is qcow2"
 
 
 def test_new_commands_parse():
     p = main.build_parser()
     a = p.parse_args(["image", "add", "busybox", "--kernel", "k", "--initrd", "i", "--kernel-args", "console=ttyS0",
                       "--public", "--kernel-digest", "blake3-4m:x", "-o", "json"])
-    assert a.fn is main.cmd_image_add and a.public and a.kernel_digest == "blake3-4m:x" and a.output == "json"
-    assert p.parse_args(["image", "list", "--all"]).fn is main.cmd_image_list
-    assert p.parse_args(["image", "show", "busybox", "-o", "json"]).fn is main.cmd_image_show
-    assert p.parse_args(["image", "rm", "busybox"]).fn is main.cmd_image_rm
+    assert a.fn is images.cmd_image_add and a.public and a.kernel_digest == "blake3-4m:x" and a.output == "json"
+    assert p.parse_args(["image", "list", "--all"]).fn is images.cmd_image_list
+    assert p.parse_args(["image", "show", "busybox", "-o", "json"]).fn is images.cmd_image_show
+    assert p.parse_args(["image", "rm", "busybox"]).fn is images.cmd_image_rm
     assert p.parse_args(["stop", "w1234", "--force"]).force is True
     assert p.parse_args(["stop", "w1234"]).force is False
-    assert p.parse_args(["suspend", "w1234"]).fn is main.cmd_suspend
-    assert p.parse_args(["reboot", "w1234", "-o", "json"]).fn is main.cmd_reboot
+    assert p.parse_args(["suspend", "w1234"]).fn is workspaces.cmd_suspend
+    assert p.parse_args(["reboot", "w1234", "-o", "json"]).fn is workspaces.cmd_reboot
     # --image alone means a virtual machine; --kind still decides when given.
     assert p.parse_args(["create", "--image", "busybox"]).kind is None
 
