@@ -1,12 +1,29 @@
-"""The docs stay true to the code: README.md stays a map (under 12 KB), and every link into
-docs/ resolves."""
+"""The docs stay true to the code: the settings table in docs/operations.md is the one the code
+declares, README.md stays a map (under 12 KB), and every link into docs/ resolves."""
 from __future__ import annotations
 
 import pathlib
 import re
 
+from vws.common import config
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+OPERATIONS = ROOT / "docs" / "operations.md"
+REGENERATE = ".venv/bin/python -c 'from vws.common import config; print(config.settings_markdown(), end=\"\")'"
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _settings_table(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    begin = next(i for i, line in enumerate(lines) if line.startswith("<!-- settings: begin"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("<!-- settings: end"))
+    return "".join(lines[begin + 1:end])
+
+
+def test_the_settings_table_in_the_docs_is_the_codes():
+    assert _settings_table(OPERATIONS.read_text()) == config.settings_markdown(), (
+        "docs/operations.md's settings table differs from the settings in services/common/config.py: "
+        f"replace the lines between its `<!-- settings: ... -->` markers with the output of {REGENERATE}")
 
 
 def test_the_readme_is_a_map_under_12_kb():
