@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import html
 import json
 import os
 import pathlib
@@ -243,3 +244,37 @@ def remove_run_file(data_dir: pathlib.Path, service: str) -> None:
         (pathlib.Path(data_dir) / "run" / f"{service}.json").unlink()
     except FileNotFoundError:
         pass
+
+
+def settings_markdown() -> str:
+    """The settings as Markdown tables, for docs/operations.md (tests/unit/test_docs.py keeps them equal):
+    `.venv/bin/python -c 'from vws.common import config; print(config.settings_markdown(), end="")'`."""
+    def default(f) -> str:
+        v, unit = f.default, f.metadata["unit"]
+        if v is None or v == "":
+            return ""
+        if unit == "duration":
+            text = units.format_duration(v)
+        elif unit == "bool":
+            text = str(v).lower()
+        elif not v or unit not in ("size", "cpu", "bandwidth"):
+            text = str(v)
+        elif unit == "size":
+            text = units.format_size(v)
+        elif unit == "cpu":
+            text = f"{v}m"
+        else:  # bandwidth, in bits/s
+            text = f"{v // 1000 ** 3}G" if v % 1000 ** 3 == 0 else f"{v // 1000 ** 2}M"
+        return f"`{text}`"
+
+    shared = dataclasses.fields(Transport)
+    tables = [("every service", "<SERVICE>", shared)] + [
+        (f"[{name}]", name.upper(), [f for f in dataclasses.fields(cls) if f not in shared])
+        for name, cls in SECTIONS.items()]
+    out = []
+    for title, service, fields in tables:
+        out += [f"Settings of {title}:", "", "| setting | default | environment | meaning |", "|---|---|---|---|"]
+        out += [f"| `{f.name}` | {default(f)} | `VWS_{'' if f.name in SHARED_FIELDS else service + '_'}"
+                f"{f.name.upper()}` | {html.escape(f.metadata['help'], quote=False)} |" for f in fields]
+        out.append("")
+    return "\n".join(out)

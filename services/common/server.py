@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 
 from . import errors, tls
@@ -202,6 +202,21 @@ class Service:
         self.stop()
 
 
+# grpcurl and grpc-js tools ask v1 first; grpcio-reflection has only v1alpha, whose messages v1 kept as they were.
+REFLECTION_SERVICES = (reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
+
+
+def enable_reflection(server: grpc.Server, names: list[str]) -> None:
+    """Serves reflection under both names. v1alpha alone is listed: the v1 file is not in the
+    descriptor pool, so a client that describes what is listed finds every service."""
+    servicer = reflection.ReflectionServicer(names + [reflection.SERVICE_NAME])
+    handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(name, handlers)
+                                     for name in REFLECTION_SERVICES])
+
+
 def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]], *,
                   max_workers: int = 32, on_stop: Callable[[], None] | None = None,
                   options: Iterable[tuple[str, int]] = (), identity: tls.Identity | None = None,
@@ -221,8 +236,7 @@ def create_server(address: str, register: Callable[[grpc.Server], Iterable[str]]
     names = list(register(server))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    enable_reflection(server, names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     try:
         port = server.add_insecure_port(address) if identity is None else server.add_secure_port(
             address, tls.server_credentials(identity, client_roots or identity.ca_pem))
