@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "then the stack `vws up` started)")
     p.add_argument("--data-dir", dest="global_data_dir", metavar="DIR",
                    help=f"the stack's data directory (default: $VWS_DATA_DIR or {config.default_data_dir()})")
-    g = p.add_argument_group("credentials (default: found as `vws whoami` shows; see README, Security)")
+    g = p.add_argument_group("credentials (default: found as `vws whoami` shows; see docs/security.md)")
     g.add_argument("--cert", help="your certificate (PEM; mutual TLS), with --key (default: $X509_USER_CERT)")
     g.add_argument("--key", help="its private key (default: the --cert file, or $X509_USER_KEY)")
     g.add_argument("--proxy", help="a VOMS proxy (voms-proxy-init makes one; default: $X509_USER_PROXY, then "
