@@ -74,9 +74,7 @@ def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
 
 
 def free_room(m: model.ManagerInfo) -> model.Capacity:
-    c, a = m.capacity, m.allocated
-    return model.Capacity(c.workspaces - a.workspaces, c.memory_bytes - a.memory_bytes,
-                          c.disk_bytes - a.disk_bytes, c.cpu_millis - a.cpu_millis)
+    return m.capacity.minus(m.allocated)
 
 
 def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str = "") -> str:
@@ -91,14 +89,15 @@ def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str
         return (f"leases from {'account pool ' + m.account_pool if m.account_pool else 'no account pool'}; the site's "
                 f"policy puts your workspaces in pool {account_pool}")
     free, r = free_room(m), spec.resources
-    if free.workspaces < 1:
+    short = m.capacity.short(m.allocated, model.Capacity.of(spec))
+    if "workspaces" in short:
         return f"all {m.capacity.workspaces} workspaces in use"
     size, millis = units.format_size, (lambda v: f"{v}m")
     for what, need, have, total, fmt in (
             ("memory", r.memory_bytes, free.memory_bytes, m.capacity.memory_bytes, size),
             ("disk", r.disk_bytes, free.disk_bytes, m.capacity.disk_bytes, size),
             ("cpu", r.cpu_millis, free.cpu_millis, m.capacity.cpu_millis, millis)):
-        if total and need > have:
+        if what in short:
             return f"{what}: {fmt(need)} wanted, {fmt(max(have, 0))} free of {fmt(total)}"
     return ""
 
@@ -140,11 +139,7 @@ class WorkspaceFactory:
         with self._registry_lock:
             for m in self._registry[1]:
                 if m.name == manager:
-                    a, r = m.allocated, spec.resources
-                    a.workspaces += 1
-                    a.memory_bytes += r.memory_bytes
-                    a.disk_bytes += r.disk_bytes
-                    a.cpu_millis += r.cpu_millis
+                    m.allocated = m.allocated.plus(model.Capacity.of(spec))
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:

@@ -111,24 +111,21 @@ class WorkspaceManager:
         total = model.Capacity()
         arriving = self.migrations.arriving() if self.migrations is not None else []
         for spec in [ws.spec for ws in self.state.all()] + arriving:
-            total.workspaces += 1
-            total.memory_bytes += spec.resources.memory_bytes
-            total.disk_bytes += spec.resources.disk_bytes
-            total.cpu_millis += spec.resources.cpu_millis
+            total = total.plus(model.Capacity.of(spec))
         return total
 
     def _check_room(self, spec: model.WorkspaceSpec) -> None:
         cap, used = self.backend.capacity(), self.allocated()
         wanted = spec.resources
-        short = []
-        if used.workspaces + 1 > cap.workspaces:
+        short, lacking = [], cap.short(used, model.Capacity.of(spec))
+        if "workspaces" in lacking:
             short.append(("workspaces", f"{used.workspaces} of {cap.workspaces} workspaces in use"))
         size, millis = units.format_size, (lambda v: f"{v}m")
         for label, need, have, total, fmt in (
                 ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes, size),
                 ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes, size),
                 ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis, millis)):
-            if total and need + have > total:
+            if label in lacking:
                 short.append((label, f"{label}: {fmt(need)} wanted, {fmt(max(total - have, 0))} of {fmt(total)} free"))
         if short:
             raise errors.ResourceExhausted(

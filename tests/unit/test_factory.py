@@ -285,3 +285,15 @@ def test_no_default_bandwidth_where_nothing_could_shape_it(limits):
     sandbox = admit(ws(kind=model.Kind.SANDBOX), limits)
     assert account.spec.resources.network_bits_per_second == 0
     assert sandbox.spec.resources.network_bits_per_second == limits.defaults.network_bits_per_second
+
+
+def test_capacity_arithmetic_is_one_type_for_factory_and_manager():
+    spec = model.WorkspaceSpec(resources=model.Resources(memory_bytes=2 * GiB, cpu_millis=500))
+    one = model.Capacity.of(spec)
+    assert one == model.Capacity(1, 2 * GiB, 0, 500)
+    assert one.plus(one).minus(one) == one
+    total = model.Capacity(2, 3 * GiB, 0, 0)  # no disk or cpu limit
+    assert total.short(model.Capacity(), one) == []
+    assert total.short(one, one) == ["memory"]
+    assert total.short(model.Capacity(workspaces=2), model.Capacity.of(model.WorkspaceSpec())) == ["workspaces"]
+    assert model.Capacity().short(model.Capacity(), one) == ["workspaces"]  # zero memory: no limit
