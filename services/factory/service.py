@@ -19,7 +19,7 @@ import grpc
 from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from ..common.model import State
-from .validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
+from .validation import Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
@@ -66,7 +66,7 @@ def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
     software = dataclasses.replace(workspace.spec.software, environment={**c.environment,
                                                                          **workspace.spec.software.environment},
                                    unix_group=c.unix_group)
-    if c.image and not software.image and workspace.spec.kind is model.Kind.VIRTUAL_MACHINE:
+    if c.image and not software.image and boots_image(workspace.spec.kind):
         software.image = c.image
     # Placement reads the account pool from it; the repository records its own decision.
     return dataclasses.replace(workspace, spec=dataclasses.replace(workspace.spec, software=software),
@@ -153,7 +153,7 @@ class WorkspaceFactory:
         check_request_id(request_id)
         workspace = customise(workspace, caller)
         admitted = admit(workspace, self.limits, kind_known)
-        if admitted.spec.kind is model.Kind.VIRTUAL_MACHINE:
+        if boots_image(admitted.spec.kind):
             admitted = fit_image(admitted, workspace.spec.resources,
                                  self.records.get_image(admitted.spec.software.image), self.limits)
         request_id = request_id or f"auto-{uuid.uuid4()}"
@@ -277,17 +277,15 @@ class WorkspaceFactory:
     def site_info(self) -> dict:
         managers = self._managers(fresh=True)
         available = [m for m in managers if m.state is model.ManagerState.AVAILABLE]
-        kinds = []
-        for kind in model.Kind:
+        offers = []
+        for kind in kinds.TABLE:  # every kind the table describes is implemented
             offering = [m for m in available if kind in m.kinds]
-            if kind not in IMPLEMENTED:
-                kinds.append((kind, False, NOT_YET.get(kind, "not implemented at this site yet")))
-            elif not offering:
-                kinds.append((kind, False, "no available manager offers it right now"))
+            if not offering:
+                offers.append((kind, False, "no available manager offers it right now"))
             else:
                 free = sum(max(free_room(m).workspaces, 0) for m in offering)
-                kinds.append((kind, free > 0, f"{free} free on {len(offering)} manager(s)" if free
-                              else "every manager offering it is full"))
-        return {"kinds": kinds, "limits": self.limits, "available_managers": len(available),
+                offers.append((kind, free > 0, f"{free} free on {len(offering)} manager(s)" if free
+                               else "every manager offering it is full"))
+        return {"kinds": offers, "limits": self.limits, "available_managers": len(available),
                 "repository_address": self.repository_address}
 
