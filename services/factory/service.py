@@ -14,8 +14,6 @@ import time
 import uuid
 from typing import Callable, Protocol
 
-import grpc
-
 from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from ..common.model import State
@@ -23,13 +21,13 @@ from .validation import Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
-# Codes after which the next manager is worth trying.
-TRY_NEXT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED)
+# A manager's refusals after which the next manager is worth trying.
+TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.DeadlineExceeded, errors.Unimplemented)
 
 
 class RecordGateway(Protocol):
-    """The repository as the factory uses it (gRPC in production, a fake in unit tests)."""
+    """The repository as the factory uses it (vws.repository.client in production, a fake in
+    unit tests). Errors are domain errors."""
 
     def create_record(self, request_id: str, workspace: model.Workspace, caller: Caller = PLAIN_TEXT_CALLER
                       ) -> tuple[model.Workspace, bool]: ...
@@ -37,12 +35,11 @@ class RecordGateway(Protocol):
     def delete_record(self, name: str, reason: str) -> None: ...
     def managers(self) -> list[model.ManagerInfo]: ...
     def pending(self) -> list[model.Workspace]: ...
-    def get(self, name: str) -> model.Workspace: ...
-    def get_image(self, name: str) -> model.Image | None: ...
+    def get_image(self, name: str) -> model.Image: ...  # errors.NotFound when it is not there
 
 
 class ManagerGateway(Protocol):
-    def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...
+    def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...  # refusals: domain errors
 
 
 @dataclasses.dataclass
@@ -154,8 +151,8 @@ class WorkspaceFactory:
         workspace = customise(workspace, caller)
         admitted = admit(workspace, self.limits, kind_known)
         if boots_image(admitted.spec.kind):
-            admitted = fit_image(admitted, workspace.spec.resources,
-                                 self.records.get_image(admitted.spec.software.image), self.limits)
+            admitted = fit_image(admitted, workspace.spec.resources, self._image(admitted.spec.software.image),
+                                 self.limits)
         request_id = request_id or f"auto-{uuid.uuid4()}"
         now = self._clock()
         admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
@@ -171,6 +168,12 @@ class WorkspaceFactory:
                 log.info("request %s retried: returning %s (%s)", request_id, record.name, record.state.value)
                 return record
             return self._drive(record)
+
+    def _image(self, name: str) -> model.Image | None:
+        try:
+            return self.records.get_image(name)
+        except errors.NotFound:
+            return None  # fit_image answers for it, as for an image not the owner's to boot
 
     def _drive(self, record: model.Workspace) -> model.Workspace:
         """Places a PENDING record and has its manager deploy it; on failure removes the record."""
@@ -215,13 +218,10 @@ class WorkspaceFactory:
                 assigned = self.records.assign(record.name, endpoint)
             try:
                 deployed = self.managers.deploy(m.address, assigned)
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-                if code in TRY_NEXT:
-                    refusals.append(Refusal(m.name, f"{code.name}: {exc.details() if hasattr(exc, 'details') else exc}"))
-                    log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
-                    continue
-                raise
+            except TRY_NEXT as exc:
+                refusals.append(Refusal(m.name, f"{exc.grpc_status_code.name}: {exc.message}"))
+                log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
+                continue
             self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
                                        customisation=record.customisation,
@@ -251,8 +251,6 @@ class WorkspaceFactory:
                 done.append(record.name)
             except errors.VwsError as exc:
                 log.warning("resuming %s failed; record removed: %s", record.name, exc.message)
-            except grpc.RpcError as exc:
-                log.warning("resuming %s failed: %s", record.name, exc)
         return done
 
     def start_background(self, interval: float) -> None:
@@ -261,7 +259,7 @@ class WorkspaceFactory:
                 try:
                     self.resume_once(dt.timedelta(seconds=max(interval, 30.0)))
                 except Exception as exc:  # noqa: BLE001 - a background loop must outlive one bad round
-                    if isinstance(exc, grpc.RpcError):
+                    if isinstance(exc, errors.VwsError):  # from the repository's listing
                         log.info("repository unreachable; resuming later")
                     else:
                         log.exception("resuming unfinished creates failed")

@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from ..common import errors, kinds, model, names, units
+from ..common import clients, errors, kinds, model, names, units
 from ..common.model import Action, State
 from .backends.base import Backend, ExecOptions, HostHandle
 from .state import LocalState, LocalWorkspace, Report
@@ -22,7 +22,7 @@ log = logging.getLogger("vws.manager")
 
 class RepositoryGateway(Protocol):
     """What the manager needs of the repository (gRPC in production, a fake in unit tests).
-    Every method raises grpc.RpcError (or errors.Unavailable) when the repository is unreachable."""
+    Every method raises one of clients.UNREACHABLE when the repository is unreachable."""
 
     def report(self, manager: str, report: Report) -> None: ...
     def register(self, info: model.ManagerInfo) -> None: ...
@@ -38,7 +38,7 @@ UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, g
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, errors.Unavailable):
+    if isinstance(exc, clients.UNREACHABLE):
         return True
     return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in UNREACHABLE
 
