@@ -1,14 +1,23 @@
 """Channels and stubs for calling the vws services, one channel per address, all with this
 process's transport security (`use`): TLS with the process's certificate and/or a bearer token,
-or plain text when none was set (an explicitly insecure deployment, or a unit test)."""
+or plain text when none was set (an explicitly insecure deployment, or a unit test). `call` and
+`listed` make one service's calls to another: within TIMEOUT, page after page, and raising
+domain errors."""
 from __future__ import annotations
 
 import threading
+from typing import Callable, Iterator
 
 import grpc
 
-from . import tls
+from . import errors, tls
 from ..v1 import access_pb2_grpc, auth_pb2_grpc, factory_pb2_grpc, manager_pb2_grpc, record_pb2_grpc, repository_pb2_grpc
+
+# How long one service waits for another's answer (calls that do more say how long they may take).
+TIMEOUT = 10.0
+PAGE_SIZE = 1000
+# The domain errors of a call that did not reach its peer or had no answer in time: try again later.
+UNREACHABLE = (errors.Unavailable, errors.DeadlineExceeded, errors.Cancelled)
 
 # Reconnect within a second of a peer coming back (a restarted service, a reused port) rather
 # than after gRPC's default backoff, which grows to two minutes.
@@ -81,3 +90,24 @@ def access(address: str) -> access_pb2_grpc.AccessServiceStub:
 
 def auth(address: str) -> auth_pb2_grpc.AuthServiceStub:
     return auth_pb2_grpc.AuthServiceStub(channel(address))
+
+
+def call(rpc: Callable, request, timeout: float = TIMEOUT):
+    """rpc(request) within `timeout`; a gRPC error is raised as the domain error it stands for
+    (errors.from_rpc_error), so callers catch errors.NotFound and the like."""
+    try:
+        return rpc(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise errors.from_rpc_error(exc) from exc
+
+
+def listed(rpc: Callable, request, field: str, timeout: float = TIMEOUT) -> Iterator:
+    """Every item of a listing's repeated `field`, page after page (each page a `call`); the
+    request's page_size is PAGE_SIZE unless it sets one."""
+    request.page_size = request.page_size or PAGE_SIZE
+    while True:
+        page = call(rpc, request, timeout)
+        yield from getattr(page, field)
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token

@@ -3,6 +3,8 @@ one place (with google.rpc details), and nothing else reaches a client."""
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 
 class VwsError(Exception):
@@ -122,5 +124,29 @@ def from_rpc_error(exc: grpc.RpcError) -> VwsError:
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
     error = for_status(code or grpc.StatusCode.UNKNOWN, details or "")
+    violations = _violations(exc)
+    if violations and hasattr(error, "violations"):  # carried on, the next hop answers the same details
+        error.violations = violations
     error.__cause__ = exc
     return error
+
+
+def _violations(exc: grpc.RpcError) -> list[tuple[str, str]]:
+    """The field (BadRequest) or quota (QuotaFailure) violations the status's details carry."""
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    raw = next((value for key, value in trailing or () if key == "grpc-status-details-bin"), None)
+    try:
+        details = status_pb2.Status.FromString(raw).details if raw else ()
+    except DecodeError:
+        return []
+    out: list[tuple[str, str]] = []
+    for packed in details:
+        if packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            packed.Unpack(request)
+            out += [(v.field, v.description) for v in request.field_violations]
+        elif packed.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            packed.Unpack(quota)
+            out += [(v.subject, v.description) for v in quota.violations]
+    return out

@@ -208,10 +208,34 @@ class Event:
 
 @dataclasses.dataclass
 class Capacity:
+    """A manager's room, or what workspaces take of it. A zero memory, disk or cpu capacity
+    sets no limit; a zero count of workspaces admits none."""
     workspaces: int = 0
     memory_bytes: int = 0
     disk_bytes: int = 0
     cpu_millis: int = 0
+
+    @classmethod
+    def of(cls, spec: WorkspaceSpec) -> Capacity:
+        """What one workspace of this spec takes."""
+        r = spec.resources
+        return cls(1, r.memory_bytes, r.disk_bytes, r.cpu_millis)
+
+    def plus(self, other: Capacity) -> Capacity:
+        return Capacity(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    def minus(self, other: Capacity) -> Capacity:
+        return Capacity(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    def short(self, used: Capacity, need: Capacity) -> list[str]:
+        """What `need` finds no room for in this capacity beside `used`, of "workspaces",
+        "memory", "disk" and "cpu" in that order; [] when it fits."""
+        rows = (("workspaces", self.workspaces, used.workspaces, need.workspaces),
+                ("memory", self.memory_bytes, used.memory_bytes, need.memory_bytes),
+                ("disk", self.disk_bytes, used.disk_bytes, need.disk_bytes),
+                ("cpu", self.cpu_millis, used.cpu_millis, need.cpu_millis))
+        return [label for label, total, taken, wanted in rows
+                if (total or label == "workspaces") and taken + wanted > total]
 
 
 class ManagerState(enum.Enum):

@@ -8,7 +8,8 @@ from ..common.auth.remote import RemoteAuthorizer
 from ..common.auth.serving import protect
 from ..common.config import FactorySettings
 from ..common.server import Service, create_server
-from .gateway import GrpcManagers, GrpcRecords
+from ..repository.client import RepositoryClient
+from .gateway import GrpcManagers
 from .service import WorkspaceFactory
 from .servicer import FactoryServicer
 from .validation import Limits
@@ -19,7 +20,7 @@ log = logging.getLogger("vws.factory")
 
 def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Service, WorkspaceFactory]:
     protection = protect(settings, "factory", "factory", lambda _ca: RemoteAuthorizer(settings.repository))
-    factory = WorkspaceFactory(Limits.from_settings(settings), records or GrpcRecords(settings.repository),
+    factory = WorkspaceFactory(Limits.from_settings(settings), records or RepositoryClient(settings.repository),
                                managers or GrpcManagers(), repository_address=settings.repository)
 
     def register(server):

@@ -14,22 +14,20 @@ import time
 import uuid
 from typing import Callable, Protocol
 
-import grpc
-
 from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from ..common.model import State
-from .validation import IMPLEMENTED, NOT_YET, Limits, admit, check_request_id, fit_image
+from .validation import Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
-# Codes after which the next manager is worth trying.
-TRY_NEXT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED)
+# A manager's refusals after which the next manager is worth trying.
+TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.DeadlineExceeded, errors.Unimplemented)
 
 
 class RecordGateway(Protocol):
-    """The repository as the factory uses it (gRPC in production, a fake in unit tests)."""
+    """The repository as the factory uses it (vws.repository.client in production, a fake in
+    unit tests). Errors are domain errors."""
 
     def create_record(self, request_id: str, workspace: model.Workspace, caller: Caller = PLAIN_TEXT_CALLER
                       ) -> tuple[model.Workspace, bool]: ...
@@ -37,12 +35,11 @@ class RecordGateway(Protocol):
     def delete_record(self, name: str, reason: str) -> None: ...
     def managers(self) -> list[model.ManagerInfo]: ...
     def pending(self) -> list[model.Workspace]: ...
-    def get(self, name: str) -> model.Workspace: ...
-    def get_image(self, name: str) -> model.Image | None: ...
+    def get_image(self, name: str) -> model.Image: ...  # errors.NotFound when it is not there
 
 
 class ManagerGateway(Protocol):
-    def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...
+    def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...  # refusals: domain errors
 
 
 @dataclasses.dataclass
@@ -66,7 +63,7 @@ def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
     software = dataclasses.replace(workspace.spec.software, environment={**c.environment,
                                                                          **workspace.spec.software.environment},
                                    unix_group=c.unix_group)
-    if c.image and not software.image and workspace.spec.kind is model.Kind.VIRTUAL_MACHINE:
+    if c.image and not software.image and boots_image(workspace.spec.kind):
         software.image = c.image
     # Placement reads the account pool from it; the repository records its own decision.
     return dataclasses.replace(workspace, spec=dataclasses.replace(workspace.spec, software=software),
@@ -74,9 +71,7 @@ def customise(workspace: model.Workspace, caller: Caller) -> model.Workspace:
 
 
 def free_room(m: model.ManagerInfo) -> model.Capacity:
-    c, a = m.capacity, m.allocated
-    return model.Capacity(c.workspaces - a.workspaces, c.memory_bytes - a.memory_bytes,
-                          c.disk_bytes - a.disk_bytes, c.cpu_millis - a.cpu_millis)
+    return m.capacity.minus(m.allocated)
 
 
 def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str = "") -> str:
@@ -91,14 +86,15 @@ def shortfall(m: model.ManagerInfo, spec: model.WorkspaceSpec, account_pool: str
         return (f"leases from {'account pool ' + m.account_pool if m.account_pool else 'no account pool'}; the site's "
                 f"policy puts your workspaces in pool {account_pool}")
     free, r = free_room(m), spec.resources
-    if free.workspaces < 1:
+    short = m.capacity.short(m.allocated, model.Capacity.of(spec))
+    if "workspaces" in short:
         return f"all {m.capacity.workspaces} workspaces in use"
     size, millis = units.format_size, (lambda v: f"{v}m")
     for what, need, have, total, fmt in (
             ("memory", r.memory_bytes, free.memory_bytes, m.capacity.memory_bytes, size),
             ("disk", r.disk_bytes, free.disk_bytes, m.capacity.disk_bytes, size),
             ("cpu", r.cpu_millis, free.cpu_millis, m.capacity.cpu_millis, millis)):
-        if total and need > have:
+        if what in short:
             return f"{what}: {fmt(need)} wanted, {fmt(max(have, 0))} free of {fmt(total)}"
     return ""
 
@@ -140,11 +136,7 @@ class WorkspaceFactory:
         with self._registry_lock:
             for m in self._registry[1]:
                 if m.name == manager:
-                    a, r = m.allocated, spec.resources
-                    a.workspaces += 1
-                    a.memory_bytes += r.memory_bytes
-                    a.disk_bytes += r.disk_bytes
-                    a.cpu_millis += r.cpu_millis
+                    m.allocated = m.allocated.plus(model.Capacity.of(spec))
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -158,9 +150,9 @@ class WorkspaceFactory:
         check_request_id(request_id)
         workspace = customise(workspace, caller)
         admitted = admit(workspace, self.limits, kind_known)
-        if admitted.spec.kind is model.Kind.VIRTUAL_MACHINE:
-            admitted = fit_image(admitted, workspace.spec.resources,
-                                 self.records.get_image(admitted.spec.software.image), self.limits)
+        if boots_image(admitted.spec.kind):
+            admitted = fit_image(admitted, workspace.spec.resources, self._image(admitted.spec.software.image),
+                                 self.limits)
         request_id = request_id or f"auto-{uuid.uuid4()}"
         now = self._clock()
         admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
@@ -176,6 +168,12 @@ class WorkspaceFactory:
                 log.info("request %s retried: returning %s (%s)", request_id, record.name, record.state.value)
                 return record
             return self._drive(record)
+
+    def _image(self, name: str) -> model.Image | None:
+        try:
+            return self.records.get_image(name)
+        except errors.NotFound:
+            return None  # fit_image answers for it, as for an image not the owner's to boot
 
     def _drive(self, record: model.Workspace) -> model.Workspace:
         """Places a PENDING record and has its manager deploy it; on failure removes the record."""
@@ -220,13 +218,10 @@ class WorkspaceFactory:
                 assigned = self.records.assign(record.name, endpoint)
             try:
                 deployed = self.managers.deploy(m.address, assigned)
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-                if code in TRY_NEXT:
-                    refusals.append(Refusal(m.name, f"{code.name}: {exc.details() if hasattr(exc, 'details') else exc}"))
-                    log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
-                    continue
-                raise
+            except TRY_NEXT as exc:
+                refusals.append(Refusal(m.name, f"{exc.grpc_status_code.name}: {exc.message}"))
+                log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
+                continue
             self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
                                        customisation=record.customisation,
@@ -256,8 +251,6 @@ class WorkspaceFactory:
                 done.append(record.name)
             except errors.VwsError as exc:
                 log.warning("resuming %s failed; record removed: %s", record.name, exc.message)
-            except grpc.RpcError as exc:
-                log.warning("resuming %s failed: %s", record.name, exc)
         return done
 
     def start_background(self, interval: float) -> None:
@@ -266,7 +259,7 @@ class WorkspaceFactory:
                 try:
                     self.resume_once(dt.timedelta(seconds=max(interval, 30.0)))
                 except Exception as exc:  # noqa: BLE001 - a background loop must outlive one bad round
-                    if isinstance(exc, grpc.RpcError):
+                    if isinstance(exc, errors.VwsError):  # from the repository's listing
                         log.info("repository unreachable; resuming later")
                     else:
                         log.exception("resuming unfinished creates failed")
@@ -282,17 +275,15 @@ class WorkspaceFactory:
     def site_info(self) -> dict:
         managers = self._managers(fresh=True)
         available = [m for m in managers if m.state is model.ManagerState.AVAILABLE]
-        kinds = []
-        for kind in model.Kind:
+        offers = []
+        for kind in kinds.TABLE:  # every kind the table describes is implemented
             offering = [m for m in available if kind in m.kinds]
-            if kind not in IMPLEMENTED:
-                kinds.append((kind, False, NOT_YET.get(kind, "not implemented at this site yet")))
-            elif not offering:
-                kinds.append((kind, False, "no available manager offers it right now"))
+            if not offering:
+                offers.append((kind, False, "no available manager offers it right now"))
             else:
                 free = sum(max(free_room(m).workspaces, 0) for m in offering)
-                kinds.append((kind, free > 0, f"{free} free on {len(offering)} manager(s)" if free
-                              else "every manager offering it is full"))
-        return {"kinds": kinds, "limits": self.limits, "available_managers": len(available),
+                offers.append((kind, free > 0, f"{free} free on {len(offering)} manager(s)" if free
+                               else "every manager offering it is full"))
+        return {"kinds": offers, "limits": self.limits, "available_managers": len(available),
                 "repository_address": self.repository_address}
 

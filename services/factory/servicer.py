@@ -1,7 +1,7 @@
 """FactoryService: converts and calls the service layer."""
 from __future__ import annotations
 
-from ..common import converters, model
+from ..common import converters, kinds
 from ..common.auth import gate
 from .service import WorkspaceFactory
 from ..v1 import factory_pb2, factory_pb2_grpc, workspace_pb2
@@ -15,7 +15,7 @@ class FactoryServicer(factory_pb2_grpc.FactoryServiceServicer):
         ws = converters.workspace_from_pb(request.workspace)
         raw_kind = request.workspace.spec.kind
         if raw_kind == workspace_pb2.WorkspaceSpec.KIND_UNSPECIFIED:
-            ws.spec.kind = model.Kind.UNIX_ACCOUNT  # the simplest isolation is the default
+            ws.spec.kind = kinds.DEFAULT
         created = self.factory.create(request.request_id, ws, kind_known=ws.spec.kind is not None,
                                       caller=gate.current())
         return factory_pb2.CreateWorkspaceResponse(workspace=converters.workspace_to_pb(created),

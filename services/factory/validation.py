@@ -22,9 +22,6 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
-IMPLEMENTED = frozenset({model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX, model.Kind.VIRTUAL_MACHINE})
-# kind -> why this site does not realise it (none today).
-NOT_YET: dict[model.Kind, str] = {}
 IMAGE_FIELD = "workspace.spec.software.image"
 NEEDS_IMAGE = "virtual machines boot an image; give one, e.g. --image busybox (`vws image list` shows them)"
 
@@ -81,6 +78,20 @@ def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Im
     return dataclasses.replace(admitted, spec=spec)
 
 
+def implemented(kind: model.Kind | None) -> bool:
+    """Every kind the kinds table describes is realised by a plug-in."""
+    return kind in kinds.TABLE
+
+
+def boots_image(kind: model.Kind | None) -> bool:
+    return implemented(kind) and kinds.of(kind).boots_image
+
+
+def _either(words) -> str:
+    *rest, last = words
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
 def check_request_id(request_id: str) -> None:
     if request_id and not REQUEST_ID.match(request_id):
         raise errors.InvalidArgument(
@@ -96,8 +107,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if workspace.name:
         v.append(("workspace.name", "is output only; leave it empty, the factory names the workspace"))
     if not kind_known or spec.kind is None:
-        v.append(("workspace.spec.kind", "is not a kind this contract knows; use UNIX_ACCOUNT, SANDBOX or "
-                  "VIRTUAL_MACHINE (account, sandbox or vm on the command line)"))
+        v.append(("workspace.spec.kind", "is not a kind this contract knows; use "
+                  f"{_either(k.value for k in kinds.TABLE)} ({_either(kinds.names())} on the command line)"))
     if workspace.owner and not OWNER.match(workspace.owner):
         v.append(("workspace.owner", "holds characters an identity may not have"))
 
@@ -110,7 +121,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
-        elif value == 0 and (field != "network_bits_per_second" or (spec.kind and kinds.of(spec.kind).own_network)):
+        elif value == 0 and (field != "network_bits_per_second"
+                             or (implemented(spec.kind) and kinds.of(spec.kind).own_network)):
             # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)
             setattr(res, field, getattr(limits.defaults, field))
 
@@ -159,7 +171,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
         if len(f.content) > MAX_FILE_BYTES:
             v.append((path + ".content", f"is over {units.format_size(MAX_FILE_BYTES)}"))
     image = sw.image
-    if spec.kind is model.Kind.VIRTUAL_MACHINE:
+    if boots_image(spec.kind):
         if not image:
             v.append((IMAGE_FIELD, NEEDS_IMAGE))
         else:
@@ -167,14 +179,16 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
                 image = names.image_name(names.parse_image_name(image, IMAGE_FIELD))
             except errors.InvalidArgument as exc:
                 v += exc.violations
+    elif image:
+        v.append((IMAGE_FIELD, "only virtual-machine workspaces boot an image; leave it empty (or ask for kind "
+                  f"{kinds.name_of(kinds.default(image=True))})"))
+    if implemented(spec.kind) and not kinds.of(spec.kind).accepts_setup:
         if sw.setup_script:
             v.append(("workspace.spec.software.setup_script", "is not supported for virtual machines yet; leave it "
                       "empty and run the script with `vws exec` once the workspace is RUNNING"))
         if sw.files:
             v.append(("workspace.spec.software.files", "staging files is not supported for virtual machines yet; "
                       "leave them out and copy them in with `vws exec` once the workspace is RUNNING"))
-    elif image:
-        v.append((IMAGE_FIELD, "only virtual-machine workspaces boot an image; leave it empty (or ask for kind vm)"))
 
     if len(workspace.labels) > MAX_LABELS:
         v.append(("workspace.labels", f"has {len(workspace.labels)} labels; at most {MAX_LABELS}"))
@@ -187,9 +201,9 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
                       "digits, '_', '.' or '-'"))
     if v:
         raise errors.InvalidArgument(v)
-    if spec.kind not in IMPLEMENTED:
-        raise errors.Unimplemented(NOT_YET.get(spec.kind, f"{kinds.name_of(spec.kind)} workspaces are not implemented at "
-                                                          "this site yet") + "; ask for another kind")
+    if not implemented(spec.kind):
+        raise errors.Unimplemented(f"{kinds.name_of(spec.kind)} workspaces are not implemented at this site yet; "
+                                   "ask for another kind")
     new_spec = dataclasses.replace(spec, resources=res, lifetime=lifetime,
                                    software=dataclasses.replace(sw, files=list(sw.files), image=image))
     return dataclasses.replace(workspace, spec=new_spec, labels=dict(workspace.labels))

@@ -46,7 +46,7 @@ REPORT_BATCH = 500
 
 
 class UsageReceiver(Protocol):
-    """What accounting needs of the repository (vws.manager.gateway.GrpcRepository)."""
+    """What accounting needs of the repository (vws.repository.client.RepositoryClient)."""
 
     def report_usage(self, manager: str, usages: list[model.Usage]) -> int: ...
 

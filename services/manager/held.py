@@ -11,14 +11,14 @@ from typing import Protocol
 
 import grpc
 
-from ..common import errors, model, names, units
+from ..common import clients, errors, model, names, units
 from .backends.base import Backend
 from .state import LocalState, LocalWorkspace, Report
 
 log = logging.getLogger("vws.manager")
 
 # What a call to a repository that does not answer (or answers too late) raises.
-UNREACHABLE = (errors.Unavailable, errors.DeadlineExceeded, errors.Cancelled)
+UNREACHABLE = clients.UNREACHABLE
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -106,24 +106,21 @@ class HeldWorkspaces:
         """What the workspaces held here take, and those accepted and on their way (migrations)."""
         total = model.Capacity()
         for spec in [ws.spec for ws in self.state.all()] + [w.spec for w in self.state.arriving()]:
-            total.workspaces += 1
-            total.memory_bytes += spec.resources.memory_bytes
-            total.disk_bytes += spec.resources.disk_bytes
-            total.cpu_millis += spec.resources.cpu_millis
+            total = total.plus(model.Capacity.of(spec))
         return total
 
     def check_room(self, spec: model.WorkspaceSpec) -> None:
         cap, used = self.backend.capacity(), self.allocated()
         wanted = spec.resources
-        short = []
-        if used.workspaces + 1 > cap.workspaces:
+        short, lacking = [], cap.short(used, model.Capacity.of(spec))
+        if "workspaces" in lacking:
             short.append(("workspaces", f"{used.workspaces} of {cap.workspaces} workspaces in use"))
         size, millis = units.format_size, (lambda v: f"{v}m")
         for label, need, have, total, fmt in (
                 ("memory", wanted.memory_bytes, used.memory_bytes, cap.memory_bytes, size),
                 ("disk", wanted.disk_bytes, used.disk_bytes, cap.disk_bytes, size),
                 ("cpu", wanted.cpu_millis, used.cpu_millis, cap.cpu_millis, millis)):
-            if total and need + have > total:
+            if label in lacking:
                 short.append((label, f"{label}: {fmt(need)} wanted, {fmt(max(total - have, 0))} of {fmt(total)} free"))
         if short:
             raise errors.ResourceExhausted(

@@ -8,11 +8,12 @@ from ..common.auth.remote import RemoteAuthorizer
 from ..common.auth.serving import protect
 from ..common.config import ManagerSettings
 from ..common.server import Service, create_server
+from ..repository.client import RepositoryClient
 from .accounting import UsageAccounting
 from .backends import make_backend
 from .backends.base import BackendSettings
 from .backends.router import KindRouter
-from .gateway import GrpcPeers, GrpcRepository
+from .gateway import GrpcPeers
 from .held import HeldWorkspaces, ManagerIdentity
 from .migration import Migrations
 from .service import WorkspaceManager
@@ -36,7 +37,7 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
             quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
             cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
             cpu_millis=settings.cpu))
-    repository = repository or GrpcRepository(settings.repository)
+    repository = repository or RepositoryClient(settings.repository)
     plug_ins = [plug_in(settings.backend)]
     if settings.sandboxes:
         try:

@@ -24,7 +24,7 @@ log = logging.getLogger("vws.manager")
 
 class RepositoryGateway(Protocol):
     """What the manager needs of the repository (gRPC in production, a fake in unit tests).
-    Every method raises grpc.RpcError (or errors.Unavailable) when the repository is unreachable."""
+    Every method raises one of clients.UNREACHABLE when the repository is unreachable."""
 
     def report(self, manager: str, report: Report) -> None: ...
     def register(self, info: model.ManagerInfo) -> None: ...

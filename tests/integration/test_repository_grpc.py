@@ -206,11 +206,11 @@ def test_managers(stack):
 
 
 def test_manager_gateway_against_the_repository(stack):
-    """The manager's own client (vws.manager.gateway) works against this server."""
-    from vws.manager.gateway import GrpcRepository
+    """The repository client the managers use (vws.repository.client) works against this server."""
+    from vws.repository.client import RepositoryClient
     from vws.manager.state import Report
     _, records, maddr, _, address = stack
-    gw = GrpcRepository(address)
+    gw = RepositoryClient(address)
     assert gw.heartbeat(MANAGER, model.Capacity()) is False
     gw.register(model.ManagerInfo(name=MANAGER, address=maddr))
     assert gw.heartbeat(MANAGER, model.Capacity(workspaces=1)) is True

@@ -15,17 +15,6 @@ from vws.factory.validation import Limits, admit
 GiB = 1024 ** 3
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code, details=""):
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-
 class FakeRecords:
     def __init__(self, managers):
         self.records: dict[str, model.Workspace] = {}
@@ -70,7 +59,7 @@ class FakeManagers:
     def deploy(self, address, workspace):
         self.calls.append(address)
         if address in self.refuse:
-            raise FakeRpcError(self.refuse[address], f"{address} says no")
+            raise errors.for_status(self.refuse[address], f"{address} says no")  # as the gRPC client raises it
         ws = self.records.records[workspace.name]
         ws.state = model.State.RUNNING
         ws.endpoint = dataclasses.replace(workspace.endpoint, host_identity="vws-" + workspace.name[11:])
@@ -156,7 +145,7 @@ def test_no_manager_at_all_says_so(limits):
 def test_a_manager_error_that_is_not_about_room_removes_the_record_and_reaches_the_client(limits):
     f, records, mgrs = make(limits, [manager("a"), manager("b")], refuse={"a:1": grpc.StatusCode.INVALID_ARGUMENT,
                                                                           "b:1": grpc.StatusCode.INVALID_ARGUMENT})
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(errors.InvalidArgument, match="a:1 says no"):
         f.create("r", ws(software=model.Software(setup_script="exit 3")))
     assert records.records == {} and len(mgrs.calls) == 1
 
@@ -205,8 +194,8 @@ def test_all_violations_come_in_one_answer(limits):
 
 
 def test_kinds_not_yet_built_are_unimplemented(limits, monkeypatch):
-    from vws.factory import validation
-    monkeypatch.setattr(validation, "IMPLEMENTED", frozenset({model.Kind.UNIX_ACCOUNT}))
+    from vws.common import kinds
+    monkeypatch.delitem(kinds.TABLE, model.Kind.SANDBOX)  # a kind of the contract no plug-in realises yet
     f, records, _ = make(limits, [manager("a")])
     with pytest.raises(errors.Unimplemented, match="not implemented"):
         f.create("r", ws(kind=model.Kind.SANDBOX))
@@ -285,3 +274,36 @@ def test_no_default_bandwidth_where_nothing_could_shape_it(limits):
     sandbox = admit(ws(kind=model.Kind.SANDBOX), limits)
     assert account.spec.resources.network_bits_per_second == 0
     assert sandbox.spec.resources.network_bits_per_second == limits.defaults.network_bits_per_second
+
+
+def test_capacity_arithmetic_is_one_type_for_factory_and_manager():
+    spec = model.WorkspaceSpec(resources=model.Resources(memory_bytes=2 * GiB, cpu_millis=500))
+    one = model.Capacity.of(spec)
+    assert one == model.Capacity(1, 2 * GiB, 0, 500)
+    assert one.plus(one).minus(one) == one
+    total = model.Capacity(2, 3 * GiB, 0, 0)  # no disk or cpu limit
+    assert total.short(model.Capacity(), one) == []
+    assert total.short(one, one) == ["memory"]
+    assert total.short(model.Capacity(workspaces=2), model.Capacity.of(model.WorkspaceSpec())) == ["workspaces"]
+    assert model.Capacity().short(model.Capacity(), one) == ["workspaces"]  # zero memory: no limit
+
+
+def test_the_factory_tells_a_missing_image_as_it_tells_one_not_yours(limits):
+    f, records, _ = make(limits, [manager("a", kinds=(model.Kind.VIRTUAL_MACHINE,))])
+
+    def get_image(name):
+        raise errors.NotFound(f"workspace.spec.software.image: image {name} is not in the catalogue")
+    records.get_image = get_image
+    with pytest.raises(errors.NotFound, match="does not exist or is not yours to boot"):
+        f.create("r", ws(kind=model.Kind.VIRTUAL_MACHINE, software=model.Software(image="busybox")))
+    assert records.records == {}
+
+
+def test_a_refusing_manager_is_named_with_its_status_and_the_next_one_tried(limits):
+    f, _, mgrs = make(limits, [manager("a", free=8), manager("b", free=1)],
+                      refuse={"a:1": grpc.StatusCode.UNAVAILABLE, "b:1": grpc.StatusCode.RESOURCE_EXHAUSTED})
+    with pytest.raises(errors.ResourceExhausted) as e:
+        f.create("r", ws())
+    assert dict(e.value.violations) == {"managers/a": "UNAVAILABLE: a:1 says no",
+                                        "managers/b": "RESOURCE_EXHAUSTED: b:1 says no"}
+    assert mgrs.calls == ["a:1", "b:1"]

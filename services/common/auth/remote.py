@@ -9,8 +9,6 @@ from .gate import AuditRecord, Call, Caller, Rule
 from ..converters import caller_from_pb
 from ...v1 import access_pb2, record_pb2
 
-TIMEOUT = 15.0
-
 
 class RemoteAuthorizer:
     def __init__(self, repository_address: str):
@@ -19,7 +17,7 @@ class RemoteAuthorizer:
     def authorize(self, call: Call, rule: Rule) -> Caller:
         answer = clients.records(self.repository_address).AuthorizeCall(record_pb2.AuthorizeCallRequest(
             authorization=call.authorization, client_certificate=call.certificate, source=call.source,
-            action=call.action, target=call.target, service=call.service), timeout=TIMEOUT)
+            action=call.action, target=call.target, service=call.service), timeout=clients.TIMEOUT)
         caller = caller_from_pb(answer.caller)
         if answer.HasField("entitlement"):
             caller = dataclasses.replace(caller, entitlement=answer.entitlement)
@@ -32,4 +30,4 @@ class RemoteAuthorizer:
                                         source=record.call.source, service=record.service,
                                         action=record.call.action,
                                         target=record.call.target, outcome=record.outcome,
-                                        message=record.message)), timeout=TIMEOUT)
+                                        message=record.message)), timeout=clients.TIMEOUT)
