@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..common import converters
 from ..common.auth import gate
-from ..common.auth.policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
+from .policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
 from .access import AccessStore, AuditEntry, Binding
 from ..v1 import access_pb2, access_pb2_grpc, workspace_pb2
 

@@ -11,7 +11,7 @@ from ..common import errors
 from ..common.auth import pki
 from ..common.auth.certs import TrustStore, slash_dn
 from ..common.auth.credentials import Authenticator
-from ..common.auth.policy import PolicyFile
+from .policy import PolicyFile
 from ..common.auth.session import SessionAuthority, load_or_create_key
 from ..common.auth.tokens import TokenIssuer, TokenVerifier
 from ..common.auth.voms import VomsDir

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from ..common import converters, errors, model, names
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from ..common.auth.policy import Decision, PolicyFile, WorkspaceRequest
+from .policy import Decision, PolicyFile, WorkspaceRequest
 from ..common.config import RepositorySettings
 from ..common.model import EventType, State
 from . import access as access_store

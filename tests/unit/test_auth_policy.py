@@ -9,8 +9,9 @@ import os
 import pytest
 
 from vws.common import model
-from vws.common.auth import CredentialKind, GroupUsage, Policy, PolicyFile, Principal, WorkspaceRequest
+from vws.common.auth import CredentialKind, Principal
 from vws.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from vws.repository.policy import GroupUsage, Policy, PolicyFile, WorkspaceRequest
 
 GiB = 1 << 30
 EXPIRY = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)

@@ -17,9 +17,9 @@ import threading
 import time
 import tomllib
 
-from .. import model, units
-from .principal import CredentialKind, Principal
-from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from ..common import model, units
+from ..common.auth.principal import CredentialKind, Principal
+from ..common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
