@@ -17,15 +17,12 @@ import threading
 import time
 import tomllib
 
-from ..common import model, units
+from ..common import kinds, model, units
 from ..common.auth.principal import CredentialKind, Principal
 from ..common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-KINDS = ("account", "pool", "sandbox", "vm")
-_KIND_OF_MODEL = {model.Kind.UNIX_ACCOUNT: "account", model.Kind.SANDBOX: "sandbox",
-                  model.Kind.VIRTUAL_MACHINE: "vm"}
 _LIMIT_FIELDS = {  # policy key -> (parser, formatter, request attribute, request field path)
     "memory": (units.parse_size, units.format_size, "memory_bytes", "workspace.spec.resources.memory_bytes"),
     "cpu": (units.parse_cpu, lambda v: f"{v}m", "cpu_millis", "workspace.spec.resources.cpu_millis"),
@@ -42,7 +39,7 @@ _CUSTOM_KEYS = {"account_pool", "unix_group", "environment", "image"}
 @dataclasses.dataclass(frozen=True)
 class WorkspaceRequest:
     """What the policy looks at in a create request."""
-    kind: str                                  # account, pool, sandbox or vm
+    kind: str                                  # its policy name (kinds.POLICY_NAMES): account, pool, ...
     memory_bytes: int = 0
     cpu_millis: int = 0
     disk_bytes: int = 0
@@ -51,12 +48,11 @@ class WorkspaceRequest:
     image: str = ""
 
     @classmethod
-    def from_spec(cls, spec: model.WorkspaceSpec, pool: bool = False) -> "WorkspaceRequest":
-        """From an admitted spec (defaults filled); `pool`: an account leased from a pool."""
-        kind = "pool" if pool and spec.kind is model.Kind.UNIX_ACCOUNT else _KIND_OF_MODEL[spec.kind]
+    def from_spec(cls, spec: model.WorkspaceSpec, pooled: bool = False) -> "WorkspaceRequest":
+        """From an admitted spec (defaults filled); `pooled`: an account leased from a pool."""
         r = spec.resources
-        return cls(kind, r.memory_bytes, r.cpu_millis, r.disk_bytes, r.network_bits_per_second,
-                   spec.lifetime or dt.timedelta(0), spec.software.image)
+        return cls(kinds.of(spec.kind).policy_name(pooled), r.memory_bytes, r.cpu_millis, r.disk_bytes,
+                   r.network_bits_per_second, spec.lifetime or dt.timedelta(0), spec.software.image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,10 +286,10 @@ def _rule(raw: dict, where: str, index: int, quotas: dict[str, Quota]) -> Rule:
         credential = tuple(CredentialKind(c) for c in creds)
     except ValueError:
         raise InvalidArgument(f"{where}.match.credential: {list(creds)}; use certificate, proxy or token") from None
-    kinds = _strings(raw.get("kinds", []), f"{where}.kinds")
-    bad = [k for k in kinds if k not in KINDS]
+    allowed = _strings(raw.get("kinds", []), f"{where}.kinds")
+    bad = [k for k in allowed if k not in kinds.POLICY_NAMES]
     if bad:
-        raise InvalidArgument(f"{where}.kinds: {bad} are not kinds; use {', '.join(KINDS)}")
+        raise InvalidArgument(f"{where}.kinds: {bad} are not kinds; use {', '.join(kinds.POLICY_NAMES)}")
     lim = raw.get("limits", {})
     _check_keys(lim, set(_LIMIT_FIELDS) | {"lifetime"}, f"{where}.limits")
     limits = Limits(**{attr: parse(lim[k], f"{where}.limits.{k}") for k, (parse, _, attr, _) in _LIMIT_FIELDS.items()
@@ -313,7 +309,7 @@ def _rule(raw: dict, where: str, index: int, quotas: dict[str, Quota]) -> Rule:
     return Rule(name=name, identity=tuple(_glob(x) for x in _strings(match.get("identity", []), f"{where}.match.identity")),
                 fqan=tuple(_glob(x) for x in _strings(match.get("fqan", []), f"{where}.match.fqan")),
                 group=tuple(_glob(x) for x in _strings(match.get("group", []), f"{where}.match.group")),
-                credential=credential, kinds=kinds, limits=limits, quota_group=quota_group, quota=quota,
+                credential=credential, kinds=allowed, limits=limits, quota_group=quota_group, quota=quota,
                 customise=Customisation(cust.get("account_pool", ""), cust.get("unix_group", ""), dict(env),
                                         cust.get("image", "")))
 
