@@ -3,7 +3,13 @@ when it changes (a broken new file keeps the old policy and logs why).
 
 The first rule that matches a principal decides: which kinds it may create, the most one
 workspace may have, the quota of the group it counts against, and how its workspaces are
-customised. No matching rule: nothing may be created. Format: README.md, "Policy file"."""
+customised. No matching rule: nothing may be created. Format: README.md, "Policy file".
+
+A rule's `kinds` take the names in vws.common.kinds.POLICY_NAMES. A kind's own name covers its
+pooled form too: "account" allows every Unix account, made for the workspace or leased from an
+account pool; "pool" allows only accounts leased from a pool. An account is leased from a pool
+when the manager it is placed on leases from one (the repository says so in the request), or
+when the rule itself puts it in one (`customise.account_pool`: only that pool's managers take it)."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +36,8 @@ _LIMIT_FIELDS = {  # policy key -> (parser, formatter, request attribute, reques
     "bandwidth": (units.parse_bandwidth, lambda v: f"{v} bit/s", "bandwidth_bits_per_second",
                   "workspace.spec.resources.network_bits_per_second"),
 }
+# Each policy name's kind: "pool" is an account's pooled form.
+_TRAITS_OF = {name: t for t in kinds.TABLE.values() for name in t.policy_names}
 _RULE_KEYS = {"name", "match", "kinds", "limits", "quota_group", "quota", "customise"}
 _MATCH_KEYS = {"identity", "fqan", "group", "credential"}
 _QUOTA_KEYS = {"workspaces", "memory", "cpu", "reserved_minutes"}
@@ -183,9 +191,12 @@ class Policy:
                                rule.customise.image)
         group = _fill(rule.quota_group, p)
         reasons = []
-        if request.kind not in rule.kinds:
-            reasons.append(Reason("workspace.spec.kind", f"{request.kind} workspaces are not allowed for "
+        traits = _TRAITS_OF[request.kind]
+        asked = traits.policy_name(pooled=True) if custom.account_pool else request.kind  # the rule leases it
+        if asked not in rule.kinds and traits.name not in rule.kinds:
+            reasons.append(Reason("workspace.spec.kind", f"{asked} workspaces are not allowed for "
                                   f"{_who(p)} (rule {rule.name}); ask for {' or '.join(rule.kinds) or 'nothing'}"
+                                  + (_POOLED if traits.pooled_name in rule.kinds else "")
                                   if rule.kinds else f"rule {rule.name} allows no kind of workspace to {_who(p)}"))
         for key, (_, fmt, attr, path) in _LIMIT_FIELDS.items():
             cap, asked = getattr(rule.limits, attr), getattr(request, attr)
@@ -222,6 +233,10 @@ class Policy:
                    customisation={k: ({n: _fill(x, p) for n, x in v.items()} if isinstance(v, dict) else _fill(v, p))
                                   for k, v in custom.items()})
         return out
+
+
+_POOLED = (" (an account leased from an account pool: placed on a manager that leases from one; `vws managers` "
+           "shows each one's pool)")
 
 
 def _who(p: Principal) -> str:

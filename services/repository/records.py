@@ -14,7 +14,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from ..common import converters, errors, model, names
+from ..common import converters, errors, kinds, model, names
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
 from ..common.model import EventType, State
 from . import store
@@ -170,7 +170,7 @@ class Records:
         request already recorded is answered with its record instead (_Retried)."""
         if caller.principal is None or self.policy is None:
             return None
-        request = WorkspaceRequest.from_spec(workspace.spec)
+        request = WorkspaceRequest.from_spec(workspace.spec, pooled=self._leased_from_pool(session, workspace))
         first = self.policy.decide(caller.principal, request)
         if first.reasons:
             first.raise_if_refused()
@@ -184,6 +184,14 @@ class Records:
                 raise _Retried(store.to_workspace(row))
         decision.raise_if_refused()
         return decision
+
+    @staticmethod
+    def _leased_from_pool(session, workspace: model.Workspace) -> bool:
+        """Whether its account comes from a pool: the manager it is placed on leases from one."""
+        placed = workspace.endpoint.manager
+        if not placed or not kinds.of(workspace.spec.kind).pooled_name:
+            return False
+        return bool(store.account_pool_of(session, placed))
 
     def _by_request_id(self, request_id: str, digest: str) -> model.Workspace | None:
         with self.uow() as session:

@@ -299,5 +299,11 @@ def list_managers(session: Session, after: str, limit: int) -> list[ManagerRow]:
                                 .order_by(ManagerRow.name).limit(limit)).scalars())
 
 
+def account_pool_of(session: Session, manager: str) -> str:
+    """The account pool a manager leases from; "" for none, or for a manager never registered."""
+    return session.execute(sa.select(ManagerRow.account_pool).where(ManagerRow.name == manager)
+                           ).scalar_one_or_none() or ""
+
+
 def manager_address(session: Session, name: str) -> str | None:
     return session.execute(sa.select(ManagerRow.address).where(ManagerRow.name == name)).scalar_one_or_none()

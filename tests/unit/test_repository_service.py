@@ -11,6 +11,7 @@ from vws.common import errors, model
 from vws.common.config import RepositorySettings
 from vws.common.model import EventType, State
 from vws.repository import db
+from vws.repository.policy import PolicyFile
 from vws.repository.service import RepositoryService
 from tests.unit.test_access import user
 
@@ -47,14 +48,19 @@ class FakeManagers:
         return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED)
 
 
-@pytest.fixture
-def env(database_url):
+def make_env(database_url, policy=None):
     engine = db.make_engine(database_url)
     db.upgrade(engine)
     clock, managers = Clock(), FakeManagers()
     settings = RepositorySettings(max_lifetime=dt.timedelta(days=14), heartbeat_timeout=dt.timedelta(seconds=10))
-    service = RepositoryService(db.UnitOfWork(engine), settings, managers, clock=clock)
+    service = RepositoryService(db.UnitOfWork(engine), settings, managers, clock=clock, policy=policy)
     managers.service = service
+    return service, clock, managers
+
+
+@pytest.fixture
+def env(database_url):
+    service, clock, managers = make_env(database_url)
     yield service, clock, managers
     service.lifetimes.stop_expiry()
     service.uow.dispose()
@@ -450,3 +456,79 @@ def test_spec_survives_the_round_trip_through_the_database():
                                                        files=[model.StagedFile("f", b"\0x", 0o600)]),
                                lifetime=dt.timedelta(hours=2), start_on_create=False)
     assert store.spec_from_json(store.spec_to_json(spec)) == spec
+
+
+# ----------------------------------------------------------------------------- the policy on kinds
+
+KIND_POLICY = """
+[[rule]]
+name = "pooled-only"
+match.identity = ["/O=vws/CN=pooled"]
+kinds = ["pool"]
+
+[[rule]]
+name = "any-account"
+match.identity = ["/O=vws/CN=anyone"]
+kinds = ["account"]
+
+[[rule]]
+name = "atlas-pool"
+match.identity = ["/O=vws/CN=atlas"]
+kinds = ["pool"]
+customise = { account_pool = "atlasp" }
+"""
+POOL_MANAGER, POOL_ADDRESS = "managers/pool-1", "127.0.0.1:7713"
+
+
+@pytest.fixture
+def policed(database_url, tmp_path):
+    """A repository deciding with KIND_POLICY, one manager leasing accounts from a pool and one
+    making them."""
+    path = tmp_path / "policy.toml"
+    path.write_text(KIND_POLICY)
+    service, clock, managers = make_env(database_url, PolicyFile(path))
+    kinds = [model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX]
+    service.managers.register_manager(model.ManagerInfo(POOL_MANAGER, POOL_ADDRESS, kinds, account_pool="vwsp"))
+    service.managers.register_manager(model.ManagerInfo(MANAGER, ADDRESS, kinds))
+    yield service, clock
+    service.uow.dispose()
+
+
+def create_on(service, clock, who, manager="", kind=model.Kind.UNIX_ACCOUNT):
+    """A create by `who`, the factory's first choice `manager` (none: not yet placed)."""
+    ws = new_ws(clock)
+    ws.spec.kind = kind
+    if manager:
+        ws.endpoint = model.Endpoint(ws.name, manager, POOL_ADDRESS if manager == POOL_MANAGER else ADDRESS)
+    return service.records.create_record("", ws, caller=user(who))[0]
+
+
+def test_a_pool_rule_admits_an_account_leased_from_a_pool(policed):
+    """kinds = ["pool"] (README's example): an account placed on a manager that leases from a
+    pool is a pool workspace; it used to be refused as "account"."""
+    service, clock = policed
+    ws = create_on(service, clock, "/O=vws/CN=pooled", POOL_MANAGER)
+    assert ws.state is State.PENDING and ws.customisation.rule == "pooled-only"
+
+
+def test_a_pool_rule_refuses_an_account_made_on_its_host(policed):
+    service, clock = policed
+    for manager in (MANAGER, ""):  # a manager without a pool, or no manager chosen yet
+        with pytest.raises(errors.PermissionDenied, match="account workspaces are not allowed.*ask for pool"):
+            create_on(service, clock, "/O=vws/CN=pooled", manager)
+    with pytest.raises(errors.PermissionDenied, match="sandbox workspaces are not allowed"):
+        create_on(service, clock, "/O=vws/CN=pooled", POOL_MANAGER, model.Kind.SANDBOX)
+
+
+def test_an_account_rule_admits_accounts_dynamic_and_pooled(policed):
+    service, clock = policed
+    for manager in (POOL_MANAGER, MANAGER, ""):
+        assert create_on(service, clock, "/O=vws/CN=anyone", manager).customisation.rule == "any-account"
+
+
+def test_a_rule_that_puts_accounts_in_a_pool_makes_them_pool_workspaces(policed):
+    """customise.account_pool: only managers of that pool take the workspace, so its account is
+    leased from a pool wherever the factory places it."""
+    service, clock = policed
+    ws = create_on(service, clock, "/O=vws/CN=atlas")
+    assert ws.customisation.rule == "atlas-pool" and ws.account_pool == "atlasp"
