@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from ..common import errors, model
+from ..common import errors, model, units
 from ..common.config import RepositorySettings
 from ..common.model import EventType, State
 from . import store
@@ -73,8 +73,9 @@ class Lifetimes:
                 raise errors.InvalidArgument(f"{new.isoformat()} is not in the future; give a later time", field)
             if new > maximum:
                 raise errors.InvalidArgument(
-                    f"{new.isoformat()} is past the maximum of {maximum.isoformat()} (the site's maximum lifetime "
-                    f"of {self.settings.max_lifetime} from its creation)", "termination_time")
+                    f"{new.isoformat()} is past the maximum of {maximum.isoformat()} (the site's maximum lifetime, "
+                    f"max_lifetime, of {units.format_duration(self.settings.max_lifetime)} from its creation); "
+                    "give an earlier time", "termination_time")
             old = row.termination_time
             row.termination_time = new
             row.update_time = now

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from vws.common import errors, model
+from vws.common import config, errors, model
 from vws.common.config import RepositorySettings
 from vws.common.model import EventType, State
+from vws.factory.validation import Limits, admit
 from vws.repository import db
 from vws.repository.policy import PolicyFile
 from vws.repository.service import RepositoryService
@@ -48,11 +49,12 @@ class FakeManagers:
         return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=State.TERMINATED)
 
 
-def make_env(database_url, policy=None):
+def make_env(database_url, policy=None, settings=None):
     engine = db.make_engine(database_url)
     db.upgrade(engine)
     clock, managers = Clock(), FakeManagers()
-    settings = RepositorySettings(max_lifetime=dt.timedelta(days=14), heartbeat_timeout=dt.timedelta(seconds=10))
+    settings = settings or RepositorySettings(max_lifetime=dt.timedelta(days=14),
+                                              heartbeat_timeout=dt.timedelta(seconds=10))
     service = RepositoryService(db.UnitOfWork(engine), settings, managers, clock=clock, policy=policy)
     managers.service = service
     return service, clock, managers
@@ -317,6 +319,37 @@ def test_update_termination_time(env):
     service.records.report_state(ws.name, MANAGER, State.TERMINATING, "", clock())
     with pytest.raises(errors.FailedPrecondition):
         service.lifetimes.update_termination_time(ws.name, extend_by=dt.timedelta(hours=1))
+
+
+@pytest.mark.parametrize("where", ["vws.toml", "environment"])
+def test_a_create_and_an_extend_obey_one_site_maximum(database_url, tmp_path, where):
+    """max_lifetime is one site setting: the factory admits a create of at most it, and the
+    repository extends a workspace to at most it from its creation."""
+    (tmp_path / "vws.toml").write_text('max_lifetime = "3d"\n' if where == "vws.toml" else "")
+    environ = {"VWS_MAX_LIFETIME": "3d"} if where == "environment" else {}
+    factory = config.load("factory", {"data_dir": str(tmp_path)}, environ=environ)
+    repository = config.load("repository", {"data_dir": str(tmp_path)}, environ=environ)
+    maximum, second = dt.timedelta(days=3), dt.timedelta(seconds=1)
+    limits = Limits.from_settings(factory)
+
+    def create(lifetime):
+        return admit(model.Workspace("", model.WorkspaceSpec(kind=model.Kind.UNIX_ACCOUNT, lifetime=lifetime)),
+                     limits)
+    assert create(maximum).spec.lifetime == maximum
+    with pytest.raises(errors.InvalidArgument, match="over this site's maximum of 3d") as e:
+        create(maximum + second)
+    assert field_of(e) == ["workspace.spec.lifetime"]
+
+    service, clock, _ = make_env(database_url, settings=repository)
+    try:
+        ws = placed(service, clock)
+        end = ws.create_time + maximum
+        assert service.lifetimes.update_termination_time(ws.name, termination_time=end).termination_time == end
+        with pytest.raises(errors.InvalidArgument, match="maximum lifetime, max_lifetime, of 3d") as e:
+            service.lifetimes.update_termination_time(ws.name, extend_by=second)
+        assert field_of(e) == ["termination_time"]
+    finally:
+        service.uow.dispose()
 
 
 def test_delete_through_the_manager(env):
