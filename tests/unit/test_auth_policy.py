@@ -178,7 +178,8 @@ def test_quota_group_can_be_per_identity(policy):
 def test_request_from_a_workspace_spec():
     spec = model.WorkspaceSpec(kind=model.Kind.UNIX_ACCOUNT, resources=model.Resources(memory_bytes=GiB, cpu_millis=500),
                                lifetime=dt.timedelta(hours=2))
-    assert WorkspaceRequest.from_spec(spec, pooled=True) == WorkspaceRequest("pool", GiB, 500, 0, 0, dt.timedelta(hours=2))
+    assert WorkspaceRequest.from_spec(spec, pooled=True) == WorkspaceRequest("pool", GiB, 500, 0, 0,
+                                                                             dt.timedelta(hours=2))
     vm = model.WorkspaceSpec(kind=model.Kind.VIRTUAL_MACHINE, software=model.Software(image="images/busybox"))
     assert WorkspaceRequest.from_spec(vm).kind == "vm" and WorkspaceRequest.from_spec(vm).image == "images/busybox"
 

@@ -124,7 +124,8 @@ def test_an_owner_as_long_as_an_identity_is_kept_and_a_longer_one_refused(env):
     service, clock, _ = env
     longest = "/DC=org/DC=example/CN=" + "a" * (db.OWNER_WIDTH - 22)
     ws, _ = service.records.create_record("", new_ws(clock, owner=longest))
-    assert service.workspaces.get(ws.name).owner == longest and [w.name for w in service.workspaces.list(owner=longest)[0]] == [ws.name]
+    assert service.workspaces.get(ws.name).owner == longest
+    assert [w.name for w in service.workspaces.list(owner=longest)[0]] == [ws.name]
     with pytest.raises(errors.InvalidArgument, match=f"is {db.OWNER_WIDTH + 1} characters long; an owner has at "
                                                      f"most {db.OWNER_WIDTH}") as e:
         service.records.create_record("", new_ws(clock, owner=longest + "b"))
@@ -179,7 +180,8 @@ def test_move_hands_a_migrating_workspace_to_its_destination(env):
     with pytest.raises(errors.FailedPrecondition):
         service.records.report_state(ws.name, MANAGER, State.RUNNING, "", clock())
     clock.advance(seconds=1)
-    assert service.records.report_state(ws.name, "managers/there", State.RUNNING, "arrived", clock()).state is State.RUNNING
+    arrived = service.records.report_state(ws.name, "managers/there", State.RUNNING, "arrived", clock())
+    assert arrived.state is State.RUNNING
     events, _ = service.workspaces.list_events(ws.name)
     migrated = [e for e in events if e.type is EventType.MIGRATED]
     assert len(migrated) == 1 and migrated[0].source == "managers/there"
@@ -234,7 +236,8 @@ def test_list_pages_newest_first_with_filters(env):
         if not token:
             break
     assert got == names
-    assert [w.name for w in service.workspaces.list(owner="alice")[0]] == [w.name for w in reversed(made) if w.owner == "alice"]
+    assert [w.name for w in service.workspaces.list(owner="alice")[0]] == [
+        w.name for w in reversed(made) if w.owner == "alice"]
     assert [w.name for w in service.workspaces.list(labels={"team": "a", "n": "1"})[0]] == [made[1].name]
     assert service.workspaces.list(labels={"team": "c"})[0] == []
     # Same create_time for several: the id breaks the tie, no row lost or repeated.
