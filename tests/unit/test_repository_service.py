@@ -15,6 +15,7 @@ from vws.repository import db
 from vws.repository.policy import PolicyFile
 from vws.repository.service import RepositoryService
 from tests.unit.test_access import user
+from tests.unit.test_auth_policy import POOL_RULES
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 MANAGER = "managers/host-1"
@@ -496,32 +497,15 @@ def test_spec_survives_the_round_trip_through_the_database():
 
 # ----------------------------------------------------------------------------- the policy on kinds
 
-KIND_POLICY = """
-[[rule]]
-name = "pooled-only"
-match.identity = ["/O=vws/CN=pooled"]
-kinds = ["pool"]
-
-[[rule]]
-name = "any-account"
-match.identity = ["/O=vws/CN=anyone"]
-kinds = ["account"]
-
-[[rule]]
-name = "atlas-pool"
-match.identity = ["/O=vws/CN=atlas"]
-kinds = ["pool"]
-customise = { account_pool = "atlasp" }
-"""
 POOL_MANAGER, POOL_ADDRESS = "managers/pool-1", "127.0.0.1:7713"
 
 
 @pytest.fixture
 def policed(database_url, tmp_path):
-    """A repository deciding with KIND_POLICY, one manager leasing accounts from a pool and one
-    making them."""
+    """A repository deciding with test_auth_policy's POOL_RULES, one manager leasing accounts
+    from a pool and one making them."""
     path = tmp_path / "policy.toml"
-    path.write_text(KIND_POLICY)
+    path.write_text(POOL_RULES)
     service, clock, managers = make_env(database_url, PolicyFile(path))
     kinds = [model.Kind.UNIX_ACCOUNT, model.Kind.SANDBOX]
     service.managers.register_manager(model.ManagerInfo(POOL_MANAGER, POOL_ADDRESS, kinds, account_pool="vwsp"))
@@ -543,23 +527,23 @@ def test_a_pool_rule_admits_an_account_leased_from_a_pool(policed):
     """kinds = ["pool"] (README's example): an account placed on a manager that leases from a
     pool is a pool workspace; it used to be refused as "account"."""
     service, clock = policed
-    ws = create_on(service, clock, "/O=vws/CN=pooled", POOL_MANAGER)
-    assert ws.state is State.PENDING and ws.customisation.rule == "pooled-only"
+    ws = create_on(service, clock, "/O=vws/CN=pools", POOL_MANAGER)
+    assert ws.state is State.PENDING and ws.customisation.rule == "pools"
 
 
 def test_a_pool_rule_refuses_an_account_made_on_its_host(policed):
     service, clock = policed
     for manager in (MANAGER, ""):  # a manager without a pool, or no manager chosen yet
         with pytest.raises(errors.PermissionDenied, match="account workspaces are not allowed.*ask for pool"):
-            create_on(service, clock, "/O=vws/CN=pooled", manager)
+            create_on(service, clock, "/O=vws/CN=pools", manager)
     with pytest.raises(errors.PermissionDenied, match="sandbox workspaces are not allowed"):
-        create_on(service, clock, "/O=vws/CN=pooled", POOL_MANAGER, model.Kind.SANDBOX)
+        create_on(service, clock, "/O=vws/CN=pools", POOL_MANAGER, model.Kind.SANDBOX)
 
 
 def test_an_account_rule_admits_accounts_dynamic_and_pooled(policed):
     service, clock = policed
     for manager in (POOL_MANAGER, MANAGER, ""):
-        assert create_on(service, clock, "/O=vws/CN=anyone", manager).customisation.rule == "any-account"
+        assert create_on(service, clock, "/O=vws/CN=accounts", manager).customisation.rule == "accounts"
 
 
 def test_a_rule_that_puts_accounts_in_a_pool_makes_them_pool_workspaces(policed):
@@ -567,4 +551,4 @@ def test_a_rule_that_puts_accounts_in_a_pool_makes_them_pool_workspaces(policed)
     leased from a pool wherever the factory places it."""
     service, clock = policed
     ws = create_on(service, clock, "/O=vws/CN=atlas")
-    assert ws.customisation.rule == "atlas-pool" and ws.account_pool == "atlasp"
+    assert ws.customisation.rule == "atlas-pool" and ws.account_pool == "atlas"
