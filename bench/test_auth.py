@@ -12,9 +12,9 @@ import pytest
 
 from bench.conftest import ms
 from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld
-from vws.common.auth import (Authenticator, PolicyFile, ProxyFile, SessionAuthority, TrustStore, VomsDir,
-                             WorkspaceRequest)
+from vws.common.auth import Authenticator, ProxyFile, SessionAuthority, TrustStore, VomsDir
 from vws.common.errors import Unauthenticated
+from vws.repository.policy import PolicyFile, WorkspaceRequest
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
 GROUP = "auth"

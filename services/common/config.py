@@ -20,7 +20,7 @@ from typing import Any
 from . import units
 from .errors import InvalidArgument
 
-SHARED_FIELDS = {"data_dir", "repository", "pki_dir", "insecure", "ca"}
+SHARED_FIELDS = {"data_dir", "repository", "pki_dir", "insecure", "ca", "max_lifetime"}
 
 
 def default_data_dir() -> pathlib.Path:
@@ -34,6 +34,13 @@ def default_data_dir() -> pathlib.Path:
 
 def _field(default: Any, help: str, unit: str = "str"):
     return dataclasses.field(default=default, metadata={"help": help, "unit": unit})
+
+
+def _site_max_lifetime():
+    # One site maximum that the factory (create) and the repository (extend) both read.
+    return _field(dt.timedelta(days=14), "the longest a workspace may live, from its creation: a create asks for at "
+                  "most this and an extension ends no later (one site setting, for the factory and the repository)",
+                  "duration")
 
 
 @dataclasses.dataclass
@@ -58,7 +65,7 @@ class RepositorySettings(Transport):
     listen: str = _field("127.0.0.1:7701", "host:port to serve on (port 0 picks a free one)")
     database_url: str = _field("", "SQLAlchemy URL; empty means SQLite in the data directory")
     heartbeat_timeout: dt.timedelta = _field(dt.timedelta(seconds=10), "a manager silent this long gets no new workspaces", "duration")
-    max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest a workspace may live", "duration")
+    max_lifetime: dt.timedelta = _site_max_lifetime()
     expiry_interval: dt.timedelta = _field(dt.timedelta(seconds=1), "how often expired workspaces are looked for", "duration")
     vomsdir: pathlib.Path = _field(pathlib.Path("/etc/grid-security/vomsdir"), "the VOMS servers whose attribute "
                                    "certificates are trusted (<vo>/<host>.lsc)", "path")
@@ -82,7 +89,7 @@ class FactorySettings(Transport):
     listen: str = _field("127.0.0.1:7702", "host:port to serve on")
     repository: str = _field("127.0.0.1:7701", "host:port of the RepositoryService")
     default_lifetime: dt.timedelta = _field(dt.timedelta(days=1), "lifetime of a workspace that asks for none", "duration")
-    max_lifetime: dt.timedelta = _field(dt.timedelta(days=14), "the longest lifetime one may ask for", "duration")
+    max_lifetime: dt.timedelta = _site_max_lifetime()
     default_memory: int = _field(512 * 1024**2, "memory of a workspace that asks for none", "size")
     default_disk: int = _field(1024**3, "disk of a workspace that asks for none", "size")
     default_cpu: int = _field(250, "CPU (millicores) of a workspace that asks for none", "cpu")

@@ -22,10 +22,10 @@ from ..common import errors, model, names
 from ..common.auth import pki
 from ..common.auth.credentials import AUTHORIZATION, Authenticator
 from ..common.auth.gate import AuditRecord, Call, Caller, Role, Rule
-from ..common.auth.policy import GroupUsage
 from ..common.auth.principal import CredentialKind
 from . import db, paging
 from .db import AuditEntryRow, RoleBindingRow, WorkspaceRow
+from .policy import GroupUsage
 
 log = logging.getLogger("vws.repository.access")
 

@@ -2,9 +2,9 @@
 role a method needs; this converts and calls the AccessStore and the site's policy."""
 from __future__ import annotations
 
-from ..common import converters
+from ..common import converters, kinds
 from ..common.auth import gate
-from ..common.auth.policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
+from .policy import GroupUsage, PolicyFile, Quota, WorkspaceRequest
 from .access import AccessStore, AuditEntry, Binding
 from ..v1 import access_pb2, access_pb2_grpc, workspace_pb2
 
@@ -56,7 +56,7 @@ def entitlement(policy: PolicyFile | None, access: AccessStore, caller: gate.Cal
         return access_pb2.Entitlement(reason=f"{caller.identity} is a vws service, not a person; services "
                                              "create nothing for themselves")
     # The rule's terms for this principal, placeholders filled; what was asked does not matter here.
-    d = policy.decide(caller.principal, WorkspaceRequest(kind="account"))
+    d = policy.decide(caller.principal, WorkspaceRequest(kind=kinds.of(kinds.DEFAULT).name))
     if not d.rule:
         return access_pb2.Entitlement(reason=d.reasons[0].message if d.reasons else "")
     lim = d.limits

@@ -3,15 +3,16 @@ CA directory and the site's CA, the VOMS servers, the WLCG token issuers, proxy 
 policy file."""
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import tomllib
 
-from ..common import errors
+from ..common import errors, kinds
 from ..common.auth import pki
 from ..common.auth.certs import TrustStore, slash_dn
 from ..common.auth.credentials import Authenticator
-from ..common.auth.policy import PolicyFile
+from .policy import PolicyFile
 from ..common.auth.session import SessionAuthority, load_or_create_key
 from ..common.auth.tokens import TokenIssuer, TokenVerifier
 from ..common.auth.voms import VomsDir
@@ -27,7 +28,7 @@ DEFAULT_POLICY = f"""\
 [[rule]]
 name = "administrator"
 match.identity = ["{pki.admin_identity()}"]
-kinds = ["account", "pool", "sandbox", "vm"]
+kinds = {json.dumps(list(kinds.POLICY_NAMES))}
 """
 
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 
-from ..common import config
+from ..common import config, model
 from ..common.auth.certs import slash_dn
 from ..common.auth.serving import protect
 from ..common.auth.service import AuthServicer
 from ..common.config import RepositorySettings
 from ..common.server import Service, create_server
 from . import db, security
-from .access import LocalAuthorizer
+from .access import AccessStore, LocalAuthorizer
 from .access_servicer import AccessServicer
 from .gateway import GrpcManagers, ManagerGateway
 from .service import RepositoryService
@@ -25,37 +25,38 @@ def database_url(settings: RepositorySettings) -> str:
     return settings.database_url or db.default_url(settings.data_dir)
 
 
-def build(settings: RepositorySettings, managers: ManagerGateway | None = None, clock=None) -> RepositoryService:
-    """The engine, the schema brought up to date by the migrations, and the service layer."""
+def open_database(settings: RepositorySettings) -> db.UnitOfWork:
+    """The engine, the schema brought up to date by the migrations."""
     engine = db.make_engine(database_url(settings))
     try:
         db.upgrade(engine)
     except Exception:
         engine.dispose()
         raise
-    kwargs = {"clock": clock} if clock is not None else {}
-    return RepositoryService(db.UnitOfWork(engine), settings, managers or GrpcManagers(), **kwargs)
+    return db.UnitOfWork(engine)
 
 
 def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
           clock=None) -> tuple[Service, RepositoryService]:
-    service = build(settings, managers, clock)
+    uow = open_database(settings)
+    clock = clock or model.utcnow
+    access = AccessStore(uow, clock)
     made: dict = {}
 
     def authorizer(local_ca):
         # The repository decides itself: it checks every kind of credential, holds the policy,
         # the role bindings and the audit trail.
         made["authenticator"] = authenticator = security.authenticator(settings, local_ca)
-        made["authorizer"] = LocalAuthorizer(authenticator, service.access, security.administrators(settings),
+        made["authorizer"] = LocalAuthorizer(authenticator, access, security.administrators(settings),
                                              local_ca_dn=slash_dn(local_ca.anchors[0].subject))
         return made["authorizer"]
     try:
         protection = protect(settings, "repository", "repository", authorizer)
-        if protection.gate is not None:
-            service.policy = security.policy_file(settings)
+        policy = security.policy_file(settings) if protection.gate is not None else None
     except Exception:
-        service.uow.dispose()
+        uow.dispose()
         raise
+    service = RepositoryService(uow, settings, managers or GrpcManagers(), clock, policy=policy, access=access)
 
     def register(server):
         repository_pb2_grpc.add_RepositoryServiceServicer_to_server(RepositoryServicer(service), server)
@@ -70,7 +71,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
         return names
 
     def on_stop():
-        service.stop_expiry()
+        service.lifetimes.stop_expiry()
         service.uow.dispose()
 
     def before_stop():
@@ -82,7 +83,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
         service.uow.dispose()
         raise
     _close_watches_first(server, before_stop)
-    service.start_expiry()
+    service.lifetimes.start_expiry()
     return server, service
 
 

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from ..common import converters, model
-from .db import NOT_TERMINATED, EventRow, ManagerRow, WorkspaceLabelRow, WorkspaceRow
+from ..common import converters, errors, model, names
+from .db import NOT_TERMINATED, OWNER_WIDTH, EventRow, ManagerRow, WorkspaceLabelRow, WorkspaceRow
 
 # ----------------------------------------------------------------------------- conversions
 
@@ -125,6 +125,36 @@ def get_row(session: Session, name: str, for_update: bool = False) -> WorkspaceR
     if for_update:
         query = query.with_for_update()
     return session.execute(query).scalar_one_or_none()
+
+
+def load(session: Session, name: str, field: str = "name", for_update: bool = False) -> WorkspaceRow:
+    """The workspace's row: INVALID_ARGUMENT on `field` for a malformed name, NOT_FOUND when none."""
+    names.parse_workspace_name(name, field)
+    row = get_row(session, name, for_update)
+    if row is None:
+        raise errors.NotFound(f"workspace {name} does not exist")
+    return row
+
+
+def move(session: Session, row: WorkspaceRow, state: model.State, message: str, source: str, now: dt.datetime) -> None:
+    """Puts the row in `state`, with its event (STATE_CHANGED)."""
+    previous = row.state
+    if previous != state.value:
+        row.progress = None  # progress belongs to the state it was reported in
+    row.state, row.state_message, row.state_time, row.update_time = state.value, message, now, now
+    add_event(session, row, model.EventType.STATE_CHANGED, previous, state, message, source, now)
+
+
+def owner_too_long(owner: str, whose: str = "") -> str:
+    """What is wrong with an owner longer than the column holds, or ''."""
+    if len(owner) <= OWNER_WIDTH:
+        return ""
+    return f"is {len(owner)} characters long{whose}; an owner has at most {OWNER_WIDTH}"
+
+
+def check_owner(owner: str, whose: str = "") -> None:
+    if problem := owner_too_long(owner, whose):
+        raise errors.InvalidArgument(problem, "owner")
 
 
 _SNAPSHOT_SQL = {"sqlite": "SELECT snapshot FROM workspaces WHERE name = ?",
@@ -267,6 +297,12 @@ def heartbeat_manager(session: Session, name: str, allocated: model.Capacity, no
 def list_managers(session: Session, after: str, limit: int) -> list[ManagerRow]:
     return list(session.execute(sa.select(ManagerRow).where(ManagerRow.name > after)
                                 .order_by(ManagerRow.name).limit(limit)).scalars())
+
+
+def account_pool_of(session: Session, manager: str) -> str:
+    """The account pool a manager leases from; "" for none, or for a manager never registered."""
+    return session.execute(sa.select(ManagerRow.account_pool).where(ManagerRow.name == manager)
+                           ).scalar_one_or_none() or ""
 
 
 def manager_address(session: Session, name: str) -> str | None:

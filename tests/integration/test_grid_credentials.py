@@ -11,10 +11,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld, chain_der, openssl_subject_hash, resign_proxy
-from vws.common.auth import (Authenticator, CredentialKind, Policy, ProxyFile, SessionAuthority, TrustStore, VomsDir,
-                             WorkspaceRequest, subject_hash)
+from vws.common.auth import (Authenticator, CredentialKind, ProxyFile, SessionAuthority, TrustStore, VomsDir,
+                             subject_hash)
 from vws.common.auth.credentials import REFUSAL_TTL
 from vws.common.errors import PermissionDenied, Unauthenticated
+from vws.repository.policy import Policy, WorkspaceRequest
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
 

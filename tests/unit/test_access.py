@@ -15,11 +15,11 @@ from vws.common.auth import pki
 from vws.common.auth.certs import TrustStore, slash_dn
 from vws.common.auth.credentials import Authenticator
 from vws.common.auth.gate import AuditRecord, Call, Caller, Role, RULES, _current
-from vws.common.auth.policy import PolicyFile
 from vws.common.auth.principal import CredentialKind, Principal
 from vws.repository import db, store
 from vws.repository.access import AccessStore, AuditEntry, LocalAuthorizer, group_usage
 from vws.repository.access_servicer import AccessServicer
+from vws.repository.policy import PolicyFile
 from vws.v1 import access_pb2
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)

@@ -9,8 +9,9 @@ import os
 import pytest
 
 from vws.common import model
-from vws.common.auth import CredentialKind, GroupUsage, Policy, PolicyFile, Principal, WorkspaceRequest
+from vws.common.auth import CredentialKind, Principal
 from vws.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from vws.repository.policy import GroupUsage, Policy, PolicyFile, WorkspaceRequest
 
 GiB = 1 << 30
 EXPIRY = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
@@ -127,6 +128,41 @@ def test_group_quota_says_what_would_be_exceeded(policy, usage, request_, field)
     assert err.value.violations[0][0] == "quota group atlas-prod"
 
 
+POOL_RULES = """
+[[rule]]
+name = "accounts"
+match.identity = ["/O=vws/CN=accounts"]
+kinds = ["account"]
+
+[[rule]]
+name = "pools"
+match.identity = ["/O=vws/CN=pools"]
+kinds = ["pool"]
+
+[[rule]]
+name = "atlas-pool"
+match.identity = ["/O=vws/CN=atlas"]
+kinds = ["pool"]
+customise = { account_pool = "{vo}" }
+"""
+
+
+def test_account_allows_every_account_and_pool_only_pooled_ones():
+    policy = Policy.parse(POOL_RULES)
+    accounts, pools, atlas = (principal(f"/O=vws/CN={n}", CredentialKind.CERTIFICATE) for n in ("accounts", "pools",
+                                                                                                "atlas"))
+    assert policy.decide(accounts, WorkspaceRequest("account")).allowed
+    assert policy.decide(accounts, WorkspaceRequest("pool")).allowed  # "account" covers an account from a pool
+    assert not policy.decide(accounts, WorkspaceRequest("sandbox")).allowed
+    assert policy.decide(pools, WorkspaceRequest("pool")).allowed
+    [refused] = policy.decide(pools, WorkspaceRequest("account")).reasons
+    assert refused.field == "workspace.spec.kind" and "ask for pool (an account leased from an account pool" in \
+        refused.message
+    # A rule that puts accounts in a pool leases them from it: an account request is a pool one.
+    assert policy.decide(atlas, WorkspaceRequest("account")).allowed
+    assert not policy.decide(atlas, WorkspaceRequest("vm")).allowed
+
+
 def test_within_quota_is_allowed(policy):
     usage = GroupUsage(workspaces=9, memory_bytes=56 * GiB, cpu_millis=14000, reserved_minutes=14400 - 60)
     assert policy.decide(PROD, WorkspaceRequest("vm", memory_bytes=8 * GiB, cpu_millis=2000,
@@ -142,7 +178,8 @@ def test_quota_group_can_be_per_identity(policy):
 def test_request_from_a_workspace_spec():
     spec = model.WorkspaceSpec(kind=model.Kind.UNIX_ACCOUNT, resources=model.Resources(memory_bytes=GiB, cpu_millis=500),
                                lifetime=dt.timedelta(hours=2))
-    assert WorkspaceRequest.from_spec(spec, pool=True) == WorkspaceRequest("pool", GiB, 500, 0, 0, dt.timedelta(hours=2))
+    assert WorkspaceRequest.from_spec(spec, pooled=True) == WorkspaceRequest("pool", GiB, 500, 0, 0,
+                                                                             dt.timedelta(hours=2))
     vm = model.WorkspaceSpec(kind=model.Kind.VIRTUAL_MACHINE, software=model.Software(image="images/busybox"))
     assert WorkspaceRequest.from_spec(vm).kind == "vm" and WorkspaceRequest.from_spec(vm).image == "images/busybox"
 

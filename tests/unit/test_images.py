@@ -76,7 +76,7 @@ def fields(exc_info) -> list[str]:
 def test_a_kernel_image_is_copied_into_the_store_by_digest(env, files):
     service, store = env
     kernel, initrd = files("vmlinuz", b"K" * 5000), files("initrd.img", b"I" * (5 << 20))
-    image = service.create_image("busybox", kernel_image(kernel, initrd, kernel_args="console=ttyS0",
+    image = service.images.create_image("busybox", kernel_image(kernel, initrd, kernel_args="console=ttyS0",
                                                          description="test guest"), "alice")
     assert image.name == "images/busybox" and image.owner == "alice" and image.create_time == T0
     assert image.visibility is model.ImageVisibility.PRIVATE  # the default
@@ -88,7 +88,7 @@ def test_a_kernel_image_is_copied_into_the_store_by_digest(env, files):
         assert f.location == str(store / want.digest.split(":")[1] / f.role.value.lower())
         assert pathlib.Path(f.location).read_bytes() == pathlib.Path(src).read_bytes()
     assert image.size_bytes == 5000 + (5 << 20)
-    assert service.get_image("images/busybox") == image == service.get_image("busybox")
+    assert service.images.get_image("images/busybox") == image == service.images.get_image("busybox")
     assert pathlib.Path(kernel).exists()  # the source is copied, not moved
 
 
@@ -96,10 +96,10 @@ def test_a_disk_image_has_its_format_detected_or_checked(env, files):
     service, _ = env
     qcow = files("disk.qcow2", QCOW2_HEAD)
     raw = files("disk.raw", b"\0" * 4096 + b"boot")
-    assert service.create_image("qa", disk_image(qcow), "alice").files[0].format is QCOW2
-    assert service.create_image("qb", disk_image(qcow, QCOW2), "alice").files[0].format is QCOW2
-    assert service.create_image("ra", disk_image(raw), "alice").files[0].format is RAW
-    assert service.create_image("rb", disk_image(raw, RAW), "alice").files[0].format is RAW
+    assert service.images.create_image("qa", disk_image(qcow), "alice").files[0].format is QCOW2
+    assert service.images.create_image("qb", disk_image(qcow, QCOW2), "alice").files[0].format is QCOW2
+    assert service.images.create_image("ra", disk_image(raw), "alice").files[0].format is RAW
+    assert service.images.create_image("rb", disk_image(raw, RAW), "alice").files[0].format is RAW
 
 
 def test_an_expected_digest_that_matches_is_accepted(env, files):
@@ -108,7 +108,7 @@ def test_an_expected_digest_that_matches_is_accepted(env, files):
     want = copysum.digest_file(kernel).digest
     image = kernel_image(kernel)
     image.files[0].digest = want.upper().replace("BLAKE3-4M", "blake3-4m")
-    assert service.create_image("kk", image, "alice").files[0].digest == want
+    assert service.images.create_image("kk", image, "alice").files[0].digest == want
 
 
 def test_a_digest_mismatch_names_the_field_with_both_digests_and_leaves_nothing(env, files):
@@ -118,11 +118,11 @@ def test_a_digest_mismatch_names_the_field_with_both_digests_and_leaves_nothing(
     wrong = "blake3-4m:" + "0" * 64
     image.files[1].digest = wrong
     with pytest.raises(errors.InvalidArgument) as e:
-        service.create_image("kk", image, "alice")
+        service.images.create_image("kk", image, "alice")
     assert fields(e) == ["image.files[1].digest"]
     assert wrong in e.value.message and copysum.digest_file(initrd).digest in e.value.message
     with pytest.raises(errors.NotFound):
-        service.get_image("kk")
+        service.images.get_image("kk")
     assert stored(store) == []  # the kernel copied before the initrd failed went too
 
 
@@ -134,17 +134,17 @@ def test_a_failure_while_recording_removes_the_copies(env, files, monkeypatch):
         raise RuntimeError("database went away")
     monkeypatch.setattr(image_store, "insert", broken)
     with pytest.raises(RuntimeError):
-        service.create_image("kk", kernel_image(kernel), "alice")
+        service.images.create_image("kk", kernel_image(kernel), "alice")
     assert stored(store) == []
 
 
 def test_a_taken_name_is_already_exists_and_copies_nothing(env, files):
     service, store = env
-    service.create_image("kk", kernel_image(files("vmlinuz", b"one")), "alice")
+    service.images.create_image("kk", kernel_image(files("vmlinuz", b"one")), "alice")
     before = stored(store)
     with pytest.raises(errors.AlreadyExists, match="images/kk"):
-        service.create_image("kk", kernel_image(files("other", b"two")), "bob")
-    assert stored(store) == before and service.get_image("kk").owner == "alice"
+        service.images.create_image("kk", kernel_image(files("other", b"two")), "bob")
+    assert stored(store) == before and service.images.get_image("kk").owner == "alice"
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -153,7 +153,7 @@ def test_a_taken_name_is_already_exists_and_copies_nothing(env, files):
 def test_a_bad_image_id_is_refused(env, files, image_id):
     service, _ = env
     with pytest.raises(errors.InvalidArgument) as e:
-        service.create_image(image_id, kernel_image(files("vmlinuz", b"k")), "alice")
+        service.images.create_image(image_id, kernel_image(files("vmlinuz", b"k")), "alice")
     assert fields(e) == ["image_id"]
 
 
@@ -202,16 +202,16 @@ def test_refusals_name_each_field(env, files, tmp_path):
     ]
     for image, owner, want in cases:
         with pytest.raises(errors.InvalidArgument) as e:
-            service.create_image("img", image, owner)
+            service.images.create_image("img", image, owner)
         assert fields(e) == want, (image, e.value.message)
         assert all(d for _, d in e.value.violations)
     bad_digest = kernel_image(kernel)
     bad_digest.files[0].digest = "sha256:abc"
     with pytest.raises(errors.InvalidArgument) as e:
-        service.create_image("img", bad_digest, "a")
+        service.images.create_image("img", bad_digest, "a")
     assert fields(e) == ["image.files[0].digest"] and "blake3-4m:" in e.value.message
     assert stored(store) == []
-    assert service.list_images() == ([], "")
+    assert service.images.list_images() == ([], "")
 
 
 def test_every_violation_comes_in_one_answer(env, tmp_path):
@@ -219,7 +219,7 @@ def test_every_violation_comes_in_one_answer(env, tmp_path):
     image = model.Image(name="", boot=model.ImageBoot.KERNEL, files=[
         model.ImageFile(K, location="relative"), model.ImageFile(I, location=str(tmp_path / "nope"))])
     with pytest.raises(errors.InvalidArgument) as e:
-        service.create_image("Bad", image, "")
+        service.images.create_image("Bad", image, "")
     assert fields(e) == ["image_id", "owner", "image.files[0].location", "image.files[1].location"]
     assert "absolute path" in e.value.message and "does not exist" in e.value.message
 
@@ -227,7 +227,7 @@ def test_every_violation_comes_in_one_answer(env, tmp_path):
 def test_the_qcow2_mismatch_message_says_what_the_file_is(env, files):
     service, _ = env
     with pytest.raises(errors.InvalidArgument) as e:
-        service.create_image("dd", disk_image(files("d.qcow2", QCOW2_HEAD), RAW), "a")
+        service.images.create_image("dd", disk_image(files("d.qcow2", QCOW2_HEAD), RAW), "a")
     assert "is qcow2" in e.value.message and "FORMAT_QCOW2" in e.value.message
 
 
@@ -236,22 +236,22 @@ def test_the_qcow2_mismatch_message_says_what_the_file_is(env, files):
 def test_images_share_a_file_until_the_last_one_goes(env, files):
     service, store = env
     kernel = files("vmlinuz", b"the same kernel")
-    a = service.create_image("aa", kernel_image(kernel, files("i1", b"initrd one")), "alice")
-    b = service.create_image("bb", kernel_image(kernel, files("i2", b"initrd two")), "bob")
+    a = service.images.create_image("aa", kernel_image(kernel, files("i1", b"initrd one")), "alice")
+    b = service.images.create_image("bb", kernel_image(kernel, files("i2", b"initrd two")), "bob")
     assert a.files[0].location == b.files[0].location and a.files[1].location != b.files[1].location
     assert len(stored(store)) == 3
-    service.delete_image("images/aa")
+    service.images.delete_image("images/aa")
     with pytest.raises(errors.NotFound):
-        service.get_image("aa")
+        service.images.get_image("aa")
     assert pathlib.Path(b.files[0].location).exists() and not pathlib.Path(a.files[1].location).exists()
     assert not pathlib.Path(a.files[1].location).parent.exists()  # its directory went too
-    service.delete_image("bb")
+    service.images.delete_image("bb")
     assert stored(store) == [] and sorted(p.name for p in store.iterdir()) == [".incoming", ".lock"]
 
 
 def test_delete_and_get_of_a_missing_image(env):
     service, _ = env
-    for call in (service.get_image, service.delete_image):
+    for call in (service.images.get_image, service.images.delete_image):
         with pytest.raises(errors.NotFound, match="images/nothere"):
             call("images/nothere")
         with pytest.raises(errors.InvalidArgument) as e:
@@ -269,21 +269,21 @@ def test_list_shows_public_and_own_images_by_name_in_pages(env, files):
                                  ("beta", "alice", model.ImageVisibility.PRIVATE),
                                  ("gamma", "bob", model.ImageVisibility.PUBLIC),
                                  ("delta", "carol", model.ImageVisibility.UNSPECIFIED)):
-        service.create_image(image_id, kernel_image(kernel, visibility=vis), owner)
+        service.images.create_image(image_id, kernel_image(kernel, visibility=vis), owner)
     names = lambda images: [i.name.split("/")[1] for i in images]  # noqa: E731
-    everything, token = service.list_images()
+    everything, token = service.images.list_images()
     assert names(everything) == ["alpha", "beta", "delta", "gamma", "zeta"] and token == ""
-    assert names(service.list_images("alice")[0]) == ["beta", "gamma", "zeta"]
-    assert names(service.list_images("bob")[0]) == ["alpha", "gamma", "zeta"]
-    assert names(service.list_images("dave")[0]) == ["gamma", "zeta"]
+    assert names(service.images.list_images("alice")[0]) == ["beta", "gamma", "zeta"]
+    assert names(service.images.list_images("bob")[0]) == ["alpha", "gamma", "zeta"]
+    assert names(service.images.list_images("dave")[0]) == ["gamma", "zeta"]
     assert everything[0].files and everything[0].files[0].role is K
-    page, token = service.list_images("alice", page_size=2)
+    page, token = service.images.list_images("alice", page_size=2)
     assert names(page) == ["beta", "gamma"] and token
-    rest, token2 = service.list_images("alice", page_size=2, page_token=token)
+    rest, token2 = service.images.list_images("alice", page_size=2, page_token=token)
     assert names(rest) == ["zeta"] and token2 == ""
     with pytest.raises(errors.InvalidArgument) as e:
-        service.list_images("bob", page_size=2, page_token=token)  # another listing's token
+        service.images.list_images("bob", page_size=2, page_token=token)  # another listing's token
     assert fields(e) == ["page_token"]
     with pytest.raises(errors.InvalidArgument) as e:
-        service.list_images(page_size=-1)
+        service.images.list_images(page_size=-1)
     assert fields(e) == ["page_size"]

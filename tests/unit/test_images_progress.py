@@ -23,19 +23,19 @@ def progress(clock, done=10 << 20, total=64 << 20, rate=5e6, **kw):
 def propagating(service, clock):
     ws = placed(service, clock)
     clock.advance(seconds=1)
-    return service.report_state(ws.name, MANAGER, State.PROPAGATING, "copying image busybox", clock())
+    return service.records.report_state(ws.name, MANAGER, State.PROPAGATING, "copying image busybox", clock())
 
 
 def events_of(service, name):
-    return service.list_events(name)[0]
+    return service.workspaces.list_events(name)[0]
 
 
 def agree(service, name):
     """The stored snapshot (what Get answers) says what the row says."""
-    service.cache.invalidate(name)
+    service.workspaces.cache.invalidate(name)
     with service.uow() as session:
         from_row = store.to_workspace(store.get_row(session, name))
-    assert service.get(name) == from_row
+    assert service.workspaces.get(name) == from_row
     return from_row
 
 
@@ -45,52 +45,52 @@ def test_progress_is_recorded_without_an_event(env):
     before = events_of(service, ws.name)
     clock.advance(seconds=1)
     p = progress(clock)
-    assert service.report_progress(ws.name, MANAGER, p) is True
-    got = service.get(ws.name)
+    assert service.records.report_progress(ws.name, MANAGER, p) is True
+    got = service.workspaces.get(ws.name)
     assert got.progress == p and got.state is State.PROPAGATING
     assert got.update_time == ws.update_time  # progress is not a change of the workspace's own
     assert events_of(service, ws.name) == before
     assert agree(service, ws.name).progress == p
     later = progress(clock, done=64 << 20, rate=6e6)
-    service.report_progress(ws.name, MANAGER, later)
-    assert service.get(ws.name).progress == later and events_of(service, ws.name) == before
+    service.records.report_progress(ws.name, MANAGER, later)
+    assert service.workspaces.get(ws.name).progress == later and events_of(service, ws.name) == before
 
 
 def test_an_empty_report_clears_it(env):
     service, clock, _ = env
     ws = propagating(service, clock)
-    service.report_progress(ws.name, MANAGER, progress(clock))
-    assert service.report_progress(ws.name, MANAGER, model.Progress()) is True
-    assert service.get(ws.name).progress is None and agree(service, ws.name).progress is None
-    service.report_progress(ws.name, MANAGER, progress(clock))
-    service.report_progress(ws.name, MANAGER, None)
-    assert service.get(ws.name).progress is None
-    assert service.report_progress(ws.name, MANAGER, None) is True  # nothing to clear is no error
+    service.records.report_progress(ws.name, MANAGER, progress(clock))
+    assert service.records.report_progress(ws.name, MANAGER, model.Progress()) is True
+    assert service.workspaces.get(ws.name).progress is None and agree(service, ws.name).progress is None
+    service.records.report_progress(ws.name, MANAGER, progress(clock))
+    service.records.report_progress(ws.name, MANAGER, None)
+    assert service.workspaces.get(ws.name).progress is None
+    assert service.records.report_progress(ws.name, MANAGER, None) is True  # nothing to clear is no error
 
 
 def test_a_state_that_moves_clears_it_and_one_that_stays_keeps_it(env):
     service, clock, _ = env
     ws = propagating(service, clock)
-    service.report_progress(ws.name, MANAGER, progress(clock))
+    service.records.report_progress(ws.name, MANAGER, progress(clock))
     clock.advance(seconds=1)
-    same = service.report_state(ws.name, MANAGER, State.PROPAGATING, "still copying", clock())
-    assert same.progress is not None and service.get(ws.name).progress is not None
+    same = service.records.report_state(ws.name, MANAGER, State.PROPAGATING, "still copying", clock())
+    assert same.progress is not None and service.workspaces.get(ws.name).progress is not None
     clock.advance(seconds=1)
-    moved = service.report_state(ws.name, MANAGER, State.READY, "ready", clock())
-    assert moved.progress is None and service.get(ws.name).progress is None
+    moved = service.records.report_state(ws.name, MANAGER, State.READY, "ready", clock())
+    assert moved.progress is None and service.workspaces.get(ws.name).progress is None
     assert agree(service, ws.name).progress is None
 
 
 def test_a_move_made_by_the_repository_clears_it_too(env):
     service, clock, managers = env
     ws = propagating(service, clock)
-    service.report_progress(ws.name, MANAGER, progress(clock))
+    service.records.report_progress(ws.name, MANAGER, progress(clock))
     managers.down = True
-    assert service.delete(ws.name).state is State.TERMINATING
-    assert service.get(ws.name).progress is None and agree(service, ws.name).progress is None
+    assert service.lifetimes.delete(ws.name).state is State.TERMINATING
+    assert service.workspaces.get(ws.name).progress is None and agree(service, ws.name).progress is None
     # A late report about the copy does not bring it back while it is being destroyed.
-    assert service.report_progress(ws.name, MANAGER, progress(clock)) is False
-    assert service.get(ws.name).progress is None
+    assert service.records.report_progress(ws.name, MANAGER, progress(clock)) is False
+    assert service.workspaces.get(ws.name).progress is None
 
 
 def test_a_report_older_than_the_state_is_ignored(env):
@@ -98,35 +98,35 @@ def test_a_report_older_than_the_state_is_ignored(env):
     ws = propagating(service, clock)
     old = progress(clock, at=clock())
     clock.advance(seconds=1)
-    service.report_state(ws.name, MANAGER, State.READY, "ready", clock())
-    assert service.report_progress(ws.name, MANAGER, old) is False
-    assert service.get(ws.name).progress is None
+    service.records.report_state(ws.name, MANAGER, State.READY, "ready", clock())
+    assert service.records.report_progress(ws.name, MANAGER, old) is False
+    assert service.workspaces.get(ws.name).progress is None
 
 
 def test_a_report_without_a_time_is_stamped_by_the_repository(env):
     service, clock, _ = env
     ws = propagating(service, clock)
     clock.advance(seconds=2)
-    service.report_progress(ws.name, MANAGER, dataclasses.replace(progress(clock), update_time=None))
-    assert service.get(ws.name).progress.update_time == clock()
+    service.records.report_progress(ws.name, MANAGER, dataclasses.replace(progress(clock), update_time=None))
+    assert service.workspaces.get(ws.name).progress.update_time == clock()
 
 
 def test_only_the_holding_manager_reports(env):
     service, clock, _ = env
     ws = propagating(service, clock)
     with pytest.raises(errors.FailedPrecondition, match="held by managers/host-1"):
-        service.report_progress(ws.name, "managers/other", progress(clock))
-    unplaced, _ = service.create_record("", model.Workspace(
+        service.records.report_progress(ws.name, "managers/other", progress(clock))
+    unplaced, _ = service.records.create_record("", model.Workspace(
         name="workspaces/wunplaced0001", spec=model.WorkspaceSpec(), owner="alice",
         termination_time=clock() + dt.timedelta(hours=1)))
     with pytest.raises(errors.FailedPrecondition, match="not placed"):
-        service.report_progress(unplaced.name, MANAGER, progress(clock))
+        service.records.report_progress(unplaced.name, MANAGER, progress(clock))
     with pytest.raises(errors.NotFound):
-        service.report_progress("workspaces/wnothere00001", MANAGER, progress(clock))
+        service.records.report_progress("workspaces/wnothere00001", MANAGER, progress(clock))
     with pytest.raises(errors.InvalidArgument) as e:
-        service.report_progress(ws.name, "not a manager", progress(clock))
+        service.records.report_progress(ws.name, "not a manager", progress(clock))
     assert e.value.violations[0][0] == "manager"
-    assert service.get(ws.name).progress is None
+    assert service.workspaces.get(ws.name).progress is None
 
 
 def test_bad_figures_name_their_field(env):
@@ -139,9 +139,9 @@ def test_bad_figures_name_their_field(env):
                        (progress(clock, rate=-1.0), "progress.bytes_per_second"),
                        (dataclasses.replace(progress(clock), activity="x" * 300), "progress.activity")):
         with pytest.raises(errors.InvalidArgument) as e:
-            service.report_progress(ws.name, MANAGER, bad)
+            service.records.report_progress(ws.name, MANAGER, bad)
         assert [f for f, _ in e.value.violations] == [field]
-    assert service.get(ws.name).progress is None
+    assert service.workspaces.get(ws.name).progress is None
 
 
 def test_watchers_see_progress(env):
@@ -152,7 +152,7 @@ def test_watchers_see_progress(env):
     active = [True]
 
     def watcher():
-        for w in service.watch(ws.name, lambda: active[0], poll=30.0):
+        for w in service.workspaces.watch(ws.name, lambda: active[0], poll=30.0):
             seen.append(w)
             started.set()
             if w.progress is not None:
@@ -161,7 +161,7 @@ def test_watchers_see_progress(env):
     t = threading.Thread(target=watcher)
     t.start()
     assert started.wait(10)
-    service.report_progress(ws.name, MANAGER, progress(clock))
+    service.records.report_progress(ws.name, MANAGER, progress(clock))
     # Woken by the report itself, not by the 30 s poll.
     assert got_progress.wait(10)
     active[0] = False

@@ -1,5 +1,5 @@
 """The repository's read cache never keeps what a concurrent write made stale."""
-from vws.repository.service import ReadCache
+from vws.repository.workspaces import ReadCache
 
 
 def test_a_write_invalidates_and_a_read_that_raced_with_it_is_not_kept():
@@ -17,7 +17,7 @@ def test_a_write_invalidates_and_a_read_that_raced_with_it_is_not_kept():
 def test_entries_age_out(monkeypatch):
     cache = ReadCache()
     now = [100.0]
-    monkeypatch.setattr("vws.repository.service.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("vws.repository.workspaces.time.monotonic", lambda: now[0])
     cache.put("workspaces/wa", b"x", cache.generation)
     now[0] += ReadCache.MAX_AGE + 0.01
     assert cache.get("workspaces/wa") is None

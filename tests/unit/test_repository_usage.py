@@ -27,59 +27,59 @@ def usage(name, final=False, cpu=12.5, samples=3, start=T0, seconds=3723.5, **kw
 def test_report_and_get(env):
     service, clock, _ = env
     ws = placed(service, clock)
-    assert service.get_usage(ws.name) == model.Usage(name=ws.name)  # zeros before the first sample
-    assert service.report_usage(MANAGER, [usage(ws.name)]) == 1
-    got = service.get_usage(ws.name)
+    assert service.usage.get_usage(ws.name) == model.Usage(name=ws.name)  # zeros before the first sample
+    assert service.usage.report_usage(MANAGER, [usage(ws.name)]) == 1
+    got = service.usage.get_usage(ws.name)
     assert got == usage(ws.name)
     assert got.start_time.tzinfo is not None
     # The latest cumulative figures replace the earlier ones.
-    assert service.report_usage(MANAGER, [usage(ws.name, cpu=20.0, samples=4)]) == 1
-    assert service.get_usage(ws.name).cpu_seconds == 20.0
+    assert service.usage.report_usage(MANAGER, [usage(ws.name, cpu=20.0, samples=4)]) == 1
+    assert service.usage.get_usage(ws.name).cpu_seconds == 20.0
 
 
 def test_only_the_holding_manager_reports_and_unknown_ones_are_skipped(env):
     service, clock, _ = env
     ws = placed(service, clock)
-    assert service.report_usage("managers/other", [usage(ws.name)]) == 0
-    assert service.report_usage(MANAGER, [usage(ws.name), usage("workspaces/wunknown0000x")]) == 1
-    assert service.get_usage(ws.name).samples == 3
+    assert service.usage.report_usage("managers/other", [usage(ws.name)]) == 0
+    assert service.usage.report_usage(MANAGER, [usage(ws.name), usage("workspaces/wunknown0000x")]) == 1
+    assert service.usage.get_usage(ws.name).samples == 3
     with pytest.raises(errors.InvalidArgument) as e:
-        service.report_usage(MANAGER, [usage(ws.name), usage("nonsense")])
+        service.usage.report_usage(MANAGER, [usage(ws.name), usage("nonsense")])
     assert field_of(e) == ["usage[1].name"]
     with pytest.raises(errors.InvalidArgument) as e:
-        service.report_usage("", [usage(ws.name)])
+        service.usage.report_usage("", [usage(ws.name)])
     assert field_of(e) == ["manager"]
 
 
 def test_final_figures_are_never_overwritten_by_later_non_final_ones(env):
     service, clock, _ = env
     ws = placed(service, clock)
-    service.report_usage(MANAGER, [usage(ws.name, final=True, cpu=30.0, samples=9)])
-    service.report_usage(MANAGER, [usage(ws.name, final=False, cpu=31.0, samples=10)])
-    got = service.get_usage(ws.name)
+    service.usage.report_usage(MANAGER, [usage(ws.name, final=True, cpu=30.0, samples=9)])
+    service.usage.report_usage(MANAGER, [usage(ws.name, final=False, cpu=31.0, samples=10)])
+    got = service.usage.get_usage(ws.name)
     assert got.final and got.cpu_seconds == 30.0
     # A later final one of at least as many samples does replace them; one with none keeps them.
-    service.report_usage(MANAGER, [usage(ws.name, final=True, cpu=32.0, samples=10)])
-    assert service.get_usage(ws.name).cpu_seconds == 32.0
-    service.report_usage(MANAGER, [model.Usage(name=ws.name, final=True)])
-    got = service.get_usage(ws.name)
+    service.usage.report_usage(MANAGER, [usage(ws.name, final=True, cpu=32.0, samples=10)])
+    assert service.usage.get_usage(ws.name).cpu_seconds == 32.0
+    service.usage.report_usage(MANAGER, [model.Usage(name=ws.name, final=True)])
+    got = service.usage.get_usage(ws.name)
     assert got.final and got.cpu_seconds == 32.0 and got.samples == 10
 
 
 def test_usage_is_kept_after_destroy(env):
     service, clock, _ = env
     ws = placed(service, clock)
-    service.report_usage(MANAGER, [usage(ws.name, final=True)])
-    assert service.delete(ws.name).state is State.TERMINATED
-    assert service.get_usage(ws.name).final
+    service.usage.report_usage(MANAGER, [usage(ws.name, final=True)])
+    assert service.lifetimes.delete(ws.name).state is State.TERMINATED
+    assert service.usage.get_usage(ws.name).final
 
 
 def test_get_usage_errors(env):
     service, _, _ = env
     with pytest.raises(errors.NotFound):
-        service.get_usage("workspaces/wnothere0000x")
+        service.usage.get_usage("workspaces/wnothere0000x")
     with pytest.raises(errors.InvalidArgument) as e:
-        service.get_usage("bad name")
+        service.usage.get_usage("bad name")
     assert field_of(e) == ["name"]
 
 
@@ -102,10 +102,10 @@ def test_export_usage_records(env):
     a = placed(service, clock, owner="alice")
     b = placed(service, clock, owner="bob")
     c = placed(service, clock, owner="alice")  # never sampled: no usage row, no record
-    service.report_usage(MANAGER, [usage(a.name, final=True), usage(b.name, start=T0 + dt.timedelta(days=2))])
-    service.report_state(b.name, MANAGER, State.RUNNING, "still", clock(), "vws-1")
+    service.usage.report_usage(MANAGER, [usage(a.name, final=True), usage(b.name, start=T0 + dt.timedelta(days=2))])
+    service.records.report_state(b.name, MANAGER, State.RUNNING, "still", clock(), "vws-1")
 
-    xml, count = service.export_usage_records()
+    xml, count = service.usage.export_usage_records()
     assert count == 2 and xml.startswith('<?xml version="1.0" encoding="UTF-8"?>')
     records = _records(xml)
     assert set(records) == {a.name, b.name} and c.name not in records
@@ -130,28 +130,28 @@ def test_export_usage_records(env):
     assert q("urf:Resource").text == "vws"
 
     # Per owner, and over a period: [start, end) against the first and latest samples.
-    assert set(_records(service.export_usage_records("alice")[0])) == {a.name}
-    assert service.export_usage_records("carol") [1] == 0
+    assert set(_records(service.usage.export_usage_records("alice")[0])) == {a.name}
+    assert service.usage.export_usage_records("carol") [1] == 0
     day = dt.timedelta(days=1)
-    assert set(_records(service.export_usage_records("", T0 + day, T0 + 3 * day)[0])) == {b.name}
-    assert set(_records(service.export_usage_records("", T0 - day, T0 + day)[0])) == {a.name}
-    assert service.export_usage_records("", T0 + 5 * day, None)[1] == 0
+    assert set(_records(service.usage.export_usage_records("", T0 + day, T0 + 3 * day)[0])) == {b.name}
+    assert set(_records(service.usage.export_usage_records("", T0 - day, T0 + day)[0])) == {a.name}
+    assert service.usage.export_usage_records("", T0 + 5 * day, None)[1] == 0
 
 
 def test_export_marks_failed_workspaces(env):
     service, clock, _ = env
     ws = placed(service, clock)
     clock.advance(seconds=1)
-    service.report_state(ws.name, MANAGER, State.FAILED, "its account vanished", clock(), "vws-1")
-    service.report_usage(MANAGER, [usage(ws.name, final=True)])
-    assert _records(service.export_usage_records()[0])[ws.name].find("urf:Status", NS).text == "failed"
+    service.records.report_state(ws.name, MANAGER, State.FAILED, "its account vanished", clock(), "vws-1")
+    service.usage.report_usage(MANAGER, [usage(ws.name, final=True)])
+    assert _records(service.usage.export_usage_records()[0])[ws.name].find("urf:Status", NS).text == "failed"
 
 
 def test_export_argument_errors(env):
     service, _, _ = env
     with pytest.raises(errors.InvalidArgument) as e:
-        service.export_usage_records("", T0, T0 - dt.timedelta(seconds=1))
+        service.usage.export_usage_records("", T0, T0 - dt.timedelta(seconds=1))
     assert field_of(e) == ["end_time"]
     with pytest.raises(errors.InvalidArgument) as e:
-        service.export_usage_records("x" * (db.OWNER_WIDTH + 1))
+        service.usage.export_usage_records("x" * (db.OWNER_WIDTH + 1))
     assert field_of(e) == ["owner"]

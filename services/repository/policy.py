@@ -3,7 +3,13 @@ when it changes (a broken new file keeps the old policy and logs why).
 
 The first rule that matches a principal decides: which kinds it may create, the most one
 workspace may have, the quota of the group it counts against, and how its workspaces are
-customised. No matching rule: nothing may be created. Format: README.md, "Policy file"."""
+customised. No matching rule: nothing may be created. Format: README.md, "Policy file".
+
+A rule's `kinds` take the names in vws.common.kinds.POLICY_NAMES. A kind's own name covers its
+pooled form too: "account" allows every Unix account, made for the workspace or leased from an
+account pool; "pool" allows only accounts leased from a pool. An account is leased from a pool
+when the manager it is placed on leases from one (the repository says so in the request), or
+when the rule itself puts it in one (`customise.account_pool`: only that pool's managers take it)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,15 +23,12 @@ import threading
 import time
 import tomllib
 
-from .. import model, units
-from .principal import CredentialKind, Principal
-from ..errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from ..common import kinds, model, units
+from ..common.auth.principal import CredentialKind, Principal
+from ..common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-KINDS = ("account", "pool", "sandbox", "vm")
-_KIND_OF_MODEL = {model.Kind.UNIX_ACCOUNT: "account", model.Kind.SANDBOX: "sandbox",
-                  model.Kind.VIRTUAL_MACHINE: "vm"}
 _LIMIT_FIELDS = {  # policy key -> (parser, formatter, request attribute, request field path)
     "memory": (units.parse_size, units.format_size, "memory_bytes", "workspace.spec.resources.memory_bytes"),
     "cpu": (units.parse_cpu, lambda v: f"{v}m", "cpu_millis", "workspace.spec.resources.cpu_millis"),
@@ -33,6 +36,8 @@ _LIMIT_FIELDS = {  # policy key -> (parser, formatter, request attribute, reques
     "bandwidth": (units.parse_bandwidth, lambda v: f"{v} bit/s", "bandwidth_bits_per_second",
                   "workspace.spec.resources.network_bits_per_second"),
 }
+# Each policy name's kind: "pool" is an account's pooled form.
+_TRAITS_OF = {name: t for t in kinds.TABLE.values() for name in t.policy_names}
 _RULE_KEYS = {"name", "match", "kinds", "limits", "quota_group", "quota", "customise"}
 _MATCH_KEYS = {"identity", "fqan", "group", "credential"}
 _QUOTA_KEYS = {"workspaces", "memory", "cpu", "reserved_minutes"}
@@ -42,7 +47,7 @@ _CUSTOM_KEYS = {"account_pool", "unix_group", "environment", "image"}
 @dataclasses.dataclass(frozen=True)
 class WorkspaceRequest:
     """What the policy looks at in a create request."""
-    kind: str                                  # account, pool, sandbox or vm
+    kind: str                                  # its policy name (kinds.POLICY_NAMES): account, pool, ...
     memory_bytes: int = 0
     cpu_millis: int = 0
     disk_bytes: int = 0
@@ -51,12 +56,11 @@ class WorkspaceRequest:
     image: str = ""
 
     @classmethod
-    def from_spec(cls, spec: model.WorkspaceSpec, pool: bool = False) -> "WorkspaceRequest":
-        """From an admitted spec (defaults filled); `pool`: an account leased from a pool."""
-        kind = "pool" if pool and spec.kind is model.Kind.UNIX_ACCOUNT else _KIND_OF_MODEL[spec.kind]
+    def from_spec(cls, spec: model.WorkspaceSpec, pooled: bool = False) -> "WorkspaceRequest":
+        """From an admitted spec (defaults filled); `pooled`: an account leased from a pool."""
         r = spec.resources
-        return cls(kind, r.memory_bytes, r.cpu_millis, r.disk_bytes, r.network_bits_per_second,
-                   spec.lifetime or dt.timedelta(0), spec.software.image)
+        return cls(kinds.of(spec.kind).policy_name(pooled), r.memory_bytes, r.cpu_millis, r.disk_bytes,
+                   r.network_bits_per_second, spec.lifetime or dt.timedelta(0), spec.software.image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +191,12 @@ class Policy:
                                rule.customise.image)
         group = _fill(rule.quota_group, p)
         reasons = []
-        if request.kind not in rule.kinds:
-            reasons.append(Reason("workspace.spec.kind", f"{request.kind} workspaces are not allowed for "
+        traits = _TRAITS_OF[request.kind]
+        asked = traits.policy_name(pooled=True) if custom.account_pool else request.kind  # the rule leases it
+        if asked not in rule.kinds and traits.name not in rule.kinds:
+            reasons.append(Reason("workspace.spec.kind", f"{asked} workspaces are not allowed for "
                                   f"{_who(p)} (rule {rule.name}); ask for {' or '.join(rule.kinds) or 'nothing'}"
+                                  + (_POOLED if traits.pooled_name in rule.kinds else "")
                                   if rule.kinds else f"rule {rule.name} allows no kind of workspace to {_who(p)}"))
         for key, (_, fmt, attr, path) in _LIMIT_FIELDS.items():
             cap, asked = getattr(rule.limits, attr), getattr(request, attr)
@@ -226,6 +233,10 @@ class Policy:
                    customisation={k: ({n: _fill(x, p) for n, x in v.items()} if isinstance(v, dict) else _fill(v, p))
                                   for k, v in custom.items()})
         return out
+
+
+_POOLED = (" (an account leased from an account pool: placed on a manager that leases from one; `vws managers` "
+           "shows each one's pool)")
 
 
 def _who(p: Principal) -> str:
@@ -290,10 +301,10 @@ def _rule(raw: dict, where: str, index: int, quotas: dict[str, Quota]) -> Rule:
         credential = tuple(CredentialKind(c) for c in creds)
     except ValueError:
         raise InvalidArgument(f"{where}.match.credential: {list(creds)}; use certificate, proxy or token") from None
-    kinds = _strings(raw.get("kinds", []), f"{where}.kinds")
-    bad = [k for k in kinds if k not in KINDS]
+    allowed = _strings(raw.get("kinds", []), f"{where}.kinds")
+    bad = [k for k in allowed if k not in kinds.POLICY_NAMES]
     if bad:
-        raise InvalidArgument(f"{where}.kinds: {bad} are not kinds; use {', '.join(KINDS)}")
+        raise InvalidArgument(f"{where}.kinds: {bad} are not kinds; use {', '.join(kinds.POLICY_NAMES)}")
     lim = raw.get("limits", {})
     _check_keys(lim, set(_LIMIT_FIELDS) | {"lifetime"}, f"{where}.limits")
     limits = Limits(**{attr: parse(lim[k], f"{where}.limits.{k}") for k, (parse, _, attr, _) in _LIMIT_FIELDS.items()
@@ -313,7 +324,7 @@ def _rule(raw: dict, where: str, index: int, quotas: dict[str, Quota]) -> Rule:
     return Rule(name=name, identity=tuple(_glob(x) for x in _strings(match.get("identity", []), f"{where}.match.identity")),
                 fqan=tuple(_glob(x) for x in _strings(match.get("fqan", []), f"{where}.match.fqan")),
                 group=tuple(_glob(x) for x in _strings(match.get("group", []), f"{where}.match.group")),
-                credential=credential, kinds=kinds, limits=limits, quota_group=quota_group, quota=quota,
+                credential=credential, kinds=allowed, limits=limits, quota_group=quota_group, quota=quota,
                 customise=Customisation(cust.get("account_pool", ""), cust.get("unix_group", ""), dict(env),
                                         cust.get("image", "")))
 
