@@ -21,7 +21,7 @@ import pytest
 from bench.conftest import median, ms
 from vws.common import clients, model
 from vws.manager.backends.base import BackendSettings, HostHandle
-from vws.manager.backends.sandbox import SandboxBackend
+from vws.manager.backends.sandbox.backend import SandboxBackend
 from vws.v1 import factory_pb2, repository_pb2, workspace_pb2
 
 ROUNDS = 40

@@ -27,11 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-from ...common import errors, host, model
-from . import netshape
-from .accounts import ROOT_PATH, DynamicAccounts, getpw
-from .base import BackendSettings, Counters, HostHandle
-from .cgroups import CgroupDriver
+from ....common import errors, host, model
+from ..account.dynamic import DynamicAccounts
+from ..account.users import ROOT_PATH, getpw
+from ..base import BackendSettings, Counters, HostHandle
+from ..host import netshape
+from ..host.cgroups import CgroupDriver
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -77,11 +78,12 @@ class SandboxBackend(DynamicAccounts):
     kinds = frozenset({model.Kind.SANDBOX})
     shapes_network = True  # a veth of its own, shaped with tc
 
+    # Its own GECOS mark: a dynamic-accounts plug-in of the same manager (same prefix, same
+    # manager id) must neither list nor reclaim sandbox accounts as its own, nor the reverse.
+    owner_mark = "vws-sandbox"
+
     def __init__(self, settings: BackendSettings, cgroups: CgroupDriver | None = None):
         super().__init__(settings, cgroups)
-        # Its own GECOS mark: a dynamic-accounts plug-in of the same manager (same prefix, same
-        # manager id) must neither list nor reclaim sandbox accounts as its own, nor the reverse.
-        self._gecos_prefix = f"vws-sandbox/{self.manager_id}/"
         self.sandbox_dir = settings.state_dir / "sandboxes"
         self.sandbox_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
@@ -141,7 +143,7 @@ class SandboxBackend(DynamicAccounts):
         with self._lock(wid):
             st = self._load(wid)
             if st is None:
-                pw = self._account(HostHandle(wid, self.account_name(wid)))
+                pw = self.account(HostHandle(wid, self.account_name(wid)))
                 st = self._new_state(wid, pw.pw_name, 0)
             pid = self._running_pid(st)
             if pid:
@@ -263,7 +265,7 @@ class SandboxBackend(DynamicAccounts):
             self._locks.pop(st.workspace_id, None)
 
     # ---------------------------------------------------------------- the hook
-    def _enter_prefix(self, workspace_id: str) -> str:
+    def enter_prefix(self, workspace_id: str) -> str:
         pid = self._ensure(workspace_id)
         # --wdns: the working directory inside (the root shell's, the home or below, bound at the same path)
         return (f"nsenter --target={pid} --mount --uts --ipc --net --pid --root "
@@ -286,7 +288,7 @@ class SandboxBackend(DynamicAccounts):
             raise
 
     def start(self, handle: HostHandle) -> None:
-        self._account(handle)
+        self.account(handle)
         self._ensure(handle.workspace_id)
         super().start(handle)
 
@@ -300,7 +302,7 @@ class SandboxBackend(DynamicAccounts):
         return done
 
     def stop(self, handle: HostHandle, force: bool = False) -> None:
-        self._account(handle)
+        self.account(handle)
         with self._lock(handle.workspace_id):
             st = self._load(handle.workspace_id)
             if st is not None:
@@ -309,7 +311,7 @@ class SandboxBackend(DynamicAccounts):
 
     def destroy(self, handle: HostHandle) -> None:
         pw = getpw(handle.host_identity)
-        if pw is not None and not self._ours(pw, handle.workspace_id):
+        if pw is not None and not self.owns(pw, handle.workspace_id):
             raise errors.FailedPrecondition(f"refusing to delete account {handle.host_identity}: it is not "
                                             f"workspace {handle.workspace_id}'s")
         with self._lock(handle.workspace_id):

@@ -3,7 +3,7 @@ acceleration (TCG) otherwise, Xen on Xen hosts (the connection URI and the domai
 settings; `auto` probes KVM at start).
 
 A workspace is one persistent domain named `vws-<workspace id>`, tied to its workspace and this
-manager by a metadata element (vws.manager.backends.domain), so that a restarted manager finds
+manager by a metadata element (vws.manager.backends.vm.domain), so that a restarted manager finds
 its own domains. Its disk is a qcow2 overlay on the image in the manager's cache (or a blank
 disk of the requested size when the image boots a kernel), its console is logged to a file, and
 its files live in <state_dir>/vm/workspaces/<id>/:
@@ -16,14 +16,13 @@ its files live in <state_dir>/vm/workspaces/<id>/:
                     before the guest is restored
 
 Programs run through the QEMU guest agent (guest-exec) in a helper process
-(vws.manager.backends.guest_exec), so the manager's Exec stream treats them like any program."""
+(vws.manager.backends.vm.guest_exec), so the manager's Exec stream treats them like any program."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -32,10 +31,10 @@ import time
 import uuid
 from pathlib import Path
 
-from ...common import errors, model, units
+from ....common import errors, model, units
 from . import domain as dom_xml
-from . import netshape
-from .base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package,
+from ..host import netshape
+from ..base import (Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package,
                                        ProgressFn, host_capacity)
 from .images import ImageCache
 from vws.native import copysum
@@ -643,7 +642,7 @@ class LibvirtBackend(Backend):
         self.wait_for_agent(handle)
         request = {"uri": self.vm.uri, "domain": handle.host_identity, "argv": options.argv,
                    "environment": options.environment, "working_directory": options.working_directory}
-        proc = subprocess.Popen([sys.executable, "-m", "vws.manager.backends.guest_exec", json.dumps(request)],
+        proc = subprocess.Popen([sys.executable, "-m", "vws.manager.backends.vm.guest_exec", json.dumps(request)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         return proc
