@@ -213,13 +213,11 @@ class AccountBackend(Backend):
     # ----------------------------------------------------------------- migration
     # The home moves as one archive (packing); running processes stay frozen while it is made,
     # and start afresh on the destination.
-    HOME_ARCHIVE = packing.HOME_ARCHIVE
-
     def pack(self, handle: HostHandle, spec: model.WorkspaceSpec, state: model.State, workdir: Path) -> Package:
         pw = self.account(handle)
         if state is model.State.RUNNING:
             self.pause(handle)  # a consistent archive: nothing writes while it is made
-        archive = Path(workdir) / self.HOME_ARCHIVE
+        archive = Path(workdir) / packing.HOME_ARCHIVE
         try:
             packing.archive_home(pw, archive)
         except BaseException:
