@@ -15,7 +15,7 @@ from vws.common import converters, model
 from vws.manager.accounting import UsageAccounting
 from vws.manager.held import HeldWorkspaces, ManagerIdentity
 from vws.manager.backends.base import HostHandle
-from vws.manager.backends.cgroups import CgroupDriver
+from vws.manager.backends.host.cgroups import CgroupDriver
 from vws.manager.state import LocalState, LocalWorkspace
 
 WORKSPACES = 500

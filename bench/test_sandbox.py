@@ -18,7 +18,7 @@ import pytest
 from bench.conftest import measure_creates, median, ms
 from vws.common import model
 from vws.manager.backends.base import BackendSettings
-from vws.manager.backends.sandbox import SandboxBackend
+from vws.manager.backends.sandbox.backend import SandboxBackend
 from vws.v1 import workspace_pb2
 
 ROUNDS = 40

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import logging
 
-from ..common import config, errors, names
+from ..common import config, names
 from ..common.auth.remote import RemoteAuthorizer
 from ..common.auth.serving import protect
 from ..common.config import ManagerSettings
 from ..common.server import Service, create_server
 from ..repository.client import RepositoryClient
 from .accounting import UsageAccounting
-from .backends import make_backend
-from .backends.base import BackendSettings
-from .backends.router import KindRouter
+from .backends import loader
 from .gateway import GrpcPeers
 from .held import HeldWorkspaces, ManagerIdentity
 from .migration import Migrations
@@ -29,38 +27,8 @@ log = logging.getLogger("vws.manager")
 def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
     manager_id = names.parse_manager_name(names.manager_name(settings.name), "name")
     state_dir = settings.data_dir / "manager"
-
-    def plug_in(kind: str):
-        return make_backend(BackendSettings(
-            kind=kind, manager_id=manager_id, state_dir=state_dir,
-            account_prefix=settings.account_prefix, pool_prefix=settings.pool_prefix, pool_size=settings.pool_size,
-            quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
-            cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
-            cpu_millis=settings.cpu))
     repository = repository or RepositoryClient(settings.repository)
-    plug_ins = [plug_in(settings.backend)]
-    if settings.sandboxes:
-        try:
-            plug_ins.append(plug_in("sandbox"))
-        except Exception as exc:  # noqa: BLE001 - accounts are still offered; the log says why not sandboxes
-            log.warning("not offering sandbox workspaces: %s", getattr(exc, "message", exc))
-    if settings.vms:
-        try:
-            from .backends.vm import LibvirtBackend, VmSettings
-            if settings.vm_orphans not in ("destroy", "report"):
-                raise errors.InvalidArgument(f"{settings.vm_orphans!r}: use destroy or report", "vm_orphans")
-            plug_ins.append(LibvirtBackend(
-                BackendSettings(kind="libvirt", manager_id=manager_id, state_dir=state_dir,
-                                max_workspaces=settings.max_workspaces, memory_bytes=settings.memory,
-                                disk_bytes=settings.disk, cpu_millis=settings.cpu),
-                VmSettings(settings.libvirt_uri, settings.vm_domain_type, settings.vm_orphans,
-                           settings.vm_shutdown_timeout.total_seconds(), settings.vm_agent_timeout.total_seconds()),
-                repository.get_image))
-        except errors.InvalidArgument:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the other kinds are still offered; the log says why not VMs
-            log.warning("not offering virtual-machine workspaces: %s", getattr(exc, "message", exc))
-    backend = plug_ins[0] if len(plug_ins) == 1 else KindRouter(plug_ins)
+    backend = loader.load(settings, manager_id, state_dir, repository.get_image)
     # The parts first, each given what it uses; the manager's core last, given the parts.
     identity = ManagerIdentity(manager_id, settings.advertise or settings.listen,
                                settings.heartbeat_interval.total_seconds())

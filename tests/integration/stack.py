@@ -23,8 +23,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.common import clients
-from vws.manager.backends.sandbox import reap_all_under
-from vws.manager.backends.disk import release_all_under
+from vws.manager.backends.sandbox.backend import reap_all_under
+from vws.manager.backends.host.disk import release_all_under
 
 PY = sys.executable
 _PKI = None
@@ -234,7 +234,7 @@ def remove_domains(manager_prefix: str) -> list[str]:
     and undefined. Returns their names."""
     try:
         import libvirt
-        from vws.manager.backends import domain
+        from vws.manager.backends.vm import domain
     except ImportError:
         return []
     libvirt.registerErrorHandler(lambda *_: None, None)

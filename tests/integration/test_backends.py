@@ -13,10 +13,12 @@ import pytest
 
 from tests.integration.stack import driven
 from vws.common import errors, model
-from vws.manager.backends import make_backend
-from vws.manager.backends.accounts import DynamicAccounts, getpw, is_locked, supplementary_groups, uid_pids
+from vws.manager.backends.account import make_backend
+from vws.manager.backends.account.dynamic import DynamicAccounts
+from vws.manager.backends.account.leftovers import uid_pids
+from vws.manager.backends.account.users import getpw, is_locked, supplementary_groups
 from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle, SetupFailed
-from vws.manager.backends.pool import AccountPool
+from vws.manager.backends.account.pool import AccountPool
 
 pytestmark = [pytest.mark.root,
               pytest.mark.requires(os.geteuid() != 0, "needs root: makes real Unix accounts")]

@@ -12,10 +12,10 @@ import pytest
 
 from tests.integration.stack import driven
 from vws.common import errors, model
-from vws.manager.backends.accounts import DynamicAccounts
+from vws.manager.backends.account.dynamic import DynamicAccounts
 from vws.manager.backends.base import BackendSettings, ExecOptions
-from vws.manager.backends.disk import mounts, release_all_under
-from vws.manager.backends.pool import AccountPool
+from vws.manager.backends.host.disk import mounts, release_all_under
+from vws.manager.backends.account.pool import AccountPool
 
 pytestmark = [pytest.mark.root,
               pytest.mark.requires(os.geteuid() != 0, "needs root: makes real accounts, cgroups and mounts")]
@@ -97,7 +97,7 @@ def test_disk_is_a_filesystem_of_its_own_full_at_its_size(backend, tmp_path):
     st = os.stat(home)
     assert st.st_mode & 0o777 == 0o700 and st.st_uid != 0
     assert Path(home, ".profile").exists() == Path("/etc/skel/.profile").exists()
-    image = backend.disks.image(backend._disk_key(h))
+    image = backend.disks.image(backend.disk_key(h))
     reserved = os.stat(image).st_blocks * 512
     assert reserved >= os.stat(image).st_size  # fallocated: every block really there, not sparse
     code, _, err = sh(backend, h, "dd if=/dev/zero of=$HOME/big bs=1M count=100 status=none; echo rc=$? >&2")
@@ -162,7 +162,7 @@ def test_a_spec_the_host_cannot_honour_is_refused_before_anything_is_made(backen
 
 def test_sweep_removes_images_no_workspace_owns(backend):
     h = backend.realise(_wid(), limited(disk=32 * M))
-    where = backend.disks.mount_point(backend._disk_key(h))
+    where = backend.disks.mount_point(backend.disk_key(h))
     assert where
     # an image whose workspace this backend does not know (a crash between making and recording)
     orphan = _wid()
@@ -171,7 +171,7 @@ def test_sweep_removes_images_no_workspace_owns(backend):
     backend.disks.make(orphan, 32 * M, elsewhere)  # mounted somewhere, owned by nobody
     try:
         assert backend.sweep_disks() == [orphan]
-        assert backend.disks.images() == [backend._disk_key(h)]
+        assert backend.disks.images() == [backend.disk_key(h)]
         assert backend.disks.mount_point(orphan) is None
     finally:
         backend.disks.release(orphan)

@@ -123,8 +123,8 @@ def test_after_a_host_restart_the_manager_puts_limits_filesystems_and_sandboxes_
     """A host restart takes the cgroups, the loop mounts and the sandbox inits, and keeps the
     accounts, the images and the manager's state. At its next start the manager restores them."""
     from tests.integration.stack import remove_cgroups
-    from vws.manager.backends.disk import mounts
-    from vws.manager.backends.sandbox import reap_all_under
+    from vws.manager.backends.host.disk import mounts
+    from vws.manager.backends.sandbox.backend import reap_all_under
     account = create(stack, resources=workspace_pb2.ResourceAllocation(memory_bytes=96 * 2 ** 20,
                                                                        disk_bytes=64 * 2 ** 20)).workspace
     sandbox = create(stack, kind=workspace_pb2.WorkspaceSpec.KIND_SANDBOX,

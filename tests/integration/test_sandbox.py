@@ -19,11 +19,12 @@ import pytest
 from tests.integration.stack import driven, remove_cgroups
 
 from vws.common import model
-from vws.manager.backends import netshape
-from vws.manager.backends.accounts import getpw, is_locked, uid_pids
+from vws.manager.backends.host import netshape
+from vws.manager.backends.account.leftovers import uid_pids
+from vws.manager.backends.account.users import getpw, is_locked
 from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle
 from vws.common.host import alive as _alive
-from vws.manager.backends.sandbox import SandboxBackend, reap_all_under
+from vws.manager.backends.sandbox.backend import SandboxBackend, reap_all_under
 
 pytestmark = [pytest.mark.root,
               pytest.mark.requires(os.geteuid() != 0, "needs root: makes real Unix accounts"),
@@ -300,7 +301,7 @@ def test_unshaped_sandbox_has_no_tbf(backend):
 
 def test_beside_dynamic_accounts_of_the_same_manager(backend):
     """The manager runs both plug-ins with one prefix and manager id: neither lists the other's."""
-    from vws.manager.backends.accounts import DynamicAccounts
+    from vws.manager.backends.account.dynamic import DynamicAccounts
     accounts = DynamicAccounts(backend.settings)
     try:
         box = running(backend, _wid())

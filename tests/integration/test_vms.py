@@ -79,7 +79,7 @@ def domains_of(stack) -> list[str]:
 
 
 def get_owner(domain: str) -> str:
-    from vws.manager.backends import domain as dx
+    from vws.manager.backends.vm import domain as dx
     owner = dx.workspace_of(virsh("dumpxml", domain).stdout)
     return owner[1] if owner else ""
 
@@ -254,7 +254,7 @@ def test_a_guest_without_an_agent_says_so(stack, guest):
 
 def test_orphan_domains_are_only_reported_when_so_configured(stack_factory, guest):
     stack = stack_factory(vm_orphans="report")
-    from vws.manager.backends import domain as dx
+    from vws.manager.backends.vm import domain as dx
     manager = stack.managers["m0"]
     manager.kill(signal.SIGKILL)
     xml = dx.render(dx.DomainPlan(

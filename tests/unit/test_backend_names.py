@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from vws.common import errors
-from vws.manager.backends import make_backend
-from vws.manager.backends.accounts import validate_prefix
+from vws.manager.backends.account import make_backend
+from vws.manager.backends.account.users import validate_prefix
 from vws.manager.backends.base import BackendSettings, SetupFailed
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from vws.common import errors
-from vws.manager.backends.cgroups import CgroupDriver
+from vws.manager.backends.host.cgroups import CgroupDriver
 
 
 def v1_root(tmp_path):

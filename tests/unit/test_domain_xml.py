@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from vws.manager.backends import domain
-from vws.manager.backends.domain import DomainPlan, render
+from vws.manager.backends.vm import domain
+from vws.manager.backends.vm.domain import DomainPlan, render
 
 
 def plan(**kw) -> DomainPlan:

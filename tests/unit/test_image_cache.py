@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vws.common import errors, model
-from vws.manager.backends import images
-from vws.manager.backends.images import ImageCache
+from vws.manager.backends.vm import images
+from vws.manager.backends.vm.images import ImageCache
 from vws.native import copysum
 
 

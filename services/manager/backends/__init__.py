@@ -1,24 +1,9 @@
-"""Backend plug-ins: how a manager realises workspaces on its host."""
-from __future__ import annotations
+"""Backend plug-ins: how a manager realises workspaces on its host.
 
-from ...common import errors
-from .base import Backend, BackendSettings
-
-KINDS = ("dynamic-accounts", "account-pool", "sandbox")
-
-
-def make_backend(settings: BackendSettings) -> Backend:
-    if settings.kind == "dynamic-accounts":
-        from .accounts import DynamicAccounts
-        return DynamicAccounts(settings)
-    if settings.kind == "account-pool":
-        from .pool import AccountPool
-        return AccountPool(settings)
-    if settings.kind == "sandbox":
-        try:
-            from .sandbox import SandboxBackend
-        except ImportError:
-            raise errors.Unimplemented("the sandbox backend is not part of this build") from None
-        return SandboxBackend(settings)
-    raise errors.InvalidArgument(
-        f"{settings.kind!r} is not a backend; use one of: {', '.join(KINDS)}", "backend")
+    base.py      the Backend interface every plug-in implements
+    loader.py    builds the plug-ins the settings ask for (one package per kind's plug_in trait)
+    router.py    KindRouter: one manager, several plug-ins
+    account/     UNIX_ACCOUNT: an account per workspace, made or leased from a pool
+    sandbox/     SANDBOX: an account whose programs run in namespaces of their own
+    vm/          VIRTUAL_MACHINE: a libvirt domain booting a catalogue image
+    host/        what several share: cgroups, disk images, shaped network links"""

@@ -74,7 +74,7 @@ class SetupFailed(errors.InvalidArgument):
 
 @dataclasses.dataclass
 class BackendSettings:
-    kind: str  # "dynamic-accounts" | "account-pool"
+    kind: str  # the plug-in: dynamic-accounts | account-pool (the `backend` setting) | sandbox | libvirt
     manager_id: str
     state_dir: Path
     account_prefix: str = "vws-"

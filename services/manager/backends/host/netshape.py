@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ...common import errors
+from ....common import errors
 
 ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORK = ipaddress.IPv4Network("10.213.0.0/16")

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from ...common import errors, units
+from ....common import errors, units
 
 log = logging.getLogger("vws.manager.backends")
 

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ...common import errors, model, units
+from ....common import errors, model, units
 from vws.native import copysum
 
 log = logging.getLogger("vws.manager.images")

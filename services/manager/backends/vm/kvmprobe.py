@@ -5,7 +5,7 @@ the CPU's virtualisation flag (vmx or svm) and then makes a one-instruction gues
 mode) and runs it; it must come back with KVM_EXIT_HLT. That part runs in a child process under
 a timeout, because KVM_RUN may never return.
 
-`python -m vws.manager.backends.kvmprobe` prints `ok` and exits 0 when the guest ran."""
+`python -m vws.manager.backends.vm.kvmprobe` prints `ok` and exits 0 when the guest ran."""
 from __future__ import annotations
 
 import fcntl
@@ -65,7 +65,7 @@ def kvm_works(timeout: float = 3.0) -> tuple[bool, str]:
     if "vmx" not in flags and "svm" not in flags:
         return False, "/dev/kvm is there but the CPU offers no hardware virtualisation (no vmx or svm flag)"
     try:
-        r = subprocess.run([sys.executable, "-m", "vws.manager.backends.kvmprobe"], capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "vws.manager.backends.vm.kvmprobe"], capture_output=True,
                            text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, f"/dev/kvm is there but a one-instruction KVM guest did not finish within {timeout:g}s"

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from ...common import errors, host
-from .base import Counters
+from ....common import errors, host
+from ..base import Counters
 
 V1_CONTROLLERS = ("freezer", "memory", "cpu", "cpuacct", "pids")
 V2_CONTROLLERS = ("memory", "cpu", "pids")

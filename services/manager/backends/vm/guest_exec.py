@@ -2,7 +2,7 @@
 its output on stdout and stderr, its exit code as this process's (128 + signal when it was
 killed). The manager's Exec stream runs this as the workspace's process.
 
-    python -m vws.manager.backends.guest_exec '{"uri": ..., "domain": ..., "argv": [...],
+    python -m vws.manager.backends.vm.guest_exec '{"uri": ..., "domain": ..., "argv": [...],
                                                 "environment": {...}, "working_directory": ""}'
 
 The agent's guest-exec takes standard input only up front: whatever arrives on this process's

@@ -8,16 +8,15 @@ import os
 import pwd
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 from pathlib import Path
 
-from ...common import errors, model
-from .accounts import (
-    AccountBackend, getpw, run_account_tool, supplementary_groups, validate_prefix)
-from .base import BackendSettings, HostHandle
-from .cgroups import CgroupDriver
+from ....common import errors, model
+from ..base import BackendSettings, HostHandle
+from ..host.cgroups import CgroupDriver
+from .backend import AccountBackend
+from .users import getpw, run_account_tool, supplementary_groups, validate_prefix
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -48,7 +47,7 @@ class AccountPool(AccountBackend):
         self._db.executemany("INSERT OR IGNORE INTO lease (account) VALUES (?)", [(a,) for a in self.accounts])
         self._ensure_accounts()
 
-    def _workspaces(self) -> int:
+    def offered_workspaces(self) -> int:
         return self.settings.pool_size
 
     # ------------------------------------------------------------------ accounts
@@ -80,7 +79,7 @@ class AccountPool(AccountBackend):
                                (workspace_id, LEASED)).fetchone()
         return row[0] if row else None
 
-    def _account(self, handle: HostHandle) -> pwd.struct_passwd:
+    def account(self, handle: HostHandle) -> pwd.struct_passwd:
         with self._lock:
             row = self._row(handle.host_identity)
         if row is None or row[1] != LEASED or row[0] != handle.workspace_id:
@@ -97,7 +96,7 @@ class AccountPool(AccountBackend):
             account = self._leased_to(workspace_id)
             if account is not None:
                 return HostHandle(workspace_id, account)
-            self._check_admission(spec)
+            self.check_admission(spec)
             now = self.clock()
             rows = self._db.execute("SELECT account, state, until FROM lease ORDER BY account").fetchall()
             wanted = set(self.accounts) - self._foreign
@@ -112,7 +111,7 @@ class AccountPool(AccountBackend):
                 raise errors.ResourceExhausted(f"manager {self.manager_id} has no free pool account: {detail}",
                                                [(f"managers/{self.manager_id}/accounts", detail)])
             self._set(pick, workspace_id, LEASED)
-        return self._prepare_or_undo(pick, workspace_id, spec)
+        return self.prepare_or_undo(pick, workspace_id, spec)
 
     def _restore_home(self, pw: pwd.struct_passwd) -> None:
         home = Path(pw.pw_dir)
@@ -135,10 +134,10 @@ class AccountPool(AccountBackend):
 
     # Each pool account keeps a filesystem of its own on its home across leases (made at its
     # first lease, emptied back to the skeleton at every return), so a lease formats nothing.
-    def _disk_key(self, handle: HostHandle) -> str:
+    def disk_key(self, handle: HostHandle) -> str:
         return handle.host_identity
 
-    def _mount_disk(self, pw, workspace_id, spec, home=None) -> None:
+    def mount_disk(self, pw, workspace_id, spec, home=None) -> None:
         want = spec.resources.disk_bytes
         if not want:
             return
@@ -150,8 +149,8 @@ class AccountPool(AccountBackend):
         self.disks.attach(pw.pw_name, want, home or Path(pw.pw_dir), pw.pw_uid, pw.pw_gid,
                           self.settings.skeleton_dir)
 
-    def _unmount_disk(self, workspace_id: str) -> None:
-        """The account's filesystem stays with the account (see _mount_disk)."""
+    def unmount_disk(self, workspace_id: str) -> None:
+        """The account's filesystem stays with the account (see mount_disk)."""
 
     def sweep_disks(self) -> list[str]:
         images = self.disks.images()
@@ -161,7 +160,7 @@ class AccountPool(AccountBackend):
 
     def _scrub_lease(self, account: str, workspace_id: str) -> None:
         pw = getpw(account)
-        self._scrub(pw, workspace_id)
+        self.scrub(pw, workspace_id)
         if pw is not None:
             self.lock(account)
             if supplementary_groups(account):  # the groups a policy gave the last lease go with it
@@ -177,9 +176,9 @@ class AccountPool(AccountBackend):
             self._scrub_lease(handle.host_identity, handle.workspace_id)
         else:
             # Already returned (or leased to someone else since): only its cgroup may be left.
-            self._kill_all(handle.workspace_id, None)
-            self._unmount_disk(handle.workspace_id)
-            self._remove_cgroup(handle.workspace_id)
+            self.kill_all(handle.workspace_id, None)
+            self.unmount_disk(handle.workspace_id)
+            self.remove_cgroup(handle.workspace_id)
 
     def exists(self, handle: HostHandle) -> bool:
         with self._lock:
@@ -222,6 +221,6 @@ class AccountPool(AccountBackend):
             if pw is None or pw.pw_gecos != self.gecos:
                 continue
             row = self.state_of(name)
-            self._scrub(pw, row[0] if row and row[0] else f"pool-{name}")
+            self.scrub(pw, row[0] if row and row[0] else f"pool-{name}")
             self.disks.release(name)
             run_account_tool(["userdel", "--remove", "--force", name], ok=(0, 6, 12))
