@@ -3,7 +3,7 @@ when it changes (a broken new file keeps the old policy and logs why).
 
 The first rule that matches a principal decides: which kinds it may create, the most one
 workspace may have, the quota of the group it counts against, and how its workspaces are
-customised. No matching rule: nothing may be created. Format: README.md, "Policy file".
+customised. No matching rule: nothing may be created. Format: docs/policy.md.
 
 A rule's `kinds` take the names in vws.common.kinds.POLICY_NAMES. A kind's own name covers its
 pooled form too: "account" allows every Unix account, made for the workspace or leased from an

@@ -22,8 +22,8 @@ log = logging.getLogger("vws.repository.security")
 
 DEFAULT_POLICY = f"""\
 # Who may create what at this site, reloaded when it changes. Rules are tried in order and the
-# first that matches decides; a caller no rule matches may create nothing. README.md, "Policy
-# file", has every key. Made by the first start of the repository.
+# first that matches decides; a caller no rule matches may create nothing. docs/policy.md (in
+# the vws source) has every key. Made by the first start of the repository.
 
 [[rule]]
 name = "administrator"
