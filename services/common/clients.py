@@ -68,28 +68,20 @@ def channel(address: str) -> grpc.Channel:
         return ch
 
 
-def repository(address: str) -> repository_pb2_grpc.RepositoryServiceStub:
-    return repository_pb2_grpc.RepositoryServiceStub(channel(address))
+def _stubs(stub_class):
+    """address -> a stub of `stub_class` on that address's shared channel."""
+    def stub(address: str):
+        return stub_class(channel(address))
+    stub.__doc__ = f"A {stub_class.__name__} on the shared channel to `address`."
+    return stub
 
 
-def records(address: str) -> record_pb2_grpc.RecordServiceStub:
-    return record_pb2_grpc.RecordServiceStub(channel(address))
-
-
-def factory(address: str) -> factory_pb2_grpc.FactoryServiceStub:
-    return factory_pb2_grpc.FactoryServiceStub(channel(address))
-
-
-def manager(address: str) -> manager_pb2_grpc.ManagerServiceStub:
-    return manager_pb2_grpc.ManagerServiceStub(channel(address))
-
-
-def access(address: str) -> access_pb2_grpc.AccessServiceStub:
-    return access_pb2_grpc.AccessServiceStub(channel(address))
-
-
-def auth(address: str) -> auth_pb2_grpc.AuthServiceStub:
-    return auth_pb2_grpc.AuthServiceStub(channel(address))
+repository = _stubs(repository_pb2_grpc.RepositoryServiceStub)
+records = _stubs(record_pb2_grpc.RecordServiceStub)
+factory = _stubs(factory_pb2_grpc.FactoryServiceStub)
+manager = _stubs(manager_pb2_grpc.ManagerServiceStub)
+access = _stubs(access_pb2_grpc.AccessServiceStub)
+auth = _stubs(auth_pb2_grpc.AuthServiceStub)
 
 
 def call(rpc: Callable, request, timeout: float = TIMEOUT):
