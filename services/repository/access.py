@@ -101,8 +101,10 @@ def group_usage(session: Session, group: str, now: dt.datetime) -> GroupUsage:
 
 class AccessStore:
     def __init__(self, uow: db.UnitOfWork, clock: Callable[[], dt.datetime] = model.utcnow,
-                 cache_size: int = 100_000):
+                 cache_size: int = 100_000, tokens: paging.PageTokens | None = None):
+        """`tokens`: the repository's page tokens (None: a key of this process only)."""
         self.uow, self.clock, self.cache_size = uow, clock, cache_size
+        self.tokens = tokens or paging.PageTokens.of_this_process()
         # name -> (owner, {member: role}); only workspaces that exist are cached.
         self._cache: dict[str, tuple[str, dict[str, Role]]] = {}
         self._lock = threading.Lock()
@@ -279,9 +281,9 @@ class AccessStore:
         if start is not None and end is not None and end <= start:
             raise errors.InvalidArgument(f"{end.isoformat()} is not after start_time ({start.isoformat()}); give a "
                                          "later end, or none", "end_time")
-        fp = paging.fingerprint(identity=identity, target=target, outcome=outcome,
-                                start=start.isoformat() if start else None, end=end.isoformat() if end else None)
-        after = paging.sequence_after(page_token, fp)
+        what = paging.listing("audit", identity=identity, target=target, outcome=outcome,
+                              start=start.isoformat() if start else None, end=end.isoformat() if end else None)
+        after = self.tokens.sequence_after(page_token, what)
         a = AuditEntryRow
         query = sa.select(a).where(a.sequence > after)
         for column, value in ((a.identity, identity), (a.target, target), (a.outcome, outcome)):
@@ -296,7 +298,7 @@ class AccessStore:
         out = [AuditEntry(identity=r.identity, attributes=tuple(r.attributes or ()), source=r.source,
                           service=r.service, action=r.action, target=r.target, outcome=r.outcome, message=r.message,
                           sequence=r.sequence, time=r.time) for r in rows[:size]]
-        token = paging.encode_token({"s": rows[size - 1].sequence, "f": fp}) if len(rows) > size else ""
+        token = self.tokens.sequence_token(what, rows[size - 1].sequence) if len(rows) > size else ""
         return out, token
 
 

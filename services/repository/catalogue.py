@@ -18,7 +18,7 @@ from ..common.config import RepositorySettings
 from . import images as image_store
 from . import store
 from .db import UnitOfWork
-from .paging import checked_page_size, encode_token, fingerprint, name_after
+from .paging import PageTokens, checked_page_size, listing
 
 log = logging.getLogger("vws.repository")
 
@@ -139,9 +139,9 @@ def _copy(source: str, target: pathlib.Path, expected: str, index: int):
 
 
 class ImageCatalogue:
-    def __init__(self, uow: UnitOfWork, settings: RepositorySettings,
+    def __init__(self, uow: UnitOfWork, settings: RepositorySettings, tokens: PageTokens,
                  clock: Callable[[], dt.datetime] = model.utcnow):
-        self.uow, self.settings, self.clock = uow, settings, clock
+        self.uow, self.settings, self.tokens, self.clock = uow, settings, tokens, clock
         self._store: image_store.ImageStore | None = None
 
     @property
@@ -218,11 +218,11 @@ class ImageCatalogue:
         """By name; with an owner, the public images and that owner's; without, every image."""
         size = checked_page_size(page_size)
         store.check_owner(owner)
-        fp = fingerprint(what="images", owner=owner)
-        after = name_after(page_token, fp)
+        what = listing("images", owner=owner)
+        after = self.tokens.name_after(page_token, what, names.parse_image_name)
         with self.uow() as session:
             found = image_store.list_page(session, owner, after, size + 1)
-        token = encode_token({"n": found[size - 1].name, "f": fp}) if len(found) > size else ""
+        token = self.tokens.name_token(what, found[size - 1].name) if len(found) > size else ""
         return found[:size], token
 
     def delete_image(self, name: str, by: Caller = PLAIN_TEXT_CALLER) -> None:

@@ -10,15 +10,15 @@ from ..common import errors, model, names
 from ..common.config import RepositorySettings
 from . import store
 from .db import ManagerRow, UnitOfWork
-from .paging import checked_page_size, encode_token, fingerprint, name_after
+from .paging import PageTokens, checked_page_size, listing
 
 log = logging.getLogger("vws.repository")
 
 
 class ManagerRegistry:
-    def __init__(self, uow: UnitOfWork, settings: RepositorySettings,
+    def __init__(self, uow: UnitOfWork, settings: RepositorySettings, tokens: PageTokens,
                  clock: Callable[[], dt.datetime] = model.utcnow):
-        self.uow, self.settings, self.clock = uow, settings, clock
+        self.uow, self.settings, self.tokens, self.clock = uow, settings, tokens, clock
 
     def register_manager(self, info: model.ManagerInfo, identity: str = "") -> model.ManagerInfo:
         """`identity`: the certificate it registers with. A name stays bound to the first
@@ -52,11 +52,11 @@ class ManagerRegistry:
 
     def list_managers(self, page_size: int = 0, page_token: str = "") -> tuple[list[model.ManagerInfo], str]:
         size = checked_page_size(page_size)
-        fp = fingerprint(what="managers")
-        after = name_after(page_token, fp)
+        what = listing("managers")
+        after = self.tokens.name_after(page_token, what, names.parse_manager_name)
         with self.uow() as session:
             now = self.clock()
             rows = store.list_managers(session, after, size + 1)
             out = [store.to_manager(r, now, self.settings.heartbeat_timeout) for r in rows[:size]]
-            token = encode_token({"n": rows[size - 1].name, "f": fp}) if len(rows) > size else ""
+            token = self.tokens.name_token(what, rows[size - 1].name) if len(rows) > size else ""
         return out, token

@@ -13,6 +13,7 @@ from . import db, security
 from .access import AccessStore, LocalAuthorizer
 from .access_servicer import AccessServicer
 from .gateway import GrpcManagers, ManagerGateway
+from .paging import PageTokens
 from .service import RepositoryService
 from .servicer import RecordServicer, RepositoryServicer
 from ..v1 import (access_pb2, access_pb2_grpc, auth_pb2, auth_pb2_grpc, record_pb2, record_pb2_grpc, repository_pb2,
@@ -38,9 +39,10 @@ def open_database(settings: RepositorySettings) -> db.UnitOfWork:
 
 def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
           clock=None) -> tuple[Service, RepositoryService]:
+    tokens = PageTokens.kept_in(settings.data_dir)
     uow = open_database(settings)
     clock = clock or model.utcnow
-    access = AccessStore(uow, clock)
+    access = AccessStore(uow, clock, tokens=tokens)
     made: dict = {}
 
     def authorizer(local_ca):
@@ -56,7 +58,8 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
     except Exception:
         uow.dispose()
         raise
-    service = RepositoryService(uow, settings, managers or GrpcManagers(), clock, policy=policy, access=access)
+    service = RepositoryService(uow, settings, managers or GrpcManagers(), clock, policy=policy, access=access,
+                                tokens=tokens)
 
     def register(server):
         repository_pb2_grpc.add_RepositoryServiceServicer_to_server(RepositoryServicer(service), server)

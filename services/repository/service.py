@@ -23,6 +23,7 @@ from .catalogue import ImageCatalogue
 from .db import UnitOfWork
 from .gateway import ManagerGateway
 from .lifetimes import DestroyRetries, Lifetimes
+from .paging import PageTokens
 from .policy import PolicyFile
 from .records import Records
 from .registry import ManagerRegistry
@@ -33,17 +34,20 @@ from .workspaces import ReadCache, Workspaces
 class RepositoryService:
     def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
                  clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None,
-                 policy: PolicyFile | None = None, access: AccessStore | None = None):
+                 policy: PolicyFile | None = None, access: AccessStore | None = None,
+                 tokens: PageTokens | None = None):
         """`managers`: how destroys reach the managers; `policy`: the site's, when the repository
         runs with authentication (None: plain text, nothing to decide); `access`: the role
-        bindings and audit trail, when the gate was given them first."""
+        bindings and audit trail, when the gate was given them first; `tokens`: the page tokens,
+        under the key kept in the data directory (None: a key of this process only)."""
         self.uow, self.settings, self.clock, self.policy = uow, settings, clock, policy
         self.hub = hub or WatchHub()
-        self.access = access or AccessStore(uow, clock)
-        self.workspaces = Workspaces(uow, self.access, self.hub, ReadCache())
+        tokens = tokens or PageTokens.of_this_process()
+        self.access = access or AccessStore(uow, clock, tokens=tokens)
+        self.workspaces = Workspaces(uow, self.access, self.hub, ReadCache(), tokens)
         retries = DestroyRetries()  # the records forget a destroy's retries when its manager reports it done
         self.records = Records(uow, self.access, policy, self.workspaces.changed, retries, clock)
         self.lifetimes = Lifetimes(uow, settings, managers, self.workspaces, retries, clock)
-        self.managers = ManagerRegistry(uow, settings, clock)
-        self.images = ImageCatalogue(uow, settings, clock)
+        self.managers = ManagerRegistry(uow, settings, tokens, clock)
+        self.images = ImageCatalogue(uow, settings, tokens, clock)
         self.usage = UsageAccounting(uow, clock)

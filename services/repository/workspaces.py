@@ -3,7 +3,6 @@ workspace's events and Watch. Every writer calls `changed(name)` after its commi
 drops the cached copy and wakes the name's watchers."""
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from typing import Callable, Iterator
@@ -14,7 +13,7 @@ from ..common.model import State
 from . import store
 from .access import AccessStore
 from .db import UnitOfWork
-from .paging import checked_page_size, decode_token, encode_token, fingerprint, sequence_after
+from .paging import PageTokens, checked_page_size, listing
 from .watch import WatchHub
 from ..v1 import workspace_pb2
 
@@ -53,8 +52,8 @@ class ReadCache:
 
 
 class Workspaces:
-    def __init__(self, uow: UnitOfWork, access: AccessStore, hub: WatchHub, cache: ReadCache):
-        self.uow, self.access, self.hub, self.cache = uow, access, hub, cache
+    def __init__(self, uow: UnitOfWork, access: AccessStore, hub: WatchHub, cache: ReadCache, tokens: PageTokens):
+        self.uow, self.access, self.hub, self.cache, self.tokens = uow, access, hub, cache, tokens
 
     def changed(self, name: str) -> None:
         """After a commit that changed `name`: Get reads it again, its watchers wake up."""
@@ -94,36 +93,28 @@ class Workspaces:
         if manager:
             names.parse_manager_name(manager, "manager")
         labels = dict(labels or {})
-        fp = fingerprint(states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
-                         manager=manager, caller=visible_to.identity)
-        after = None
-        if page_token:
-            doc = decode_token(page_token, fp)
-            try:
-                after = (dt.datetime.fromisoformat(doc["c"]), int(doc["i"]))
-                if after[0].tzinfo is None:
-                    raise ValueError
-            except (KeyError, TypeError, ValueError):
-                raise errors.InvalidArgument("is not a page token of this listing", "page_token") from None
+        what = listing("workspaces", states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
+                       manager=manager, caller=visible_to.identity)
+        after = self.tokens.time_and_id_after(page_token, what)
         with self.uow() as session:
             rows = store.list_rows(session, states=states, owner=owner, labels=labels, manager=manager,
                                    after=after, limit=size + 1, visible=self.access.visible_to(visible_to))
             out = [store.to_workspace(r) for r in rows[:size]]
             last = rows[size - 1] if len(rows) > size else None
-            token = encode_token({"c": last.create_time.isoformat(), "i": last.id, "f": fp}) if last else ""
+            token = self.tokens.time_and_id_token(what, last.create_time, last.id) if last else ""
         return out, token
 
     def list_events(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list[model.Event], str]:
         """A workspace's history, oldest first."""
         size = checked_page_size(page_size)
         names.parse_workspace_name(parent, "parent")
-        fp = fingerprint(parent=parent)
-        after = sequence_after(page_token, fp)
+        what = listing("events", parent=parent)
+        after = self.tokens.sequence_after(page_token, what)
         with self.uow() as session:
             row = store.load(session, parent, "parent")
             rows = store.list_events(session, row.id, after, size + 1)
             out = [store.to_event(parent, r) for r in rows[:size]]
-            token = encode_token({"s": rows[size - 1].seq, "f": fp}) if len(rows) > size else ""
+            token = self.tokens.sequence_token(what, rows[size - 1].seq) if len(rows) > size else ""
         return out, token
 
     def watch(self, name: str, is_active: Callable[[], bool] = lambda: True, poll: float = 1.0
