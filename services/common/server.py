@@ -24,17 +24,42 @@ from .auth.gate import Gate
 log = logging.getLogger("vws.server")
 
 
+# What a status may carry, in bytes of UTF-8: the message and its details travel in trailers, and
+# gRPC refuses metadata past 8 KB (16 KB hard), answering RESOURCE_EXHAUSTED instead of the status.
+MESSAGE_LIMIT = 1000
+FIELD_LIMIT = 100
+DESCRIPTION_LIMIT = 200
+VIOLATIONS_LIMIT = 1500  # all violations together; those past it are counted, not sent
+
+
+def bounded(violations: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`violations` as sent: each cut short, and those past the budget counted in a last one."""
+    out: list[tuple[str, str]] = []
+    size = 0
+    for i, (field, description) in enumerate(violations):
+        pair = errors.clip(field, FIELD_LIMIT), errors.clip(description, DESCRIPTION_LIMIT)
+        size += len(pair[0].encode()) + len(pair[1].encode())
+        if size > VIOLATIONS_LIMIT:
+            out.append(("", f"and {len(violations) - i} more"))
+            break
+        out.append(pair)
+    return out
+
+
 def status_for(exc: errors.VwsError) -> grpc.Status:
-    """The one place a domain error becomes a wire status, with its rich details."""
+    """The one place a domain error becomes a wire status, with its rich details, all bounded
+    whatever the error quotes."""
     code = exc.grpc_status_code
-    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    violations = bounded(getattr(exc, "violations", None) or [])
+    message = errors.summary(violations) if isinstance(exc, errors.InvalidArgument) else exc.message
+    status = status_pb2.Status(code=code.value[0], message=errors.clip(message, MESSAGE_LIMIT))
     detail = None
     if isinstance(exc, errors.InvalidArgument):
         detail = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations])
-    elif isinstance(exc, errors.ResourceExhausted) and exc.violations:
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])
+    elif isinstance(exc, errors.ResourceExhausted) and violations:
         detail = error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d in exc.violations])
+            error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d in violations])
     if detail is not None:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -64,7 +89,7 @@ def _outcome(exc: BaseException | None) -> tuple[str, str]:
     if exc is None:
         return "OK", ""
     if isinstance(exc, errors.VwsError):
-        return exc.grpc_status_code.name, exc.message
+        return exc.grpc_status_code.name, status_for(exc).details  # what the client was told
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return exc.code().name, exc.details() or ""
     return "INTERNAL", "internal error"
