@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -95,6 +96,35 @@ def _outcome(exc: BaseException | None) -> tuple[str, str]:
     return "INTERNAL", "internal error"
 
 
+class _Undecodable(errors.InvalidArgument):
+    """What bytes that are not the request message deserialize to: gRPC answers INTERNAL for a
+    deserializer's exception, so the handler raises this instead, as the client's error."""
+
+
+def _tolerant(deserializer):
+    """`deserializer`, answering undecodable bytes with an _Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)  # Message.FromString
+    what = getattr(descriptor, "full_name", "request message")
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            reason = str(exc).rpartition(": ")[2] or "it does not parse"
+            return _Undecodable(f"the request is not a valid {what} ({reason}); send a serialised {what}")
+    return deserialize
+
+
+def _decoded(requests):
+    """A request stream that raises at the first message that did not decode."""
+    for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request
+        yield request
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so that no traceback ever reaches a client; with a gate, every call
     is first authenticated and authorised, and state-changing calls are audited."""
@@ -119,6 +149,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         streaming_requests = handler.request_streaming
 
         def enter(request, context):
+            # an undecodable request is refused before the gate: it names no target to authorise
+            if streaming_requests:
+                request = _decoded(request)
+            elif isinstance(request, _Undecodable):
+                raise request
             if gate is None:
                 return request, None
             if streaming_requests:
@@ -183,7 +218,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         for attr, (wrap, make) in kinds.items():
             behavior = getattr(handler, attr)
             if behavior is not None:
-                return make(wrap(behavior), request_deserializer=handler.request_deserializer,
+                return make(wrap(behavior), request_deserializer=_tolerant(handler.request_deserializer),
                             response_serializer=handler.response_serializer)
         return handler
 

@@ -30,3 +30,18 @@ def test_huge_input_is_answered_invalid_argument(stack_factory):
         labels={HUGE: "v", "team": HUGE}))
     refused = _refusal(lambda: clients.factory(stack.factory.address).CreateWorkspace(request, timeout=30))
     assert "workspace.labels[" in refused.details()
+
+
+def test_undecodable_bytes_are_answered_invalid_argument(stack):
+    """Through TLS and the gate, a unary and a streamed request (issue 17, item 11)."""
+    def raw(data: bytes) -> bytes:
+        return data
+    garbage = b"\xff\xff\xff"
+    get = clients.channel(stack.repository.address).unary_unary(
+        "/vws.v1.RepositoryService/GetWorkspace", request_serializer=raw, response_deserializer=raw)
+    refused = _refusal(lambda: get(garbage, timeout=30))
+    assert "is not a valid vws.v1.GetWorkspaceRequest" in refused.details()
+    execute = clients.channel(stack.managers["m0"].address).stream_stream(
+        "/vws.v1.ManagerService/Exec", request_serializer=raw, response_deserializer=raw)
+    refused = _refusal(lambda: list(execute(iter([garbage]), timeout=30)))
+    assert "is not a valid vws.v1.ExecRequest" in refused.details()
