@@ -7,6 +7,28 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 
+ELLIPSIS = "…"
+QUOTED = 40  # characters of a value a message echoes
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (whole characters), an ellipsis marking the cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[:limit - len(ELLIPSIS.encode())].decode("utf-8", "ignore") + ELLIPSIS
+
+
+def quote(value: str, limit: int = QUOTED) -> str:
+    """`value` quoted for a message: a client may send megabytes, a message echoes a short prefix."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + ELLIPSIS
+
+
+def summary(violations: list[tuple[str, str]]) -> str:
+    """The one-line message (field: what is wrong; ...) that stands for `violations`."""
+    return "; ".join(f"{f}: {d}" if f else d for f, d in violations)
+
+
 class VwsError(Exception):
     grpc_status_code = grpc.StatusCode.UNKNOWN
 
@@ -23,8 +45,7 @@ class InvalidArgument(VwsError):
         if isinstance(violations, str):
             violations = [(field or "", violations)]
         self.violations = list(violations)
-        text = "; ".join(f"{f}: {d}" if f else d for f, d in self.violations)
-        super().__init__(text)
+        super().__init__(summary(self.violations))
 
 
 class NotFound(VwsError):

@@ -1,4 +1,8 @@
-"""Resource names: `workspaces/{id}`, `managers/{id}`."""
+"""Resource names: `workspaces/{id}`, `managers/{id}`, `images/{id}`.
+
+Their longest forms (characters), checked before anything else so that a huge name is refused
+with a short answer: a workspace name 42 (`workspaces/` and an id of 4 to 31), a manager name
+41 (`managers/` and an id of 2 to 32), an image name 70 (`images/` and an id of 2 to 63)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +14,14 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9]{3,30}$")
 MANAGER_ID = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 IMAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+WORKSPACE_NAME_MAX = len("workspaces/") + 31
+MANAGER_NAME_MAX = len("managers/") + 32
+IMAGE_NAME_MAX = len("images/") + 63
+
+
+def _check_length(name: str, most: int, noun: str, field: str) -> None:
+    if len(name) > most:
+        raise InvalidArgument(f"is {len(name)} characters long; a {noun} name is at most {most}", field)
 
 
 def new_workspace_id() -> str:
@@ -24,6 +36,7 @@ def workspace_name(workspace_id: str) -> str:
 def parse_workspace_name(name: str, field: str = "name") -> str:
     """Returns the id of `workspaces/{id}`; INVALID_ARGUMENT naming the field otherwise."""
     prefix = "workspaces/"
+    _check_length(name, WORKSPACE_NAME_MAX, "workspace", field)
     if not name:
         raise InvalidArgument(f"is empty; give a workspace name like workspaces/wabc123def456", field)
     if not name.startswith(prefix) or not WORKSPACE_ID.match(name[len(prefix):]):
@@ -38,6 +51,7 @@ def manager_name(manager_id: str) -> str:
 
 def parse_manager_name(name: str, field: str = "name") -> str:
     prefix = "managers/"
+    _check_length(name, MANAGER_NAME_MAX, "manager", field)
     if not name.startswith(prefix) or not MANAGER_ID.match(name[len(prefix):]):
         raise InvalidArgument(
             f"{name!r} is not a manager name; it must look like managers/host-1 "
@@ -56,6 +70,7 @@ def image_name(image_id: str) -> str:
 
 def parse_image_name(name: str, field: str = "name") -> str:
     """Returns the id of `images/{id}`; a bare id is accepted too (`busybox`)."""
+    _check_length(name, IMAGE_NAME_MAX, "image", field)
     image_id = name[len("images/"):] if name.startswith("images/") else name
     if not image_id:
         raise InvalidArgument("is empty; give an image name like images/busybox (`vws image list` shows them)",

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -24,17 +25,42 @@ from .auth.gate import Gate
 log = logging.getLogger("vws.server")
 
 
+# What a status may carry, in bytes of UTF-8: the message and its details travel in trailers, and
+# gRPC refuses metadata past 8 KB (16 KB hard), answering RESOURCE_EXHAUSTED instead of the status.
+MESSAGE_LIMIT = 1000
+FIELD_LIMIT = 100
+DESCRIPTION_LIMIT = 200
+VIOLATIONS_LIMIT = 1500  # all violations together; those past it are counted, not sent
+
+
+def bounded(violations: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`violations` as sent: each cut short, and those past the budget counted in a last one."""
+    out: list[tuple[str, str]] = []
+    size = 0
+    for i, (field, description) in enumerate(violations):
+        pair = errors.clip(field, FIELD_LIMIT), errors.clip(description, DESCRIPTION_LIMIT)
+        size += len(pair[0].encode()) + len(pair[1].encode())
+        if size > VIOLATIONS_LIMIT:
+            out.append(("", f"and {len(violations) - i} more"))
+            break
+        out.append(pair)
+    return out
+
+
 def status_for(exc: errors.VwsError) -> grpc.Status:
-    """The one place a domain error becomes a wire status, with its rich details."""
+    """The one place a domain error becomes a wire status, with its rich details, all bounded
+    whatever the error quotes."""
     code = exc.grpc_status_code
-    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    violations = bounded(getattr(exc, "violations", None) or [])
+    message = errors.summary(violations) if isinstance(exc, errors.InvalidArgument) else exc.message
+    status = status_pb2.Status(code=code.value[0], message=errors.clip(message, MESSAGE_LIMIT))
     detail = None
     if isinstance(exc, errors.InvalidArgument):
         detail = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations])
-    elif isinstance(exc, errors.ResourceExhausted) and exc.violations:
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])
+    elif isinstance(exc, errors.ResourceExhausted) and violations:
         detail = error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d in exc.violations])
+            error_details_pb2.QuotaFailure.Violation(subject=s, description=d) for s, d in violations])
     if detail is not None:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -64,10 +90,39 @@ def _outcome(exc: BaseException | None) -> tuple[str, str]:
     if exc is None:
         return "OK", ""
     if isinstance(exc, errors.VwsError):
-        return exc.grpc_status_code.name, exc.message
+        return exc.grpc_status_code.name, status_for(exc).details  # what the client was told
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return exc.code().name, exc.details() or ""
     return "INTERNAL", "internal error"
+
+
+class _Undecodable(errors.InvalidArgument):
+    """What bytes that are not the request message deserialize to: gRPC answers INTERNAL for a
+    deserializer's exception, so the handler raises this instead, as the client's error."""
+
+
+def _tolerant(deserializer):
+    """`deserializer`, answering undecodable bytes with an _Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)  # Message.FromString
+    what = getattr(descriptor, "full_name", "request message")
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            reason = str(exc).rpartition(": ")[2] or "it does not parse"
+            return _Undecodable(f"the request is not a valid {what} ({reason}); send a serialised {what}")
+    return deserialize
+
+
+def _decoded(requests):
+    """A request stream that raises at the first message that did not decode."""
+    for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request
+        yield request
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -94,6 +149,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         streaming_requests = handler.request_streaming
 
         def enter(request, context):
+            # an undecodable request is refused before the gate: it names no target to authorise
+            if streaming_requests:
+                request = _decoded(request)
+            elif isinstance(request, _Undecodable):
+                raise request
             if gate is None:
                 return request, None
             if streaming_requests:
@@ -158,7 +218,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         for attr, (wrap, make) in kinds.items():
             behavior = getattr(handler, attr)
             if behavior is not None:
-                return make(wrap(behavior), request_deserializer=handler.request_deserializer,
+                return make(wrap(behavior), request_deserializer=_tolerant(handler.request_deserializer),
                             response_serializer=handler.response_serializer)
         return handler
 
