@@ -11,21 +11,14 @@ import time
 import pytest
 
 from bench.conftest import ms
-from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld
+from tests.gridcreds import MISSING_TOOLS, PRODUCTION, PRODUCTION_RULE, WHY, GridWorld
 from vws.common.auth import Authenticator, ProxyFile, SessionAuthority, TrustStore, VomsDir
 from vws.common.errors import Unauthenticated
 from vws.repository.policy import PolicyFile, WorkspaceRequest
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
 GROUP = "auth"
-POLICY = """
-[[rule]]
-name = "atlas-production"
-match.fqan = ["/atlas/Role=production"]
-kinds = ["account", "sandbox", "vm"]
-limits = { memory = "8G", lifetime = "2d" }
-customise = { unix_group = "atlasprd", environment = { VO = "{vo}" } }
-
+POLICY = PRODUCTION_RULE + """
 [quota.atlas-production]
 workspaces = 100
 """
@@ -39,7 +32,7 @@ def setting(tmp_path_factory):
     w = GridWorld(root)
     alice = w.user("Alice User")
     voms = w.voms_server("voms.example.org", "atlas")
-    proxy = ProxyFile.load(w.proxy(alice, voms, fqans=("/atlas/Role=production", "/atlas")))
+    proxy = ProxyFile.load(w.proxy(alice, voms, fqans=(PRODUCTION, "/atlas")))
     (root / "policy.toml").write_text(POLICY)
     trust = TrustStore(w.ca_dir)
     foreign = w.user("Bob Elsewhere", ca=w.rogue_ca).cert_path.read_bytes()  # a CA this site does not trust

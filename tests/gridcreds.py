@@ -26,6 +26,16 @@ OPENSSL = shutil.which("openssl")
 MISSING_TOOLS = [t for t, p in (("voms-proxy-fake (voms-clients)", VOMS_PROXY_FAKE), ("openssl", OPENSSL)) if not p]
 WHY = f"{', '.join(MISSING_TOOLS)} missing: run make setup (scripts/setup-system.sh installs them)"
 KEY_BITS = 2048
+PRODUCTION = "/atlas/Role=production"
+# The rule that grants the production role; a test adds what else it needs after it.
+PRODUCTION_RULE = """
+[[rule]]
+name = "atlas-production"
+match.fqan = ["/atlas/Role=production"]
+kinds = ["account", "sandbox", "vm"]
+limits = { memory = "8G", lifetime = "2d" }
+customise = { unix_group = "atlasprd", environment = { VO = "{vo}" } }
+"""
 
 
 def _name(*cns: str, org: str = "Test Grid") -> x509.Name:

@@ -4,37 +4,25 @@ how to build one and the stack comes up all the same."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 
 import pytest
 
+from tests.e2e.runner import own_data_dir, run_vws
 from tests.integration.stack import remove_cgroups
 
-PY = sys.executable
 LISTEN = ("--repository-listen", "127.0.0.1:0", "--factory-listen", "127.0.0.1:0", "--manager-listen", "127.0.0.1:0")
 
 
 @pytest.fixture
 def vws(tmp_path):
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end test makes real accounts: run it as root (CI does)", pytrace=False)
     tag = secrets.token_hex(2)
-    data = tmp_path / "vws"
-    data.mkdir()
-    (data / "vws.toml").write_text(f'[manager]\nname = "e2ei-{tag}"\naccount_prefix = "vi{tag}-"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VWS_")}
-    env["VWS_DATA_DIR"] = str(data)
+    data, env = own_data_dir(tmp_path, f'[manager]\nname = "e2ei-{tag}"\naccount_prefix = "vi{tag}-"\n')
 
     def run(*args, guest=None, check=0):
         e = dict(env, **({"VWS_GUEST_DIR": str(guest)} if guest is not None else {}))
-        r = subprocess.run([PY, "-m", "vws.cli.main", *args], capture_output=True, text=True, env=e, timeout=300,
-                           stdin=subprocess.DEVNULL)
-        if check is not None:
-            assert r.returncode == check, (args, r.returncode, r.stdout, r.stderr)
-        return r
+        return run_vws(args, e, timeout=300, check=check, stdin=subprocess.DEVNULL)
     run.data = data
     yield run
     run("down", check=None)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Self
 
 PY = sys.executable
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -35,7 +36,38 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-class Hosts:
+class Namespaces:
+    """Network namespaces (`ns`: side -> name) that `build()` makes, as a context manager:
+    `close()` removes them on exit, and when the build fails half-way."""
+
+    ns: dict[str, str]
+
+    def __enter__(self) -> Self:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for ns in self.ns.values():
+            remove_namespace(ns)  # takes the veth ends inside with it
+
+    def prefix(self, side: str) -> tuple[str, ...]:
+        """What runs a command in side's namespace."""
+        # nsenter enters the network namespace only: `ip netns exec` would also remount /sys,
+        # hiding the cgroup hierarchy a manager needs.
+        return ("nsenter", f"--net=/run/netns/{self.ns[side]}", "--")
+
+
+class Hosts(Namespaces):
     """Namespaces `a` (the sender's) and `b` (the receiver's), 10.X.Y.1 and 10.X.Y.2 on a /30."""
 
     def __init__(self, mtu: int = 1500):
@@ -49,37 +81,26 @@ class Hosts:
 
     # ---- set-up and clean-up ----
 
-    def __enter__(self) -> "Hosts":
-        try:
-            for side in "ab":
-                _ip("netns", "add", self.ns[side])
-            _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type", "veth",
-                "peer", "name", self.dev["b"], "netns", self.ns["b"])
-            for side in "ab":
-                self.exec(side, "ip", "addr", "add", f"{self.addr[side]}/30", "dev", self.dev[side])
-                self.exec(side, "ip", "link", "set", self.dev[side], "mtu", str(self.mtu), "up")
-                self.exec(side, "ip", "link", "set", "lo", "up")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def build(self) -> None:
+        for side in "ab":
+            _ip("netns", "add", self.ns[side])
+        _ip("link", "add", self.dev["a"], "netns", self.ns["a"], "type", "veth",
+            "peer", "name", self.dev["b"], "netns", self.ns["b"])
+        for side in "ab":
+            self.exec(side, "ip", "addr", "add", f"{self.addr[side]}/30", "dev", self.dev[side])
+            self.exec(side, "ip", "link", "set", self.dev[side], "mtu", str(self.mtu), "up")
+            self.exec(side, "ip", "link", "set", "lo", "up")
 
     def close(self) -> None:
         for p in self.procs:
             stop(p)
         self.procs.clear()
-        for ns in self.ns.values():
-            remove_namespace(ns)  # takes the veth pair with it
+        super().close()
 
     # ---- running things in a namespace ----
 
     def argv(self, side: str, *argv: str) -> list[str]:
-        # nsenter enters the network namespace only: `ip netns exec` would also remount /sys,
-        # hiding the cgroup hierarchy a manager needs.
-        return ["nsenter", f"--net=/run/netns/{self.ns[side]}", "--", *argv]
+        return [*self.prefix(side), *argv]
 
     def exec(self, side: str, *argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         proc = subprocess.run(self.argv(side, *argv), capture_output=True, text=True, **kwargs)

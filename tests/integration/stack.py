@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vws.common import clients
+from vws.manager.backends.base import BackendSettings
 from vws.manager.backends.sandbox.backend import reap_all_under
 from vws.manager.backends.host.disk import release_all_under
 
@@ -301,6 +302,19 @@ def driven(backend, prefixes, *also):
                 clean()
             for prefix in prefixes:
                 remove_accounts(prefix)
+
+
+def new_wid() -> str:
+    """A workspace id of the form a manager gives."""
+    return "w" + secrets.token_hex(6)[:11]
+
+
+def driven_settings(kind: str, letter: str, state_dir: pathlib.Path, **more) -> BackendSettings:
+    """Settings of a backend a test drives directly; its names carry `letter` and a tag of their own
+    (manager `<letter><tag>`, accounts `vw<letter><tag>-`, a pool of 2 named `vw<letter><tag>p`)."""
+    tag = secrets.token_hex(3)
+    return BackendSettings(kind=kind, manager_id=f"{letter}{tag}", state_dir=state_dir,
+                           account_prefix=f"vw{letter}{tag}-", pool_prefix=f"vw{letter}{tag}p", pool_size=2, **more)
 
 
 def remove_cgroups(manager_id: str) -> None:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import driven
+from tests.integration.stack import driven, driven_settings, new_wid
 from vws.common import errors, model
 from vws.manager.backends.account import make_backend
 from vws.manager.backends.account.dynamic import DynamicAccounts
 from vws.manager.backends.account.leftovers import uid_pids
 from vws.manager.backends.account.users import getpw, is_locked, supplementary_groups
-from vws.manager.backends.base import BackendSettings, ExecOptions, HostHandle, SetupFailed
+from vws.manager.backends.base import ExecOptions, HostHandle, SetupFailed
 from vws.manager.backends.account.pool import AccountPool
 
 pytestmark = [pytest.mark.root,
@@ -32,16 +31,9 @@ class Clock:
         return self.now
 
 
-def _wid() -> str:
-    return "w" + secrets.token_hex(6)[:11]
-
-
 @pytest.fixture(params=["dynamic-accounts", "account-pool"])
 def backend(request, tmp_path):
-    tag = secrets.token_hex(3)
-    settings = BackendSettings(kind=request.param, manager_id=f"t{tag}", state_dir=tmp_path / "state",
-                               account_prefix=f"vwt{tag}-", pool_prefix=f"vwt{tag}p", pool_size=2,
-                               quarantine_seconds=60.0)
+    settings = driven_settings(request.param, "t", tmp_path / "state", quarantine_seconds=60.0)
     if request.param == "account-pool":
         clock = Clock()
         b = AccountPool(settings, clock=clock)
@@ -71,7 +63,7 @@ def gone(pid: int) -> bool:
 
 
 def test_realise_stages_locked_account_and_runs_setup_as_it(backend):
-    wid = _wid()
+    wid = new_wid()
     h = backend.realise(wid, spec(setup="id -un > who.txt\necho \"$GREETING\" > greeting.txt\n",
                                   files=[model.StagedFile("bin/run.sh", b"#!/bin/sh\necho run\n", 0o750),
                                          model.StagedFile("notes.txt", b"hello", 0o600)],
@@ -99,13 +91,13 @@ def test_realise_stages_locked_account_and_runs_setup_as_it(backend):
 
 def test_staged_file_outside_home_is_refused(backend):
     with pytest.raises(errors.InvalidArgument) as e:
-        backend.realise(_wid(), spec(files=[model.StagedFile("../etc/evil", b"x")]))
+        backend.realise(new_wid(), spec(files=[model.StagedFile("../etc/evil", b"x")]))
     assert e.value.violations[0][0] == "workspace.spec.software.files[0].path"
     assert backend.inventory() == {}
 
 
 def test_failing_setup_undoes_everything(backend):
-    wid = _wid()
+    wid = new_wid()
     with pytest.raises(SetupFailed) as e:
         backend.realise(wid, spec(setup="echo working; touch /tmp/vws-test-$(id -u); sleep 100 &\necho 'it broke' >&2; exit 3"))
     assert "status 3" in e.value.message and "it broke" in e.value.message
@@ -120,7 +112,7 @@ def test_failing_setup_undoes_everything(backend):
 
 
 def test_start_exec_env_cwd(backend):
-    h = backend.realise(_wid(), spec(files=[model.StagedFile("sub/dir/f", b"")]))
+    h = backend.realise(new_wid(), spec(files=[model.StagedFile("sub/dir/f", b"")]))
     backend.start(h)
     assert not is_locked(h.host_identity)
     pw = pwd.getpwnam(h.host_identity)
@@ -153,7 +145,7 @@ def test_start_exec_env_cwd(backend):
 
 
 def test_pause_resume_freezes_processes(backend):
-    h = backend.realise(_wid(), spec())
+    h = backend.realise(new_wid(), spec())
     backend.start(h)
     p = backend.spawn(h, ExecOptions(["sh", "-c", "while :; do echo x >> count; sleep 0.01; done"], {}, ""))
     try:
@@ -175,7 +167,7 @@ def test_pause_resume_freezes_processes(backend):
 
 
 def test_stop_kills_everything_and_locks(backend):
-    h = backend.realise(_wid(), spec())
+    h = backend.realise(new_wid(), spec())
     backend.start(h)
     pw = pwd.getpwnam(h.host_identity)
     p = backend.spawn(h, ExecOptions(["sh", "-c", "sleep 100 & sleep 100 & wait"], {}, ""))
@@ -202,7 +194,7 @@ def test_stop_kills_everything_and_locks(backend):
 
 
 def test_the_policys_unix_group_is_the_accounts_until_it_is_returned(backend, unix_group):
-    h = backend.realise(_wid(), model.WorkspaceSpec(software=model.Software(unix_group=unix_group)))
+    h = backend.realise(new_wid(), model.WorkspaceSpec(software=model.Software(unix_group=unix_group)))
     assert supplementary_groups(h.host_identity) == [unix_group]
     backend.start(h)
     code, out, err = run(backend, h, ["id", "-nG"])
@@ -214,12 +206,12 @@ def test_the_policys_unix_group_is_the_accounts_until_it_is_returned(backend, un
 def test_a_unix_group_the_host_lacks_is_refused_before_anything_is_made(backend):
     before = backend.inventory()
     with pytest.raises(errors.FailedPrecondition, match="groupadd vws-no-such-group"):
-        backend.realise(_wid(), model.WorkspaceSpec(software=model.Software(unix_group="vws-no-such-group")))
+        backend.realise(new_wid(), model.WorkspaceSpec(software=model.Software(unix_group="vws-no-such-group")))
     assert backend.inventory() == before
 
 
 def test_destroy_removes_every_trace(backend):
-    h = backend.realise(_wid(), spec(files=[model.StagedFile("mine.txt", b"x")]))
+    h = backend.realise(new_wid(), spec(files=[model.StagedFile("mine.txt", b"x")]))
     backend.start(h)
     pw = pwd.getpwnam(h.host_identity)
     code, out, err = run(backend, h, ["sh", "-c", "echo '0 0 * * * true' | crontab - && "
@@ -250,7 +242,7 @@ def test_destroy_removes_every_trace(backend):
 
 
 def test_orphan_is_found_and_reclaimed_by_a_new_instance(backend):
-    wid = _wid()
+    wid = new_wid()
     h = backend.realise(wid, spec())
     backend.start(h)
     p = backend.spawn(h, ExecOptions(["sh", "-c", "echo started; exec sleep 100"], {}, ""))
@@ -273,17 +265,17 @@ def test_orphan_is_found_and_reclaimed_by_a_new_instance(backend):
 
 @pytest.mark.parametrize("backend", ["account-pool"], indirect=True)
 def test_pool_exhaustion_and_quarantine(backend):
-    h1 = backend.realise(_wid(), spec())
-    backend.realise(_wid(), spec())
+    h1 = backend.realise(new_wid(), spec())
+    backend.realise(new_wid(), spec())
     with pytest.raises(errors.ResourceExhausted, match="no free pool account"):
-        backend.realise(_wid(), spec())
+        backend.realise(new_wid(), spec())
     backend.destroy(h1)
     with pytest.raises(errors.ResourceExhausted, match="resting"):
-        backend.realise(_wid(), spec())
+        backend.realise(new_wid(), spec())
     backend.test_clock.now += 61
     backend.maintain()
     assert backend.state_of(h1.host_identity)[1] == "free"
-    h3 = backend.realise(_wid(), spec())
+    h3 = backend.realise(new_wid(), spec())
     assert h3.host_identity == h1.host_identity
     assert backend.capacity().workspaces == 2
 

@@ -4,16 +4,15 @@ a spec the host cannot honour is refused before anything is made. Needs root."""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import driven
+from tests.integration.stack import driven, driven_settings, new_wid
 from vws.common import errors, model
 from vws.manager.backends.account.dynamic import DynamicAccounts
-from vws.manager.backends.base import BackendSettings, ExecOptions
+from vws.manager.backends.base import ExecOptions
 from vws.manager.backends.host.disk import mounts, release_all_under
 from vws.manager.backends.account.pool import AccountPool
 
@@ -23,16 +22,10 @@ pytestmark = [pytest.mark.root,
 M = 1024 ** 2
 
 
-def _wid() -> str:
-    return "w" + secrets.token_hex(6)[:11]
-
-
 @pytest.fixture(params=["dynamic-accounts", "account-pool"])
 def backend(request, tmp_path):
-    tag = secrets.token_hex(3)
-    settings = BackendSettings(kind=request.param, manager_id=f"e{tag}", state_dir=tmp_path / "state",
-                               account_prefix=f"vwe{tag}-", pool_prefix=f"vwe{tag}p", pool_size=2,
-                               quarantine_seconds=0.0, disk_stock_bytes=64 * M, disk_stock=1)
+    settings = driven_settings(request.param, "e", tmp_path / "state", quarantine_seconds=0.0,
+                               disk_stock_bytes=64 * M, disk_stock=1)
     b = AccountPool(settings) if request.param == "account-pool" else DynamicAccounts(settings)
     with driven(b, (settings.account_prefix, settings.pool_prefix), lambda: release_all_under(tmp_path)):
         yield b
@@ -50,7 +43,7 @@ def sh(b, h, script: str, timeout: float = 30) -> tuple[int, str, str]:
 
 
 def test_memory_limit_kills_the_program_past_it_and_counts_the_oom(backend):
-    h = backend.realise(_wid(), limited(memory=64 * M, pids=64))
+    h = backend.realise(new_wid(), limited(memory=64 * M, pids=64))
     backend.start(h)
     e = backend.enforcement(h)
     assert e.mechanism.startswith("cgroup v") and e.memory_limit_bytes == 64 * M and e.max_processes == 64
@@ -70,7 +63,7 @@ def test_memory_limit_kills_the_program_past_it_and_counts_the_oom(backend):
 
 @pytest.mark.parametrize("backend", ["dynamic-accounts"], indirect=True)  # one 5 s measurement is enough
 def test_cpu_quota_gives_half_a_core_to_500m(backend):
-    h = backend.realise(_wid(), limited(cpu=500))
+    h = backend.realise(new_wid(), limited(cpu=500))
     backend.start(h)
     e = backend.enforcement(h)
     assert (e.cpu_quota_micros, e.cpu_period_micros) == (50_000, 100_000)
@@ -89,7 +82,7 @@ def test_cpu_quota_gives_half_a_core_to_500m(backend):
 
 
 def test_disk_is_a_filesystem_of_its_own_full_at_its_size(backend, tmp_path):
-    h = backend.realise(_wid(), limited(disk=64 * M))
+    h = backend.realise(new_wid(), limited(disk=64 * M))
     backend.start(h)
     e = backend.enforcement(h)
     home = e.disk_mount
@@ -119,13 +112,13 @@ def test_disk_is_a_filesystem_of_its_own_full_at_its_size(backend, tmp_path):
 
 
 def test_ready_image_is_taken_and_restocked(backend):
-    h = backend.realise(_wid(), limited(disk=64 * M))  # first of this size: formats on demand, starts the stock
+    h = backend.realise(new_wid(), limited(disk=64 * M))  # first of this size: formats on demand, starts the stock
     deadline = time.monotonic() + 10
     while backend.disks.ready() < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert backend.disks.ready() == 1
     t0 = time.perf_counter()
-    h2 = backend.realise(_wid(), limited(disk=64 * M)) if isinstance(backend, DynamicAccounts) else None
+    h2 = backend.realise(new_wid(), limited(disk=64 * M)) if isinstance(backend, DynamicAccounts) else None
     took = time.perf_counter() - t0
     if h2 is not None:
         assert backend.enforcement(h2).disk_bytes >= 64 * M
@@ -136,7 +129,7 @@ def test_ready_image_is_taken_and_restocked(backend):
 
 
 def test_fork_bomb_stays_at_max_processes(backend):
-    h = backend.realise(_wid(), limited(pids=20))
+    h = backend.realise(new_wid(), limited(pids=20))
     backend.start(h)
     code, out, err = sh(backend, h, "for i in $(seq 200); do sleep 30 >/dev/null 2>&1 </dev/null & done; echo done",
                         timeout=60)
@@ -154,18 +147,18 @@ def test_a_spec_the_host_cannot_honour_is_refused_before_anything_is_made(backen
                         (limited(cpu=5), "cpu_millis"),
                         (limited(disk=1 << 60), "disk_bytes")):
         with pytest.raises(errors.ResourceExhausted) as e:
-            backend.realise(_wid(), spec)
+            backend.realise(new_wid(), spec)
         assert e.value.violations[0][0] == f"workspace.spec.resources.{field}"
     assert backend.inventory() == {}
     assert backend.disks.images() == []
 
 
 def test_sweep_removes_images_no_workspace_owns(backend):
-    h = backend.realise(_wid(), limited(disk=32 * M))
+    h = backend.realise(new_wid(), limited(disk=32 * M))
     where = backend.disks.mount_point(backend.disk_key(h))
     assert where
     # an image whose workspace this backend does not know (a crash between making and recording)
-    orphan = _wid()
+    orphan = new_wid()
     elsewhere = backend.disks.dir.parent / "elsewhere"
     elsewhere.mkdir()
     backend.disks.make(orphan, 32 * M, elsewhere)  # mounted somewhere, owned by nobody

@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.gridcreds import MISSING_TOOLS, WHY, GridWorld, chain_der, openssl_subject_hash, resign_proxy
+from tests.gridcreds import (MISSING_TOOLS, PRODUCTION, PRODUCTION_RULE, WHY, GridWorld, chain_der,
+                             openssl_subject_hash, resign_proxy)
 from vws.common.auth import (Authenticator, CredentialKind, ProxyFile, SessionAuthority, TrustStore, VomsDir,
                              subject_hash)
 from vws.common.auth.credentials import REFUSAL_TTL
@@ -19,15 +20,7 @@ from vws.repository.policy import Policy, WorkspaceRequest
 
 pytestmark = pytest.mark.requires(MISSING_TOOLS, WHY)
 
-PRODUCTION = "/atlas/Role=production"
-POLICY = """
-[[rule]]
-name = "atlas-production"
-match.fqan = ["/atlas/Role=production"]
-kinds = ["account", "sandbox", "vm"]
-limits = { memory = "8G", lifetime = "2d" }
-customise = { unix_group = "atlasprd", environment = { VO = "{vo}" } }
-
+POLICY = PRODUCTION_RULE + """
 [[rule]]
 name = "atlas-users"
 match.fqan = ["/atlas", "/atlas/*"]

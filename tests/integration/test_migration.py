@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.integration.netns import remove_namespace
+from tests.integration.netns import Namespaces
 from tests.integration.stack import Stack, wait_until
 from tests.integration.test_vms import GUEST, add_image, create_vm, domains_of, virsh
 from vws.common import clients
@@ -64,6 +64,21 @@ def other(stack, ws: W) -> str:
 
 def migrate(stack, ws: W, to: str, *extra: str) -> subprocess.CompletedProcess:
     return stack.cli("migrate", ws.name.split("/", 1)[1], "--to", to, *extra, timeout=600)
+
+
+NEEDS_GUEST = pytest.mark.requires(not (GUEST / "vmlinuz").exists(),
+                                   f"the test guest in {GUEST} (make setup builds it)")
+
+
+def marked_guest(stack_factory) -> tuple[Stack, W, str, str]:
+    """Two managers and a running guest on one of them with a mark in its memory (/tmp in the
+    guest is in its RAM): the stack, the guest, the manager holding it and the other one."""
+    stack = stack_factory(managers=2)
+    add_image(stack, GUEST)
+    ws = create_vm(stack)
+    source, dest = ws.endpoint.manager, other(stack, ws)
+    run(ws, "sh", "-c", "echo in-memory > /tmp/mark")
+    return stack, ws, source, dest
 
 
 def test_an_account_workspace_moves_with_its_files(stack_factory):
@@ -144,13 +159,9 @@ def test_a_failed_restore_leaves_it_where_it_was_as_it_was(stack_factory):
     assert not any((dest_dir / "transfer").rglob("*.data"))
 
 
-@pytest.mark.requires(not (GUEST / "vmlinuz").exists(), f"the test guest in {GUEST} (make setup builds it)")
+@NEEDS_GUEST
 def test_a_running_guest_moves_with_its_memory_and_comes_back(stack_factory):
-    stack = stack_factory(managers=2)
-    add_image(stack, GUEST)
-    ws = create_vm(stack)
-    source, dest = ws.endpoint.manager, other(stack, ws)
-    run(ws, "sh", "-c", "echo in-memory > /tmp/mark")  # /tmp in the guest is in its RAM
+    stack, ws, source, dest = marked_guest(stack_factory)
     boot_id = run(ws, "cat", "/proc/sys/kernel/random/boot_id")
 
     r = migrate(stack, ws, dest, "-o", "json")
@@ -173,13 +184,9 @@ def test_a_running_guest_moves_with_its_memory_and_comes_back(stack_factory):
     assert virsh("domstate", home.endpoint.host_identity).stdout.strip() == "running"
 
 
-@pytest.mark.requires(not (GUEST / "vmlinuz").exists(), f"the test guest in {GUEST} (make setup builds it)")
+@NEEDS_GUEST
 def test_a_source_killed_mid_migration_puts_the_guest_back_at_its_next_start(stack_factory):
-    stack = stack_factory(managers=2)
-    add_image(stack, GUEST)
-    ws = create_vm(stack)
-    source, dest = ws.endpoint.manager, other(stack, ws)
-    run(ws, "sh", "-c", "echo in-memory > /tmp/mark")
+    stack, ws, source, dest = marked_guest(stack_factory)
     name = next(n for n in stack.managers if stack.manager_name(n) == source)
     cli = subprocess.Popen([*stack.cli_argv("migrate", ws.name.split("/", 1)[1], "--to", dest)],
                            env=stack.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -201,7 +208,7 @@ def test_a_source_killed_mid_migration_puts_the_guest_back_at_its_next_start(sta
 
 
 # --------------------------------------------------------------------------- two hosts
-class Lan:
+class Lan(Namespaces):
     """Two network namespaces, each joined by a veth pair to a bridge in the host's namespace,
     which serves the repository and the factory: a manager in each namespace has its own
     address, and what one sends the other crosses both pairs and the bridge. Removed on exit."""
@@ -217,35 +224,22 @@ class Lan:
         self.host_addr = f"{net}.254"
         self.addr = {"a": f"{net}.1", "b": f"{net}.2"}
 
-    def __enter__(self) -> "Lan":
-        try:
-            ip("link", "add", self.bridge, "type", "bridge")
-            ip("addr", "add", f"{self.host_addr}/24", "dev", self.bridge)
-            ip("link", "set", self.bridge, "up")
-            for side in "ab":
-                ip("netns", "add", self.ns[side])
-                ip("link", "add", self.outer[side], "type", "veth", "peer", "name", self.inner[side],
-                   "netns", self.ns[side])
-                ip("link", "set", self.outer[side], "master", self.bridge, "up")
-                for args in (("addr", "add", f"{self.addr[side]}/24", "dev", self.inner[side]),
-                             ("link", "set", self.inner[side], "up"), ("link", "set", "lo", "up")):
-                    ip("-n", self.ns[side], *args)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def build(self) -> None:
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.host_addr}/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        for side in "ab":
+            ip("netns", "add", self.ns[side])
+            ip("link", "add", self.outer[side], "type", "veth", "peer", "name", self.inner[side],
+               "netns", self.ns[side])
+            ip("link", "set", self.outer[side], "master", self.bridge, "up")
+            for args in (("addr", "add", f"{self.addr[side]}/24", "dev", self.inner[side]),
+                         ("link", "set", self.inner[side], "up"), ("link", "set", "lo", "up")):
+                ip("-n", self.ns[side], *args)
 
     def close(self) -> None:
-        for ns in self.ns.values():
-            remove_namespace(ns)
+        super().close()
         ip("link", "del", self.bridge, check=False)
-
-    def prefix(self, side: str) -> tuple[str, ...]:
-        # the network namespace only: `ip netns exec` would remount /sys and hide the cgroups
-        return ("nsenter", f"--net=/run/netns/{self.ns[side]}", "--")
 
     def link(self, side: str, up: bool) -> None:
         """Pulls (or plugs back) the cable of side's host."""

@@ -50,13 +50,29 @@ class UsageRepository(FakeRepository):
         return [u for batch in self.usage_reports for u in batch if u.name == name][-1]
 
 
-@pytest.fixture
-def parts(tmp_path):
+def started(tmp_path):
     backend, repo = CountingBackend(), UsageRepository()
-    mgr = build(tmp_path, backend, repo)
-    yield mgr, backend, repo
+    return build(tmp_path, backend, repo), backend, repo
+
+
+def stop(mgr) -> None:
     mgr.accounting.close()
     mgr.state.close()
+
+
+def round_later(mgr, backend, seconds=10, **counters) -> None:
+    """The clock moves on, the counters take the values given, and a round samples them."""
+    backend.now += seconds
+    if counters:
+        backend.set(**counters)
+    mgr.accounting.run_once()
+
+
+@pytest.fixture
+def parts(tmp_path):
+    mgr, backend, repo = started(tmp_path)
+    yield mgr, backend, repo
+    stop(mgr)
 
 
 def test_rounds_report_cumulative_usage_and_destroy_reports_final(parts):
@@ -68,9 +84,7 @@ def test_rounds_report_cumulative_usage_and_destroy_reports_final(parts):
     assert first.samples == 1 and first.cpu_seconds == 0 and first.memory_peak_bytes == GiB and not first.final
     assert first.network_rx_bytes == 10 and first.disk_used_bytes == 4096  # counted from the cgroup's zero
 
-    backend.now += 10
-    backend.set(cpu_ns=4_000_000_000, memory_current=GiB // 2, net_rx=110)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, cpu_ns=4_000_000_000, memory_current=GiB // 2, net_rx=110)
     u = repo.latest()
     assert u.cpu_seconds == 4.0 and u.samples == 2 and u.wall_seconds == 10.0
     assert u.memory_current_bytes == GiB // 2 and u.memory_peak_bytes == GiB
@@ -98,15 +112,12 @@ def test_oom_kills_are_recorded_as_limit_reached(parts):
     backend.set(oom_kills=0, memory_limit=512 * 1024 ** 2)
     mgr.accounting.run_once()
     assert not [e for e in repo.events if e[1] is EventType.LIMIT_REACHED]
-    backend.now += 10
-    backend.set(oom_kills=2)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, oom_kills=2)
     limits = [e for e in repo.events if e[1] is EventType.LIMIT_REACHED]
     assert limits == [(NAME, EventType.LIMIT_REACHED,
                        "2 programs killed for going past the memory limit of 512M")]
     assert mgr.state.get(NAME).state is State.RUNNING and repo.latest().oom_kills == 2
-    backend.now += 10
-    mgr.accounting.run_once()  # no more kills: no more events
+    round_later(mgr, backend)  # no more kills: no more events
     assert len([e for e in repo.events if e[1] is EventType.LIMIT_REACHED]) == 1
 
 
@@ -115,9 +126,7 @@ def test_limit_reached_waits_in_the_outbox_while_the_repository_is_down(parts):
     mgr.deploy(placed())
     mgr.accounting.run_once()
     repo.up = False
-    backend.now += 10
-    backend.set(oom_kills=1)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, oom_kills=1)
     assert mgr.state.outbox_size() == 1
     repo.up = True
     mgr.flush()
@@ -125,37 +134,27 @@ def test_limit_reached_waits_in_the_outbox_while_the_repository_is_down(parts):
 
 
 def test_a_restart_keeps_the_totals(tmp_path):
-    backend, repo = CountingBackend(), UsageRepository()
-    mgr = build(tmp_path, backend, repo)
+    mgr, backend, repo = started(tmp_path)
     mgr.deploy(placed())
     backend.set(cpu_ns=1_000_000_000)
     mgr.accounting.run_once()
-    backend.now += 10
-    backend.set(cpu_ns=3_000_000_000)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, cpu_ns=3_000_000_000)
     assert repo.latest().cpu_seconds == 3.0
-    mgr.accounting.close()
-    mgr.state.close()
+    stop(mgr)
 
     mgr = build(tmp_path, backend, repo)  # the manager restarts
     assert mgr.accounting.usage(NAME).cpu_seconds == 3.0
-    backend.now += 10
-    backend.set(cpu_ns=5_000_000_000)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, cpu_ns=5_000_000_000)
     u = repo.latest()
     assert u.cpu_seconds == 5.0 and u.samples == 3
     # The workspace restarted (its cgroup made again): the counter starts from zero again.
-    backend.now += 10
-    backend.set(cpu_ns=500_000_000)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, cpu_ns=500_000_000)
     assert repo.latest().cpu_seconds == 5.5
-    mgr.accounting.close()
-    mgr.state.close()
+    stop(mgr)
 
 
 def test_final_usage_survives_an_outage_and_a_restart(tmp_path):
-    backend, repo = CountingBackend(), UsageRepository()
-    mgr = build(tmp_path, backend, repo)
+    mgr, backend, repo = started(tmp_path)
     mgr.deploy(placed())
     backend.set(cpu_ns=0)
     mgr.accounting.run_once()
@@ -164,8 +163,7 @@ def test_final_usage_survives_an_outage_and_a_restart(tmp_path):
     backend.set(cpu_ns=7_000_000_000)
     mgr.transition(NAME, Action.DESTROY, "bye")
     assert mgr.accounting.usage(NAME).final
-    mgr.accounting.close()
-    mgr.state.close()
+    stop(mgr)
 
     repo.up = True
     mgr = build(tmp_path, backend, repo)
@@ -173,8 +171,7 @@ def test_final_usage_survives_an_outage_and_a_restart(tmp_path):
     final = repo.latest()
     assert final.final and final.cpu_seconds == 7.0
     assert mgr.accounting.usage(NAME) is None
-    mgr.accounting.close()
-    mgr.state.close()
+    stop(mgr)
 
 
 def test_a_workspace_that_vanished_gets_final_usage(parts):
@@ -182,9 +179,7 @@ def test_a_workspace_that_vanished_gets_final_usage(parts):
     mgr.deploy(placed())
     backend.set(cpu_ns=0)
     mgr.accounting.run_once()
-    backend.now += 10
-    backend.set(cpu_ns=2_000_000_000)
-    mgr.accounting.run_once()
+    round_later(mgr, backend, cpu_ns=2_000_000_000)
     del backend.accounts["u-wabcdefghijk"]  # gone behind the manager's back
     repo.records[NAME] = mgr.held.view(mgr.state.get(NAME))
     assert mgr.reconcile()["vanished"] == [NAME]
@@ -202,8 +197,7 @@ def test_destroy_right_after_create_still_records_final_usage(parts):
 
 
 def test_the_book_grows(tmp_path):
-    backend, repo = CountingBackend(), UsageRepository()
-    mgr = build(tmp_path, backend, repo)
+    mgr, backend, _ = started(tmp_path)
     names = [f"workspaces/w{i:011d}x" for i in range(40)]
     for n in names:
         mgr.deploy(placed(n))
@@ -214,8 +208,7 @@ def test_the_book_grows(tmp_path):
         backend.set("u-" + n.split("/")[1], cpu_ns=i * 1_000_000_000)
     mgr.accounting.run_once()
     assert [mgr.accounting.usage(n).cpu_seconds for n in names] == [float(i) for i in range(40)]
-    mgr.accounting.close()
-    mgr.state.close()
+    stop(mgr)
 
 
 def test_unreachable_repository_is_retried_next_round(parts):
@@ -225,8 +218,7 @@ def test_unreachable_repository_is_retried_next_round(parts):
     mgr.accounting.run_once()
     assert repo.usage_reports == []
     repo.up = True
-    backend.now += 10
-    mgr.accounting.run_once()
+    round_later(mgr, backend)
     assert repo.latest().samples == 2
 
 

@@ -108,25 +108,19 @@ def test_same_seed_same_input(exe):
     assert a[0]["max_rel_error"] == b[0]["max_rel_error"]
 
 
-@pytest.mark.parametrize("args, name", [
-    (["--sizes", "5-9"], "--sizes"),
-    (["--sizes", "6-23"], "--sizes"),
-    (["--sizes", "9-7"], "--sizes"),
-    (["--sizes", "6,x"], "--sizes"),
-    (["--sizes", ""], "--sizes"),
-    (["--sizes"], "--sizes"),
-    (["--min-time", "0"], "--min-time"),
-    (["--min-time", "-1"], "--min-time"),
-    (["--min-time", "abc"], "--min-time"),
-    (["--repeat", "0"], "--repeat"),
-    (["--repeat", "1001"], "--repeat"),
-    (["--repeat", "2.5"], "--repeat"),
-    (["--seed", "-1"], "--seed"),
-    (["--seed", "x"], "--seed"),
-    (["--bogus"], "--bogus"),
-])
-def test_bad_arguments_exit_2(exe, args, name):
-    proc = run(exe, *args)
+# The values each argument refuses; None: the argument alone, without its value.
+BAD_VALUES = {
+    "--sizes": ["5-9", "6-23", "9-7", "6,x", "", None],
+    "--min-time": ["0", "-1", "abc"],
+    "--repeat": ["0", "1001", "2.5"],
+    "--seed": ["-1", "x"],
+    "--bogus": [None],
+}
+
+
+@pytest.mark.parametrize("name, value", [(name, value) for name, values in BAD_VALUES.items() for value in values])
+def test_bad_arguments_exit_2(exe, name, value):
+    proc = run(exe, name, *([] if value is None else [value]))
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()

@@ -89,6 +89,15 @@ def field_of(exc_info):
     return [f for f, _ in exc_info.value.violations]
 
 
+def assert_checks_the_name(get, unknown: str, malformed: str) -> None:
+    """`get` refuses a name it does not hold (NotFound) and one that is no name (InvalidArgument on `name`)."""
+    with pytest.raises(errors.NotFound):
+        get(unknown)
+    with pytest.raises(errors.InvalidArgument) as e:
+        get(malformed)
+    assert field_of(e) == ["name"]
+
+
 # ----------------------------------------------------------------------------- records
 
 def test_create_is_idempotent_on_request_id(env):
@@ -214,11 +223,7 @@ def test_delete_record_only_while_pending(env):
 
 def test_get_errors(env):
     service, _, _ = env
-    with pytest.raises(errors.NotFound):
-        service.workspaces.get("workspaces/wnothere1234")
-    with pytest.raises(errors.InvalidArgument) as e:
-        service.workspaces.get("bogus")
-    assert field_of(e) == ["name"]
+    assert_checks_the_name(service.workspaces.get, "workspaces/wnothere1234", "bogus")
 
 
 def test_list_pages_newest_first_with_filters(env):

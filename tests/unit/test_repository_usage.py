@@ -11,7 +11,8 @@ from vws.common import errors, model
 from vws.common.model import State
 from vws.repository import db
 from vws.repository.usage import URF, xsd_duration
-from tests.unit.test_repository_service import MANAGER, T0, env, field_of, placed  # noqa: F401 - env is a fixture
+from tests.unit.test_repository_service import MANAGER, T0, assert_checks_the_name, field_of, placed
+from tests.unit.test_repository_service import env  # noqa: F401 - a fixture
 
 NS = {"urf": URF}
 
@@ -76,11 +77,7 @@ def test_usage_is_kept_after_destroy(env):
 
 def test_get_usage_errors(env):
     service, _, _ = env
-    with pytest.raises(errors.NotFound):
-        service.usage.get_usage("workspaces/wnothere0000x")
-    with pytest.raises(errors.InvalidArgument) as e:
-        service.usage.get_usage("bad name")
-    assert field_of(e) == ["name"]
+    assert_checks_the_name(service.usage.get_usage, "workspaces/wnothere0000x", "bad name")
 
 
 def test_xsd_duration():
