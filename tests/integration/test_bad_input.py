@@ -5,7 +5,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from tests.integration.test_workspaces import create, get, repo, violations
+from tests.integration.test_workspaces import create, get, repo, run, violations
 from vws.v1 import repository_pb2
 
 LARGEST_DURATION = 315_576_000_000  # google.protobuf.Duration's own bound, 10,000 years
@@ -28,3 +28,19 @@ def test_times_and_durations_out_of_range_are_invalid_arguments(stack):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert "out of range" in violations(e.value)["workspace.spec.lifetime"]
     assert stack.accounts() == [ws.endpoint.host_identity]
+
+
+def test_exec_arguments_the_kernel_would_refuse_are_invalid_arguments(stack):
+    from vws.manager.exec_limits import MAX_STRING_BYTES, MAX_TOTAL_BYTES
+    ws = create(stack).workspace
+    for argv, env, cwd, field in ((["/bin/echo", "a\0b"], {}, "", "argv[1]"),
+                                  (["/bin/echo", "y" * 200_000], {}, "", "argv[1]"),
+                                  (["/bin/echo"] + ["y" * 100_000] * (MAX_TOTAL_BYTES // 100_000 + 1), {}, "", "argv"),
+                                  (["/bin/echo"], {"A": "x\0y"}, "", "environment[A]"),
+                                  (["/bin/echo"], {"BIG": "y" * (MAX_STRING_BYTES + 1)}, "", "environment[BIG]"),
+                                  (["/bin/echo"], {}, "tmp\0", "working_directory")):
+        with pytest.raises(grpc.RpcError) as e:
+            run(stack, ws, argv, env=env, cwd=cwd)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert field in violations(e.value), e.value.details()
+    assert run(stack, ws, ["/bin/echo"] + ["y" * 1000] * 200) == (0, " ".join(["y" * 1000] * 200) + "\n", "")
