@@ -8,6 +8,7 @@ import getpass
 import os
 import pathlib
 import sys
+import time
 import uuid
 
 import grpc
@@ -15,7 +16,7 @@ import grpc
 from . import output as out
 from .connection import (LONG_TIMEOUT, TIMEOUT, CliError, Connection, host_noun, kind_name, pairs, reaching,
                          state_name, wait_for, wire_kind, workspace_name)
-from ..common import kinds, names, units
+from ..common import errors, kinds, names, units
 from ..v1 import factory_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
@@ -85,6 +86,32 @@ def cmd_site(args) -> int:
     return 0
 
 
+# A create cut off (the factory restarting, a connection lost) is sent again with the same
+# request_id, which the factory answers with the workspace it made, never a second one.
+CREATE_ATTEMPTS = 4
+CREATE_BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
+
+
+def create_workspace(conn: Connection, request: factory_pb2.CreateWorkspaceRequest, timeout: float
+                     ) -> factory_pb2.CreateWorkspaceResponse:
+    """CreateWorkspace, retried while the factory is UNAVAILABLE (CREATE_ATTEMPTS in all), saying
+    so on stderr; the last failure goes on to the caller."""
+    attempt, delay = 1, CREATE_BACKOFF
+    while True:
+        try:
+            return conn.factory().CreateWorkspace(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            error = errors.from_rpc_error(exc)
+            if attempt == CREATE_ATTEMPTS or not isinstance(error, errors.Unavailable):
+                raise
+        attempt += 1
+        print(f"vws: the factory at {conn.factory_address} is unavailable ({error.message[:200]}); retrying in "
+              f"{delay:g}s with the same request id {request.request_id} (attempt {attempt} of {CREATE_ATTEMPTS})",
+              file=sys.stderr)
+        time.sleep(delay)
+        delay *= 2
+
+
 def cmd_create(args) -> int:
     conn = Connection(args)
     spec = workspace_pb2.WorkspaceSpec(kind=wire_kind(args.kind, image=bool(args.image)))
@@ -120,10 +147,16 @@ def cmd_create(args) -> int:
     spec.start_on_create = not args.no_start
     labels = pairs(args.label, "--label", "KEY=VALUE")
     ws = W(spec=spec, labels=labels, owner=getpass.getuser())
-    request_id = args.request_id or str(uuid.uuid4())
-    with reaching(conn.unreachable("factory", conn.factory_address)):
-        r = conn.factory().CreateWorkspace(factory_pb2.CreateWorkspaceRequest(request_id=request_id, workspace=ws),
-                                           timeout=args.timeout)
+    request = factory_pb2.CreateWorkspaceRequest(request_id=args.request_id or str(uuid.uuid4()), workspace=ws)
+    again = (f"the workspace may still be made: run the same command with --request-id {request.request_id} "
+             "to get it (never a second one)")
+    try:
+        with reaching(CliError(f"{conn.unreachable('factory', conn.factory_address)}; {again}", 3)):
+            r = create_workspace(conn, request, args.timeout)
+    except grpc.RpcError as exc:
+        if isinstance(errors.from_rpc_error(exc), errors.DeadlineExceeded):
+            print(f"vws: {again}", file=sys.stderr)
+        raise
     created = r.workspace
     if args.wait:
         created = wait_for(conn, created.name, {W.STATE_READY, W.STATE_RUNNING} if args.no_start else {W.STATE_RUNNING},
@@ -352,7 +385,8 @@ def add_parsers(command) -> None:
     c.add_argument("--wait", action="store_true", help="return only when it is RUNNING (READY with --no-start); "
                                                        "shows the image copy's progress on a terminal")
     c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
-    c.add_argument("--request-id", help="make the request retryable: the same id never makes a second workspace")
+    c.add_argument("--request-id", help="the create's id (default: a new one, told when the outcome is unknown): "
+                   "the same id never makes a second workspace")
 
     c = command("list", cmd_list, "list workspaces (all but TERMINATED unless --state/--all)", read=True)
     c.add_argument("--state", action="append", default=[], help="only in this state (repeat)")

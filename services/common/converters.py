@@ -6,7 +6,7 @@ import datetime as dt
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from . import model
+from . import errors, model
 from .auth.gate import Caller
 from .auth.principal import CredentialKind, Principal
 from ..v1 import access_pb2, image_pb2
@@ -54,10 +54,25 @@ def ts_to_pb(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def ts_from_pb(msg, field: str) -> dt.datetime | None:
+# google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (datetime's too).
+_TS_SECONDS = (-62135596800, 253402300799)
+_TS_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (nanos 0 to 999999999)"
+# Every duration of the API is added to a time: bounded so that the sum stays a time for a
+# thousand years either way (google.protobuf.Duration's own bound, 10,000 years, does not).
+MAX_DURATION_SECONDS = 1000 * 31_557_600  # a thousand years of 365.25 days
+_DURATION_RANGE = (f"-{MAX_DURATION_SECONDS}s to {MAX_DURATION_SECONDS}s (a thousand years), nanos of the "
+                   "seconds' sign and under 1000000000")
+
+
+def ts_from_pb(msg, field: str, path: str | None = None) -> dt.datetime | None:
+    """path: the field's path in the request, for the error (default: field)."""
     if not msg.HasField(field):
         return None
-    return getattr(msg, field).ToDatetime(tzinfo=dt.timezone.utc)
+    ts = getattr(msg, field)
+    if not (_TS_SECONDS[0] <= ts.seconds <= _TS_SECONDS[1] and 0 <= ts.nanos <= 999_999_999):
+        raise errors.InvalidArgument(f"seconds {ts.seconds}, nanos {ts.nanos} is out of range; give a time "
+                                     f"from {_TS_RANGE}", path or field)
+    return ts.ToDatetime(tzinfo=dt.timezone.utc)
 
 
 def duration_to_pb(value: dt.timedelta | None) -> duration_pb2.Duration | None:
@@ -68,10 +83,16 @@ def duration_to_pb(value: dt.timedelta | None) -> duration_pb2.Duration | None:
     return d
 
 
-def duration_from_pb(msg, field: str) -> dt.timedelta | None:
+def duration_from_pb(msg, field: str, path: str | None = None) -> dt.timedelta | None:
+    """path: the field's path in the request, for the error (default: field)."""
     if not msg.HasField(field):
         return None
-    return getattr(msg, field).ToTimedelta()
+    d = getattr(msg, field)
+    if not (abs(d.seconds) <= MAX_DURATION_SECONDS and abs(d.nanos) <= 999_999_999
+            and (d.seconds == 0 or d.nanos == 0 or (d.seconds < 0) == (d.nanos < 0))):
+        raise errors.InvalidArgument(f"seconds {d.seconds}, nanos {d.nanos} is out of range; give a duration "
+                                     f"from {_DURATION_RANGE}", path or field)
+    return d.ToTimedelta()
 
 
 def enforcement_to_pb(e: model.Enforcement) -> pb.Enforcement:
@@ -96,9 +117,9 @@ def usage_to_pb(u: model.Usage) -> pb.WorkspaceUsage:
     return msg
 
 
-def usage_from_pb(m: pb.WorkspaceUsage) -> model.Usage:
+def usage_from_pb(m: pb.WorkspaceUsage, path: str = "usage") -> model.Usage:
     values = {f.name: getattr(m, f.name) for f in dataclasses.fields(model.Usage) if f.name not in _USAGE_TIMES}
-    return model.Usage(**values, start_time=ts_from_pb(m, "start_time"), end_time=ts_from_pb(m, "end_time"))
+    return model.Usage(**values, **{f: ts_from_pb(m, f, f"{path}.{f}") for f in _USAGE_TIMES})
 
 
 def resources_to_pb(r: model.Resources) -> pb.ResourceAllocation:
@@ -129,8 +150,9 @@ def spec_to_pb(spec: model.WorkspaceSpec) -> pb.WorkspaceSpec:
     return msg
 
 
-def spec_from_pb(msg: pb.WorkspaceSpec) -> model.WorkspaceSpec:
-    """Kind may come back None (unspecified/unknown); validation reports it."""
+def spec_from_pb(msg: pb.WorkspaceSpec, path: str = "workspace.spec") -> model.WorkspaceSpec:
+    """Kind may come back None (unspecified/unknown); validation reports it. path: the spec's
+    path in the request, for errors."""
     sw = msg.software
     return model.WorkspaceSpec(
         kind=kind_from_pb(msg.kind),
@@ -142,7 +164,7 @@ def spec_from_pb(msg: pb.WorkspaceSpec) -> model.WorkspaceSpec:
             unix_group=sw.unix_group,
         ),
         resources=resources_from_pb(msg.resources),
-        lifetime=duration_from_pb(msg, "lifetime"),
+        lifetime=duration_from_pb(msg, "lifetime", f"{path}.lifetime"),
         start_on_create=msg.start_on_create if msg.HasField("start_on_create") else True,
     )
 
@@ -175,15 +197,16 @@ def workspace_to_pb(w: model.Workspace) -> pb.Workspace:
     return msg
 
 
-def workspace_from_pb(msg: pb.Workspace) -> model.Workspace:
+def workspace_from_pb(msg: pb.Workspace, path: str = "workspace") -> model.Workspace:
+    """path: the workspace's path in the request, for errors."""
     return model.Workspace(
-        name=msg.name, spec=spec_from_pb(msg.spec), state=state_from_pb(msg.state),
+        name=msg.name, spec=spec_from_pb(msg.spec, f"{path}.spec"), state=state_from_pb(msg.state),
         state_message=msg.state_message, endpoint=endpoint_from_pb(msg.endpoint), owner=msg.owner,
-        create_time=ts_from_pb(msg, "create_time"), update_time=ts_from_pb(msg, "update_time"),
-        termination_time=ts_from_pb(msg, "termination_time"), labels=dict(msg.labels),
+        **{f: ts_from_pb(msg, f, f"{path}.{f}") for f in ("create_time", "update_time", "termination_time")},
+        labels=dict(msg.labels),
         request_id=msg.request_id,
         enforcement=enforcement_from_pb(msg.enforcement) if msg.HasField("enforcement") else None,
-        progress=progress_from_pb(msg.progress) if msg.HasField("progress") else None,
+        progress=progress_from_pb(msg.progress, f"{path}.progress") if msg.HasField("progress") else None,
         customisation=customisation_from_pb(msg.customisation) if msg.HasField("customisation") else None,
     )
 
@@ -205,9 +228,9 @@ def progress_to_pb(p: model.Progress) -> pb.Progress:
     return msg
 
 
-def progress_from_pb(m: pb.Progress) -> model.Progress:
+def progress_from_pb(m: pb.Progress, path: str = "progress") -> model.Progress:
     return model.Progress(m.activity, m.done_bytes, m.total_bytes, m.bytes_per_second,
-                          ts_from_pb(m, "update_time"))
+                          ts_from_pb(m, "update_time", f"{path}.update_time"))
 
 
 _BOOT_TO_PB = {b: image_pb2.Image.Boot.Value(f"BOOT_{b.value}") for b in model.ImageBoot}
@@ -233,7 +256,7 @@ def image_to_pb(i: model.Image) -> image_pb2.Image:
     return msg
 
 
-def image_from_pb(m: image_pb2.Image) -> model.Image:
+def image_from_pb(m: image_pb2.Image, path: str = "image") -> model.Image:
     return model.Image(
         name=m.name, boot=_BOOT_FROM_PB.get(m.boot, model.ImageBoot.UNSPECIFIED),
         files=[model.ImageFile(_ROLE_FROM_PB.get(f.role, model.FileRole.UNSPECIFIED),
@@ -241,7 +264,7 @@ def image_from_pb(m: image_pb2.Image) -> model.Image:
                                f.size_bytes, f.digest, f.location) for f in m.files],
         size_bytes=m.size_bytes, owner=m.owner,
         visibility=_VIS_FROM_PB.get(m.visibility, model.ImageVisibility.UNSPECIFIED),
-        kernel_args=m.kernel_args, description=m.description, create_time=ts_from_pb(m, "create_time"),
+        kernel_args=m.kernel_args, description=m.description, create_time=ts_from_pb(m, "create_time", f"{path}.create_time"),
         guest_agent=m.guest_agent)
 
 
@@ -252,8 +275,8 @@ def event_to_pb(e: model.Event) -> pb.WorkspaceEvent:
         message=e.message, source=e.source)
 
 
-def event_from_pb(m: pb.WorkspaceEvent) -> model.Event:
-    return model.Event(name=m.name, type=event_type_from_pb(m.type), time=ts_from_pb(m, "time"),
+def event_from_pb(m: pb.WorkspaceEvent, path: str = "event") -> model.Event:
+    return model.Event(name=m.name, type=event_type_from_pb(m.type), time=ts_from_pb(m, "time", f"{path}.time"),
                        previous_state=state_from_pb(m.previous_state), state=state_from_pb(m.state),
                        message=m.message, source=m.source)
 
@@ -280,15 +303,15 @@ def manager_to_pb(m: model.ManagerInfo) -> pb.Manager:
     return msg
 
 
-def manager_from_pb(msg: pb.Manager) -> model.ManagerInfo:
+def manager_from_pb(msg: pb.Manager, path: str = "manager") -> model.ManagerInfo:
     return model.ManagerInfo(
         name=msg.name, address=msg.address,
         kinds=[k for k in (kind_from_pb(v) for v in msg.kinds) if k is not None],
         backend=msg.backend, capacity=capacity_from_pb(msg.capacity),
         allocated=capacity_from_pb(msg.allocated),
         state={v: k for k, v in _MSTATE_TO_PB.items()}.get(msg.state, model.ManagerState.UNSPECIFIED),
-        register_time=ts_from_pb(msg, "register_time"), heartbeat_time=ts_from_pb(msg, "heartbeat_time"),
-        heartbeat_interval=duration_from_pb(msg, "heartbeat_interval") or model.dt.timedelta(seconds=2),
+        **{f: ts_from_pb(msg, f, f"{path}.{f}") for f in ("register_time", "heartbeat_time")},
+        heartbeat_interval=duration_from_pb(msg, "heartbeat_interval", f"{path}.heartbeat_interval") or model.dt.timedelta(seconds=2),
         account_pool=msg.account_pool, identity=msg.identity)
 
 
@@ -308,11 +331,11 @@ def caller_to_pb(c: Caller) -> access_pb2.Caller:
     return msg
 
 
-def caller_from_pb(m: access_pb2.Caller) -> Caller:
+def caller_from_pb(m: access_pb2.Caller, path: str = "caller") -> Caller:
     """The caller as the repository verified it (AuthorizeCall's answer)."""
     kind = _CREDENTIAL_FROM_PB.get(m.credential_kind)
     principal = Principal(identity=m.identity, kind=kind, attributes=tuple(m.attributes),
-                          expiry=ts_from_pb(m, "expire_time") or dt.datetime.max.replace(tzinfo=dt.timezone.utc),
+                          expiry=ts_from_pb(m, "expire_time", f"{path}.expire_time") or dt.datetime.max.replace(tzinfo=dt.timezone.utc),
                           digest=m.digest, issuer=m.issuer, vo=m.vo, scopes=tuple(m.scopes)) if kind else None
     return Caller(identity=m.identity, principal=principal, administrator=m.administrator,
                   service_role=m.service_role)

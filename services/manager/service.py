@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 from ..common import errors, kinds, model, names
 from ..common.model import Action, State
+from . import exec_limits
 from .accounting import UsageAccounting
 from .backends.base import ExecOptions
 from .held import HeldWorkspaces, is_unreachable
@@ -164,14 +165,10 @@ class WorkspaceManager:
 
     def spawn(self, name: str, argv: list[str], environment: dict[str, str], working_directory: str
               ) -> subprocess.Popen:
-        if not argv or not argv[0]:
-            raise errors.InvalidArgument("is empty; give the program to run, e.g. ['/bin/echo', 'hello']", "argv")
-        for key in environment:
-            if not key or "=" in key or "\0" in key:
-                raise errors.InvalidArgument(f"{key!r} is not a variable name", f"environment[{key}]")
         ws = self.held.require(name)
         if ws.state is not State.RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in {name}: it is {ws.state.value}; exec needs RUNNING")
+        exec_limits.check(argv, environment, working_directory, ws.spec.software.environment)
         env = {**ws.spec.software.environment, **environment}
         return self.backend.spawn(ws.handle, ExecOptions(list(argv), env, working_directory))
 

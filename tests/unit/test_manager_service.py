@@ -205,6 +205,16 @@ def test_exec_checks_argv_and_environment(parts):
     assert mgr.spawn(name, ["true"], {}, "").wait() == 0
 
 
+def test_exec_refuses_what_the_kernel_would_before_spawning(parts):
+    mgr, _, _ = parts
+    name = mgr.deploy(placed()).name
+    for argv, env, field in ((["echo", "a\0b"], {}, "argv[1]"), (["echo"], {"A": "\0"}, "environment[A]"),
+                             (["echo"] + ["y" * 100_000] * 12, {}, "argv")):
+        with pytest.raises(errors.InvalidArgument) as e:
+            mgr.spawn(name, argv, env, "")
+        assert field in dict(e.value.violations)
+
+
 def test_state_changes_made_while_the_repository_is_down_reach_it_later_in_order(parts):
     mgr, _, repo = parts
     name = mgr.deploy(placed()).name
