@@ -190,6 +190,16 @@ def test_empty_argv_is_invalid(stack):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "argv" in e.value.details()
 
 
+def test_working_directory_cannot_leave_the_home(stack):
+    ws = create(stack).workspace
+    for outside in ("../../root", "/root"):
+        with pytest.raises(grpc.RpcError) as e:
+            run(stack, ws, ["pwd"], cwd=outside)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "working_directory" in e.value.details()
+    home = pwd.getpwnam(ws.endpoint.host_identity).pw_dir
+    assert run(stack, ws, ["pwd"], cwd=".")[:2] == (0, home + "\n")
+
+
 def test_failing_setup_script_leaves_no_account_and_no_record(stack):
     with pytest.raises(grpc.RpcError) as e:
         create(stack, software=workspace_pb2.SoftwareConfiguration(setup_script="echo broken >&2; exit 3"))
