@@ -112,6 +112,42 @@ def test_a_pending_record_from_an_interrupted_create_is_driven_on_by_the_retry(l
     assert out.state is model.State.RUNNING and len(records.records) == 1
 
 
+def failed_on(records, manager_name, request_id="req-1"):
+    """The record of a create whose manager died mid-deploy and undid it at its restart."""
+    record, _ = records.create_record(request_id, dataclasses.replace(ws(), request_id=request_id))
+    record.state, record.state_message = model.State.FAILED, "the manager stopped during deploy"
+    record.endpoint = model.Endpoint(record.name, f"managers/{manager_name}", f"{manager_name}:1")
+    return record
+
+
+def test_a_retried_create_whose_manager_died_mid_deploy_is_deployed_again_by_that_manager(limits):
+    f, records, mgrs = make(limits, [manager("a"), manager("b", free=8)])
+    record = failed_on(records, "a")
+    out = f.create("req-1", ws())
+    assert out.name == record.name and out.state is model.State.RUNNING and mgrs.calls == ["a:1"]
+    assert len(records.records) == 1
+
+
+def test_a_retried_failed_create_whose_manager_is_away_is_unavailable_and_stays_on_record(limits):
+    f, records, mgrs = make(limits, [manager("a"), manager("b", free=8)], refuse={"a:1": grpc.StatusCode.UNAVAILABLE})
+    record = failed_on(records, "a")
+    with pytest.raises(errors.Unavailable, match="retry later with the same request_id"):
+        f.create("req-1", ws())
+    assert mgrs.calls == ["a:1"] and records.deleted == [] and record.endpoint.manager == "managers/a"
+
+
+def test_a_create_is_never_answered_ok_with_a_failed_workspace(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+    failed_on(records, "a")
+
+    def deploy(address, workspace):  # a manager that answers with what it holds, FAILED
+        mgrs.calls.append(address)
+        return dataclasses.replace(records.records[workspace.name])
+    mgrs.deploy = deploy
+    with pytest.raises(errors.FailedPrecondition, match="destroy it and create it anew"):
+        f.create("req-1", ws())
+
+
 def test_placement_skips_full_and_silent_managers_and_spreads_load(limits):
     f, _, mgrs = make(limits, [manager("full", free=0), manager("gone", state=model.ManagerState.UNREACHABLE),
                                manager("busy", free=1), manager("idle", free=7)])
