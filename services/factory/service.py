@@ -21,8 +21,9 @@ from .validation import Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
-# A manager's refusals after which the next manager is worth trying.
-TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.DeadlineExceeded, errors.Unimplemented)
+# A manager's refusals after which the next manager is worth trying. Not DEADLINE_EXCEEDED: a
+# set-up script that outlasted one manager's limit would outlast the next one's.
+TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.Unimplemented)
 # A retried create finding its record in one of these drives it on: the create has not ended well yet.
 UNFINISHED = (State.PENDING, State.PROPAGATING, State.FAILED)
 
@@ -42,6 +43,11 @@ class RecordGateway(Protocol):
 
 class ManagerGateway(Protocol):
     def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...  # refusals: domain errors
+
+
+class StillDeploying(errors.DeadlineExceeded):
+    """A manager's deploy outlasted the time the factory waits for it (ManagerGateway.deploy
+    raises it): the manager carries on, so the record stays for it to finish into."""
 
 
 @dataclasses.dataclass
@@ -182,6 +188,12 @@ class WorkspaceFactory:
         with self._lock(record.name):
             try:
                 return self._place(record)
+            except StillDeploying as exc:
+                # Driven to its end with its record: the manager reports it there, a retry with the
+                # same request_id (or the resume loop) answers with it.
+                raise errors.DeadlineExceeded(
+                    f"{exc.message}; {record.name} stays on record and is finished there: retry with the same "
+                    "request_id to have it") from None
             except BaseException as exc:
                 if record.state is State.FAILED:
                     raise  # it stays on record, FAILED, for its owner to retry or destroy
@@ -267,7 +279,7 @@ class WorkspaceFactory:
                 self._drive(record)
                 done.append(record.name)
             except errors.VwsError as exc:
-                log.warning("resuming %s failed; record removed: %s", record.name, exc.message)
+                log.warning("resuming %s did not finish it: %s", record.name, exc.message)
         return done
 
     def start_background(self, interval: float) -> None:
