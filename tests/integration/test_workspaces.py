@@ -83,7 +83,7 @@ def test_create_exec_manage_destroy_with_a_real_account(stack):
                                    "hello world", f"{account}:755"]
     assert run(stack, ws, ["cat"], stdin=b"through stdin")[1] == "through stdin"
     assert run(stack, ws, ["sh", "-c", "echo oops >&2; exit 7"])[::2] == (7, "oops\n")
-    assert run(stack, ws, ["pwd"], cwd="/tmp")[1] == "/tmp\n"
+    assert run(stack, ws, ["pwd"], cwd=f"{entry.pw_dir}/data")[1] == f"{entry.pw_dir}/data\n"
 
     # show and list see it; the label filter finds it
     assert get(stack, ws.name).endpoint.host_identity == account
