@@ -121,6 +121,9 @@ class ManagerSettings(Transport):
     cpu: int = _field(0, "CPU offered (millicores); 0 means every core", "cpu")
     heartbeat_interval: dt.timedelta = _field(dt.timedelta(seconds=2), "how often it tells the repository it is alive", "duration")
     cgroup_root: str = _field("/sys/fs/cgroup", "where the cgroup hierarchy is mounted")
+    setup_timeout: dt.timedelta = _field(dt.timedelta(seconds=120), "a workspace's set-up script still running "
+                                         "after this is killed and its create fails (DEADLINE_EXCEEDED); keep it "
+                                         "below the factory's deploy deadline (300s)", "duration")
     sandboxes: bool = _field(True, "also offer SANDBOX workspaces (bubblewrap namespaces), when the host can", "bool")
     accounting_interval: dt.timedelta = _field(
         dt.timedelta(seconds=10), "how often every workspace's counters (CPU, memory, disk, network) are sampled "

@@ -21,8 +21,11 @@ from .validation import Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
-# A manager's refusals after which the next manager is worth trying.
-TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.DeadlineExceeded, errors.Unimplemented)
+# A manager's refusals after which the next manager is worth trying. Not DEADLINE_EXCEEDED: a
+# set-up script that outlasted one manager's limit would outlast the next one's.
+TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.Unimplemented)
+# A retried create finding its record in one of these drives it on: the create has not ended well yet.
+UNFINISHED = (State.PENDING, State.PROPAGATING, State.FAILED)
 
 
 class RecordGateway(Protocol):
@@ -40,6 +43,11 @@ class RecordGateway(Protocol):
 
 class ManagerGateway(Protocol):
     def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...  # refusals: domain errors
+
+
+class StillDeploying(errors.DeadlineExceeded):
+    """A manager's deploy outlasted the time the factory waits for it (ManagerGateway.deploy
+    raises it): the manager carries on, so the record stays for it to finish into."""
 
 
 @dataclasses.dataclass
@@ -164,7 +172,7 @@ class WorkspaceFactory:
             admitted.endpoint = model.Endpoint(admitted.name, first.name, first.address)
         with self._lock("request:" + request_id):
             record, created = self.records.create_record(request_id, admitted, caller)
-            if not created and record.state is not State.PENDING:
+            if not created and record.state not in UNFINISHED:
                 log.info("request %s retried: returning %s (%s)", request_id, record.name, record.state.value)
                 return record
             return self._drive(record)
@@ -180,7 +188,15 @@ class WorkspaceFactory:
         with self._lock(record.name):
             try:
                 return self._place(record)
+            except StillDeploying as exc:
+                # Driven to its end with its record: the manager reports it there, a retry with the
+                # same request_id (or the resume loop) answers with it.
+                raise errors.DeadlineExceeded(
+                    f"{exc.message}; {record.name} stays on record and is finished there: retry with the same "
+                    "request_id to have it") from None
             except BaseException as exc:
+                if record.state is State.FAILED:
+                    raise  # it stays on record, FAILED, for its owner to retry or destroy
                 try:
                     self.records.delete_record(record.name, f"create failed: {getattr(exc, 'message', exc)}")
                 except Exception:  # noqa: BLE001 - the resume loop finds it again
@@ -210,6 +226,10 @@ class WorkspaceFactory:
         if not candidates:
             managers = self._managers(fresh=True)  # the cached view may be stale: look again
             candidates, refusals = self._candidates(record, managers)
+        if record.state is State.FAILED:
+            # A create a manager's crash cut short: that manager holds it, and its room, and deploys
+            # it again; another would leave it held twice.
+            candidates = [m for m in candidates if m.name == record.endpoint.manager]
         for m in candidates:
             endpoint = model.Endpoint(record.name, m.name, m.address)
             if (record.endpoint.manager, record.endpoint.manager_address) == (m.name, m.address):
@@ -222,10 +242,19 @@ class WorkspaceFactory:
                 refusals.append(Refusal(m.name, f"{exc.grpc_status_code.name}: {exc.message}"))
                 log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
                 continue
+            if deployed.state is State.FAILED:
+                raise errors.FailedPrecondition(
+                    f"{record.name} failed on {m.name}: {deployed.state_message}; destroy it and create it anew")
             self._count_placement(m.name, record.spec)
             return dataclasses.replace(deployed, request_id=record.request_id,
                                        customisation=record.customisation,
                                        endpoint=dataclasses.replace(deployed.endpoint, workspace=record.name))
+        if record.state is State.FAILED:
+            raise errors.Unavailable(
+                f"{record.name} failed during its create on {record.endpoint.manager or 'no manager'}, which alone can "
+                "deploy it again and did not: " + ("; ".join(r.reason for r in refusals if r.manager == record.endpoint.manager)
+                                                  or "it is not registered")
+                + "; retry later with the same request_id, or destroy it and create it anew")
         if not managers:
             raise errors.ResourceExhausted(
                 "no manager has registered with the repository; start one (vws manager) or wait for it",
@@ -250,7 +279,7 @@ class WorkspaceFactory:
                 self._drive(record)
                 done.append(record.name)
             except errors.VwsError as exc:
-                log.warning("resuming %s failed; record removed: %s", record.name, exc.message)
+                log.warning("resuming %s did not finish it: %s", record.name, exc.message)
         return done
 
     def start_background(self, interval: float) -> None:

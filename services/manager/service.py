@@ -67,27 +67,38 @@ class WorkspaceManager:
         self.held.check_pool(workspace)
         with self.held.lock(workspace.name):
             existing = self.state.get(workspace.name)
-            if existing is not None:
+            # A deploy a crash cut short, undone at reconciliation (FAILED, nothing on the host): the
+            # retried create deploys it again, in the room it already holds.
+            again = existing is not None and existing.state is State.FAILED and not existing.host_identity
+            if existing is not None and not again:
                 return self.held.view(existing)
-            self.held.check_room(workspace.spec)
-            ws = LocalWorkspace(
-                name=workspace.name, spec=workspace.spec, state=State.PENDING, owner=workspace.owner,
-                labels=dict(workspace.labels), termination_time=workspace.termination_time,
-                create_time=workspace.create_time or model.utcnow())
-            # The intent is on disk before the host changes, so a crash mid-deploy is found and undone.
-            self.state.insert(ws)
+            if again:
+                ws = existing
+                self.state.change(ws, State.PENDING, "deploying again for the retried create")
+            else:
+                self.held.check_room(workspace.spec)
+                ws = LocalWorkspace(
+                    name=workspace.name, spec=workspace.spec, state=State.PENDING, owner=workspace.owner,
+                    labels=dict(workspace.labels), termination_time=workspace.termination_time,
+                    create_time=workspace.create_time or model.utcnow())
+                # The intent is on disk before the host changes, so a crash mid-deploy is found and undone.
+                self.state.insert(ws)
             try:
                 handle = self.backend.realise(wid, workspace.spec, self._progress_reporter(ws))
                 ws.host_identity = handle.host_identity
                 if workspace.spec.start_on_create:
                     self.backend.start(handle)
-            except BaseException:
-                self.state.forget(workspace.name)
+            except BaseException as exc:
+                if not again:
+                    self.state.forget(workspace.name)
                 try:
                     if ws.host_identity:
                         self.backend.destroy(ws.handle)
                 except Exception:  # noqa: BLE001 - the original failure is what the caller needs
                     log.exception("undoing the failed deploy of %s", workspace.name)
+                if again:  # it stays on record, FAILED, for its owner to destroy or retry
+                    ws.host_identity = ""
+                    self.held.record(ws, State.FAILED, f"deploying it again failed: {getattr(exc, 'message', exc)}")
                 raise
             enforcement = self.backend.enforcement(handle)
             final = State.RUNNING if workspace.spec.start_on_create else State.READY

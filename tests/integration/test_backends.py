@@ -144,6 +144,21 @@ def test_start_exec_env_cwd(backend):
     assert "ok" in out
 
 
+def test_working_directory_stays_inside_the_home(backend):
+    h = backend.realise(_wid(), spec(files=[model.StagedFile("sub/f", b"")]))
+    backend.start(h)
+    home = pwd.getpwnam(h.host_identity).pw_dir
+    assert run(backend, h, ["ln", "-s", "/root", "out"])[0] == 0
+    assert run(backend, h, ["ln", "-s", "sub", "in"])[0] == 0
+    for outside in ("../../root", "/root", "sub/../../..", "out", "out/.", f"{home}/../.."):
+        with pytest.raises(errors.InvalidArgument) as e:
+            backend.spawn(h, ExecOptions(["pwd"], {}, outside))
+        assert e.value.violations[0][0] == "working_directory", outside
+    for inside, where in (("sub", "sub"), ("in", "sub"), (f"{home}/sub", "sub"), ("sub/..", ""), (home, "")):
+        code, out, _ = run(backend, h, ["pwd"], cwd=inside)
+        assert (code, out.strip()) == (0, f"{home}/{where}".rstrip("/")), inside
+
+
 def test_pause_resume_freezes_processes(backend):
     h = backend.realise(new_wid(), spec())
     backend.start(h)

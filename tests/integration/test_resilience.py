@@ -166,3 +166,29 @@ def test_after_a_host_restart_the_manager_puts_limits_filesystems_and_sandboxes_
     wait_until(lambda: get(stack, account.name).state == W.STATE_RUNNING, what="manager back")
     time.sleep(1)
     assert len(restored(account)) == 1 and len(restored(sandbox)) == 1
+
+
+def test_a_create_cut_short_by_a_manager_crash_is_deployed_again_by_its_retry(stack):
+    """The manager dies mid-deploy (and the factory with it, so nothing removes the record); the
+    manager undoes the deploy at its restart (FAILED). The retry with the same request_id
+    deploys it again and answers with a working workspace, never OK with a FAILED one."""
+    rid = str(uuid.uuid4())
+    software = workspace_pb2.SoftwareConfiguration(setup_script="sleep 4")
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(pytest.raises(grpc.RpcError, create, stack, rid,
+                                                                    software=software)))
+    t.start()
+    wait_until(lambda: stack.accounts(), timeout=30, what="the deploy under way")
+    for p in (stack.factory, stack.managers["m0"]):
+        p.flags = [f if f != "127.0.0.1:0" else p.address for f in p.flags]
+        p.kill(signal.SIGKILL)
+    t.join(timeout=30)
+    stack.managers["m0"].start()
+    everything = lambda: repo(stack).ListWorkspaces(repository_pb2.ListWorkspacesRequest(  # noqa: E731
+        states=[s for s in W.State.values() if s]), timeout=10).workspaces
+    wait_until(lambda: [w.state for w in everything()] == [W.STATE_FAILED], timeout=30, what="undone: FAILED")
+    stack.factory.start()
+    again = create(stack, rid, software=software).workspace
+    assert again.state == W.STATE_RUNNING and [w.name for w in everything()] == [again.name]
+    assert run(stack, again, ["true"])[0] == 0
+    assert stack.accounts() == [again.endpoint.host_identity]

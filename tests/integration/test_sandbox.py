@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.stack import driven, remove_cgroups
 
-from vws.common import model
+from vws.common import errors, model
 from vws.manager.backends.host import netshape
 from vws.manager.backends.account.leftovers import uid_pids
 from vws.manager.backends.account.users import getpw, is_locked
@@ -123,6 +123,17 @@ def test_isolation(backend):
     while not (sleeper := [p for p in uid_pids(pw.pw_uid) if _comm(p) == "sleep"]) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sleeper and set(sleeper) <= backend.cgroups.pids(wid)
+
+
+def test_working_directory_stays_inside_the_home(backend):
+    h = running(backend, _wid())
+    ok(backend, h, "mkdir sub && ln -s /root out")
+    for outside in ("../../root", "/root", "out"):
+        with pytest.raises(errors.InvalidArgument) as e:
+            backend.spawn(h, ExecOptions(["pwd"], {}, outside))
+        assert e.value.violations[0][0] == "working_directory", outside
+    p = backend.spawn(h, ExecOptions(["pwd"], {}, "sub"))
+    assert p.communicate(timeout=20)[0].decode().strip().endswith("/sub")
 
 
 def test_every_exec_enters_the_same_sandbox(backend):

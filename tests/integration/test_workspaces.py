@@ -1,6 +1,7 @@
 """The whole path with real servers and real accounts: create, exec, manage, expire, destroy."""
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 import threading
@@ -82,7 +83,7 @@ def test_create_exec_manage_destroy_with_a_real_account(stack):
                                    "hello world", f"{account}:755"]
     assert run(stack, ws, ["cat"], stdin=b"through stdin")[1] == "through stdin"
     assert run(stack, ws, ["sh", "-c", "echo oops >&2; exit 7"])[::2] == (7, "oops\n")
-    assert run(stack, ws, ["pwd"], cwd="/tmp")[1] == "/tmp\n"
+    assert run(stack, ws, ["pwd"], cwd=f"{entry.pw_dir}/data")[1] == f"{entry.pw_dir}/data\n"
 
     # show and list see it; the label filter finds it
     assert get(stack, ws.name).endpoint.host_identity == account
@@ -190,6 +191,16 @@ def test_empty_argv_is_invalid(stack):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "argv" in e.value.details()
 
 
+def test_working_directory_cannot_leave_the_home(stack):
+    ws = create(stack).workspace
+    for outside in ("../../root", "/root"):
+        with pytest.raises(grpc.RpcError) as e:
+            run(stack, ws, ["pwd"], cwd=outside)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "working_directory" in e.value.details()
+    home = pwd.getpwnam(ws.endpoint.host_identity).pw_dir
+    assert run(stack, ws, ["pwd"], cwd=".")[:2] == (0, home + "\n")
+
+
 def test_failing_setup_script_leaves_no_account_and_no_record(stack):
     with pytest.raises(grpc.RpcError) as e:
         create(stack, software=workspace_pb2.SoftwareConfiguration(setup_script="echo broken >&2; exit 3"))
@@ -199,6 +210,25 @@ def test_failing_setup_script_leaves_no_account_and_no_record(stack):
     everything = repo(stack).ListWorkspaces(repository_pb2.ListWorkspacesRequest(
         states=[s for s in W.State.values() if s]), timeout=10)
     assert list(everything.workspaces) == []
+
+
+def test_a_set_up_script_past_the_managers_limit_is_deadline_exceeded_and_leaves_nothing(stack_factory):
+    import glob
+    import time
+    stack = stack_factory(setup_timeout="2s")
+    began = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        create(stack, software=workspace_pb2.SoftwareConfiguration(setup_script="echo started; sleep 30"))
+    assert time.monotonic() - began < 20
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "setup_script" in e.value.details() and "2s" in e.value.details() and "started" in e.value.details()
+    assert stack.accounts() == []
+    everything = repo(stack).ListWorkspaces(repository_pb2.ListWorkspacesRequest(
+        states=[s for s in W.State.values() if s]), timeout=10)
+    assert list(everything.workspaces) == []
+    manager_id = stack.manager_name("m0").split("/", 1)[1]
+    tops = glob.glob(f"/sys/fs/cgroup/*/vws/{manager_id}") + glob.glob(f"/sys/fs/cgroup/vws/{manager_id}")
+    assert [d for top in tops for d in os.listdir(top) if d.startswith("w")] == []
 
 
 def test_lifetime_ends_and_the_account_goes(stack):

@@ -9,7 +9,7 @@ import pytest
 
 from vws.common import errors, model
 from vws.common.config import FactorySettings
-from vws.factory.service import WorkspaceFactory, rank, shortfall
+from vws.factory.service import StillDeploying, WorkspaceFactory, rank, shortfall
 from vws.factory.validation import Limits, admit
 
 GiB = 1024 ** 3
@@ -110,6 +110,86 @@ def test_a_pending_record_from_an_interrupted_create_is_driven_on_by_the_retry(l
     records.create_record("req-1", dataclasses.replace(ws(), request_id="req-1"))
     out = f.create("req-1", ws())
     assert out.state is model.State.RUNNING and len(records.records) == 1
+
+
+def failed_on(records, manager_name, request_id="req-1"):
+    """The record of a create whose manager died mid-deploy and undid it at its restart."""
+    record, _ = records.create_record(request_id, dataclasses.replace(ws(), request_id=request_id))
+    record.state, record.state_message = model.State.FAILED, "the manager stopped during deploy"
+    record.endpoint = model.Endpoint(record.name, f"managers/{manager_name}", f"{manager_name}:1")
+    return record
+
+
+def test_a_retried_create_whose_manager_died_mid_deploy_is_deployed_again_by_that_manager(limits):
+    f, records, mgrs = make(limits, [manager("a"), manager("b", free=8)])
+    record = failed_on(records, "a")
+    out = f.create("req-1", ws())
+    assert out.name == record.name and out.state is model.State.RUNNING and mgrs.calls == ["a:1"]
+    assert len(records.records) == 1
+
+
+def test_a_retried_failed_create_whose_manager_is_away_is_unavailable_and_stays_on_record(limits):
+    f, records, mgrs = make(limits, [manager("a"), manager("b", free=8)], refuse={"a:1": grpc.StatusCode.UNAVAILABLE})
+    record = failed_on(records, "a")
+    with pytest.raises(errors.Unavailable, match="retry later with the same request_id"):
+        f.create("req-1", ws())
+    assert mgrs.calls == ["a:1"] and records.deleted == [] and record.endpoint.manager == "managers/a"
+
+
+def test_a_create_is_never_answered_ok_with_a_failed_workspace(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+    failed_on(records, "a")
+
+    def deploy(address, workspace):  # a manager that answers with what it holds, FAILED
+        mgrs.calls.append(address)
+        return dataclasses.replace(records.records[workspace.name])
+    mgrs.deploy = deploy
+    with pytest.raises(errors.FailedPrecondition, match="destroy it and create it anew"):
+        f.create("req-1", ws())
+
+
+def test_a_set_up_script_past_the_managers_limit_is_deadline_exceeded_and_no_other_manager_runs_it(limits):
+    f, records, mgrs = make(limits, [manager("a", free=8), manager("b")],
+                            refuse={"a:1": grpc.StatusCode.DEADLINE_EXCEEDED})
+    with pytest.raises(errors.DeadlineExceeded, match="a:1 says no"):
+        f.create("req-1", ws())
+    assert mgrs.calls == ["a:1"] and records.records == {} and len(records.deleted) == 1
+
+
+def test_a_deploy_outlasting_the_factorys_wait_keeps_its_record_for_the_manager_to_finish_into(limits):
+    f, records, mgrs = make(limits, [manager("a", free=8), manager("b")])
+    finish = mgrs.deploy
+
+    def slow(address, workspace):
+        mgrs.deploy = finish  # the manager finishes later: the next ask answers with it
+        raise StillDeploying(f"the manager at {address} was still deploying {workspace.name} after 300s")
+    mgrs.deploy = slow
+    with pytest.raises(errors.DeadlineExceeded, match="retry with the same request_id") as e:
+        f.create("req-1", ws())
+    assert not isinstance(e.value, StillDeploying) and records.deleted == [] and len(records.records) == 1
+    out = f.create("req-1", ws())
+    assert out.state is model.State.RUNNING and out.endpoint.manager == "managers/a" and mgrs.calls == ["a:1"]
+
+
+def test_the_gateway_tells_its_own_deadline_from_the_managers_answer(monkeypatch):
+    import time
+    from vws.factory import gateway
+    monkeypatch.setattr(gateway, "DEPLOY_TIMEOUT", 0.05)
+    monkeypatch.setattr(gateway.clients, "manager", lambda address: type("Stub", (), {"DeployWorkspace": None}))
+    target = model.Workspace(name="workspaces/wabcdefghijk", spec=model.WorkspaceSpec())
+
+    def answers(after):
+        def call(rpc, request, timeout):
+            time.sleep(after)
+            raise errors.DeadlineExceeded("setup_script: still running after 2s")
+        return call
+    monkeypatch.setattr(gateway.clients, "call", answers(0))
+    with pytest.raises(errors.DeadlineExceeded) as e:
+        gateway.GrpcManagers().deploy("a:1", target)
+    assert not isinstance(e.value, StillDeploying)
+    monkeypatch.setattr(gateway.clients, "call", answers(0.06))
+    with pytest.raises(StillDeploying, match="still deploying workspaces/wabcdefghijk"):
+        gateway.GrpcManagers().deploy("a:1", target)
 
 
 def test_placement_skips_full_and_silent_managers_and_spreads_load(limits):

@@ -257,6 +257,38 @@ def test_reconcile_undoes_a_deploy_interrupted_by_a_crash(parts):
     assert (name, State.FAILED) in repo.reports
 
 
+def test_a_deploy_undone_after_a_crash_is_deployed_again_when_asked_again(parts):
+    mgr, backend, repo = parts
+    name = "workspaces/wcrashcrashc"
+    from vws.manager.state import LocalWorkspace
+    repo.records[name] = placed(name)
+    mgr.state.insert(LocalWorkspace(name=name, spec=model.WorkspaceSpec(start_on_create=True), state=State.PENDING))
+    mgr.reconcile()
+    assert repo.records[name].state is State.FAILED
+    out = mgr.deploy(placed(name))  # the factory, for the retried create
+    assert out.state is State.RUNNING and out.endpoint.host_identity == "u-wcrashcrashc"
+    assert repo.records[name].state is State.RUNNING and backend.accounts == {"u-wcrashcrashc": "wcrashcrashc"}
+    # a workspace that failed once it existed (its account vanished) is not made again behind its back
+    backend.accounts.clear()
+    mgr.reconcile()
+    assert mgr.deploy(placed(name)).state is State.FAILED and backend.accounts == {}
+
+
+def test_a_failed_second_deploy_stays_on_record_failed_with_nothing_on_the_host(parts):
+    mgr, backend, repo = parts
+    name = "workspaces/wcrashcrashc"
+    from vws.manager.state import LocalWorkspace
+    repo.records[name] = placed(name)
+    mgr.state.insert(LocalWorkspace(name=name, spec=model.WorkspaceSpec(), state=State.PENDING))
+    mgr.reconcile()
+    backend.fail_realise = True
+    with pytest.raises(errors.InvalidArgument):
+        mgr.deploy(placed(name))
+    ws = mgr.state.get(name)
+    assert ws.state is State.FAILED and not ws.host_identity and "again failed" in ws.state_message
+    assert repo.records[name].state is State.FAILED and backend.accounts == {}
+
+
 def test_reconcile_adopts_a_workspace_whose_local_state_was_lost(parts, tmp_path):
     mgr, backend, repo = parts
     name = "workspaces/wlostlostlos"

@@ -72,6 +72,19 @@ class SetupFailed(errors.InvalidArgument):
         self.output_tail = output_tail
 
 
+class SetupTimedOut(errors.DeadlineExceeded):
+    """The workspace's setup script outlasted the manager's setup_timeout; it was killed and
+    everything it did was undone."""
+
+    def __init__(self, limit: float, output_tail: str):
+        text = (f"{SETUP_FIELD}: the setup script was still running after {limit:g}s, this manager's limit "
+                "(setup_timeout), and was killed; nothing was kept; make it finish sooner")
+        if output_tail:
+            text += f"; the last lines of its output:\n{output_tail}"
+        super().__init__(text)
+        self.limit, self.output_tail = limit, output_tail
+
+
 @dataclasses.dataclass
 class BackendSettings:
     kind: str  # the plug-in: dynamic-accounts | account-pool (the `backend` setting) | sandbox | libvirt
@@ -87,7 +100,7 @@ class BackendSettings:
     memory_bytes: int = 0  # 0: the host's total RAM
     disk_bytes: int = 0  # 0: the free space of state_dir
     cpu_millis: int = 0  # 0: every core
-    setup_timeout: float = 600.0  # a setup script still running after this is killed and fails
+    setup_timeout: float = 120.0  # a setup script still running after this is killed and fails
     disk_stock_bytes: int = 1024**3  # the size of the ready disk images (the site's default disk)
     disk_stock: int = 2  # how many are kept ready, once a workspace has asked for that size
     memory_reserve_bytes: int = -1  # kept for the host when memory_bytes is 0; -1: 1/16 of it, 256M-2G

@@ -31,7 +31,7 @@ def shared_settings(settings: ManagerSettings, manager_id: str, state_dir: Path)
         account_prefix=settings.account_prefix, pool_prefix=settings.pool_prefix, pool_size=settings.pool_size,
         quarantine_seconds=settings.quarantine.total_seconds(), max_workspaces=settings.max_workspaces,
         cgroup_root=settings.cgroup_root, memory_bytes=settings.memory, disk_bytes=settings.disk,
-        cpu_millis=settings.cpu)
+        cpu_millis=settings.cpu, setup_timeout=settings.setup_timeout.total_seconds())
 
 
 def load(settings: ManagerSettings, manager_id: str, state_dir: Path,

@@ -2,6 +2,8 @@
 namespaces), and all killed at stop."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import pwd
@@ -9,6 +11,7 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 import weakref
@@ -35,6 +38,59 @@ DECODE = (r'__vws_n=$1; shift; __vws_i=0; '
           r'while [ "$__vws_i" -lt "$__vws_n" ]; do '
           r'eval "__vws_kv=\$VWSENV_$__vws_i; unset VWSENV_$__vws_i"; export "$__vws_kv" || exit 125; '
           r'__vws_i=$((__vws_i+1)); done; unset __vws_n __vws_i __vws_kv; exec "$@"')
+
+
+# openat2(2): resolves a path below a directory, refusing `..` past it, absolute symlinks and
+# symlinks leading out of it, in the kernel and so without a race against the user's renames.
+SYS_OPENAT2, RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 437, 0x02, 0x08
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _open_beneath(home_fd: int, relative: str) -> int:
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    how = struct.pack("QQQ", flags, 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(SYS_OPENAT2, home_fd, os.fsencode(relative), how, len(how))
+    if fd >= 0:
+        return fd
+    code = ctypes.get_errno()
+    if code != errno.ENOSYS:
+        raise OSError(code, os.strerror(code))
+    # A kernel before 5.6: walk it one component at a time, following no symlink at all.
+    fd = os.dup(home_fd)
+    try:
+        for part in (p for p in relative.split("/") if p not in ("", ".")):
+            if part == "..":
+                raise OSError(errno.EXDEV, "leads out of the home")
+            fd, parent = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd), fd
+            os.close(parent)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_working_directory(home: str, wanted: str) -> int:
+    """An O_PATH descriptor of the directory `wanted` names (relative to home, or absolute under
+    it; empty: home), resolved without leaving home; InvalidArgument otherwise."""
+    shown = repr(wanted[:80] + ("..." if len(wanted) > 80 else ""))
+    relative = wanted
+    if os.path.isabs(wanted):
+        top = home.rstrip("/")
+        if wanted != top and not wanted.startswith(top + "/"):
+            raise errors.InvalidArgument(f"{shown} is outside the workspace's home; give a directory relative "
+                                         "to the home, or an absolute one under it", "working_directory")
+        relative = wanted[len(top):].lstrip("/")
+    home_fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _open_beneath(home_fd, relative or ".")
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.ELOOP):
+            raise errors.InvalidArgument(f"{shown} leads out of the workspace's home (through '..' or a symlink); "
+                                         "give a directory inside it", "working_directory") from None
+        raise errors.InvalidArgument(f"{shown} is not a directory in the workspace's home",
+                                     "working_directory") from None
+    finally:
+        os.close(home_fd)
 
 
 def clean_env(pw: pwd.struct_passwd) -> dict[str, str]:
@@ -67,28 +123,31 @@ class Programs:
             if "\0" in value:
                 raise errors.InvalidArgument("contains a NUL character", f"environment[{key}]")
             env[key] = value
-        cwd = os.path.join(pw.pw_dir, options.working_directory) if options.working_directory else pw.pw_dir
-        if not os.path.isdir(cwd):
-            raise errors.InvalidArgument(f"{cwd} is not a directory in the workspace", "working_directory")
-        program = options.argv[0]
-        if "/" in program:
-            found = os.path.join(cwd, program)
-            ok = os.path.isfile(found) and os.stat(found).st_mode & 0o111
-        else:
-            ok = shutil.which(program, path=env.get("PATH", LOGIN_PATH)) is not None
-        if not ok:
-            raise errors.InvalidArgument(
-                f"{program!r} is not an executable program in the workspace (searched {env.get('PATH', '')})"
-                if "/" not in program else f"{program!r} is not an executable file in the workspace", "argv")
-        self.cgroups.create(workspace_id)
-        joins = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in self.cgroups.procs_files(workspace_id))
-        root_script = (f"{joins} || exit 125; exec {self.enter_prefix(workspace_id)}setpriv --reuid={pw.pw_uid} "
-                       f"--regid={pw.pw_gid} --init-groups -- /bin/sh -c {shlex.quote(DECODE)} vws-user {len(env)} \"$@\"")
-        root_env = {"PATH": ROOT_PATH}
-        root_env.update({f"VWSENV_{i}": f"{k}={v}" for i, (k, v) in enumerate(env.items())})
-        proc = subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
-                                stdout=stdout, stderr=stderr, cwd=cwd, env=root_env, start_new_session=True,
-                                close_fds=True)
+        # The child changes into the descriptor, not the path: a rename in between cannot redirect it.
+        cwd_fd = open_working_directory(pw.pw_dir, options.working_directory)
+        try:
+            cwd = os.readlink(f"/proc/self/fd/{cwd_fd}")
+            program = options.argv[0]
+            if "/" in program:
+                found = os.path.join(cwd, program)
+                ok = os.path.isfile(found) and os.stat(found).st_mode & 0o111
+            else:
+                ok = shutil.which(program, path=env.get("PATH", LOGIN_PATH)) is not None
+            if not ok:
+                raise errors.InvalidArgument(
+                    f"{program!r} is not an executable program in the workspace (searched {env.get('PATH', '')})"
+                    if "/" not in program else f"{program!r} is not an executable file in the workspace", "argv")
+            self.cgroups.create(workspace_id)
+            joins = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in self.cgroups.procs_files(workspace_id))
+            root_script = (f"{joins} || exit 125; exec {self.enter_prefix(workspace_id)}setpriv --reuid={pw.pw_uid} "
+                           f"--regid={pw.pw_gid} --init-groups -- /bin/sh -c {shlex.quote(DECODE)} vws-user {len(env)} \"$@\"")
+            root_env = {"PATH": ROOT_PATH}
+            root_env.update({f"VWSENV_{i}": f"{k}={v}" for i, (k, v) in enumerate(env.items())})
+            proc = subprocess.Popen(["/bin/sh", "-c", root_script, "vws-exec", *options.argv], stdin=stdin,
+                                    stdout=stdout, stderr=stderr, cwd=f"/proc/self/fd/{cwd_fd}", env=root_env,
+                                    start_new_session=True, close_fds=True)
+        finally:
+            os.close(cwd_fd)
         with self._children_lock:
             self._children.setdefault(workspace_id, weakref.WeakSet()).add(proc)
         return proc

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ....common import errors, model
-from ..base import ExecOptions, SetupFailed
+from ..base import ExecOptions, SetupFailed, SetupTimedOut
 from ..host.cgroups import CgroupDriver
 from .programs import ENV_NAME, Programs
 
@@ -122,7 +122,5 @@ class Provisioner:
         self.cgroups.kill_all(workspace_id)
         if status != 0:
             text = out.decode("utf-8", "replace").rstrip()
-            if timed_out:
-                text += f"\n[vws: killed after {self.setup_timeout:.0f}s]"
             tail = "\n".join(text.splitlines()[-SETUP_TAIL_LINES:])[-SETUP_TAIL_CHARS:]
-            raise SetupFailed(status, tail)
+            raise SetupTimedOut(self.setup_timeout, tail) if timed_out else SetupFailed(status, tail)

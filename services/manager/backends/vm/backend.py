@@ -306,6 +306,10 @@ class LibvirtBackend(Backend):
         return self.agent.wait(handle, d, self._booted.get(handle.host_identity, 0.0), timeout)
 
     def spawn(self, handle: HostHandle, options: ExecOptions) -> subprocess.Popen:
+        # The guest resolves the path: no '..' climbs out of where it names.
+        if ".." in options.working_directory.split("/"):
+            raise errors.InvalidArgument("has a '..' component; name the directory without climbing out of it",
+                                         "working_directory")
         self.wait_for_agent(handle)
         return self.agent.spawn(handle, options)
 
