@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
 
 from ..common import errors, kinds, model, names, units
@@ -22,6 +23,15 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
+NAME_MAX = 255  # bytes in one component of a path (ext4, xfs)
+MAX_PATH = 1024  # bytes in a staged file's path: with the home's path, well within the kernel's PATH_MAX
+BLOCK = 4096  # what a file or directory takes at least on the workspace's filesystem
+# What the manager writes into the home of a workspace with an environment
+# (vws.manager.backends.account.provisioning): a staged file may not stand where these must.
+ENVIRONMENT_FILES = (".vws/environment.sh", ".profile")
+# The kernel's limits on what one execve carries (argv and environment together, and each string).
+ARG_MAX = os.sysconf("SC_ARG_MAX") if "SC_ARG_MAX" in os.sysconf_names else 2 * 1024 ** 2
+MAX_ARG_STRLEN = 128 * 1024
 IMAGE_FIELD = "workspace.spec.software.image"
 NEEDS_IMAGE = "virtual machines boot an image; give one, e.g. --image busybox (`vws image list` shows them)"
 
@@ -99,6 +109,84 @@ def check_request_id(request_id: str) -> None:
             "(a UUID is a good choice)", "request_id")
 
 
+def exec_strings(environment: dict[str, str]) -> list[str]:
+    """The strings the manager's exec path hands the kernel for a workspace's environment: each
+    variable travels as VWSENV_<i>=NAME=value (vws.manager.backends.account.programs)."""
+    return [f"VWSENV_{i}={k}={v}" for i, (k, v) in enumerate(environment.items())]
+
+
+def exec_bytes(strings: list[str]) -> int:
+    """What the strings take of ARG_MAX: each with its NUL and its pointer."""
+    return sum(len(s.encode()) + 1 + 8 for s in strings)
+
+
+def relative_path(path: str) -> bool:
+    """A path inside the home: relative, with no empty, '.' or '..' component, no NUL."""
+    return bool(path) and not path.startswith("/") and "\0" not in path \
+        and not any(p in ("", ".", "..") for p in path.split("/"))
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def check_files(sw: model.Software, disk_bytes: int) -> list[tuple[str, str]]:
+    """What the manager could not stage: a name the filesystem cannot hold, a file where a
+    directory must be, more than the disk holds."""
+    v: list[tuple[str, str]] = []
+    files = {f.path: i for i, f in enumerate(sw.files) if relative_path(f.path)}  # the others are named already
+    made = {p: None for p in ENVIRONMENT_FILES} if sw.environment else {}
+    directories: dict[str, str] = {}  # directory -> the path that needs it
+    for path in [*files, *made]:
+        parts = path.split("/")
+        for n in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:n]), path)
+    for path, i in files.items():
+        field = f"workspace.spec.software.files[{i}].path"
+        size = len(path.encode())
+        too_long = [p for p in path.split("/") if len(p.encode()) > NAME_MAX]
+        if size > MAX_PATH:
+            v.append((field, f"is {size} bytes long; a staged file's path is at most {MAX_PATH} bytes"))
+        elif too_long:
+            v.append((field, f"has a name of {len(too_long[0].encode())} bytes ({too_long[0][:20]!r}...); a file "
+                      f"or directory name is at most {NAME_MAX} bytes: shorten it"))
+        elif path in directories:
+            needs = directories[path]
+            v.append((field, f"{path[:60]!r} must be a directory to hold "
+                      + (f"{needs[:60]!r} (files[{files[needs]}])" if needs in files else
+                         f"{needs!r}, which vws writes for the environment")
+                      + "; stage it under another name"))
+    for path in made:
+        if path in directories:  # a staged a/b where vws writes the file a
+            needs = directories[path]
+            v.append((f"workspace.spec.software.files[{files[needs]}].path",
+                      f"{path!r} is a file vws writes for the environment, not a directory; stage "
+                      f"{needs[:60]!r} elsewhere"))
+    need = sum(_blocks(len(f.content)) for f in sw.files) + _blocks(len(sw.setup_script.encode())) \
+        + BLOCK * len(directories)
+    if disk_bytes > 0 and need > disk_bytes:
+        v.append(("workspace.spec.software.files", f"the staged files and set-up script take "
+                  f"{units.format_size(need)} on disk, more than the {units.format_size(disk_bytes)} disk asked "
+                  "for; ask for a larger disk (workspace.spec.resources.disk_bytes) or stage less"))
+    return v
+
+
+def check_exec_room(environment: dict[str, str]) -> list[tuple[str, str]]:
+    """The environment travels with every program the workspace runs (the set-up script and
+    every Exec): it must leave the kernel's argument limit room for them."""
+    strings = exec_strings(environment)
+    v = [(f"workspace.spec.software.environment[{k}]", f"is {len(s.encode())} bytes as the exec path passes it "
+          f"(VWSENV_<i>=NAME=value); the kernel takes at most {MAX_ARG_STRLEN} bytes in one string")
+         for k, s in zip(environment, strings) if len(s.encode()) + 1 > MAX_ARG_STRLEN]
+    size, room = exec_bytes(strings), ARG_MAX // 2
+    if size > room:
+        v.append(("workspace.spec.software.environment", f"takes {units.format_size(size)} as every program "
+                  f"receives it; at most {units.format_size(room)} (half the kernel's argument limit ARG_MAX of "
+                  f"{units.format_size(ARG_MAX)}, the other half is each program's own): shorten it, or stage "
+                  "a file with the values and read it"))
+    return v
+
+
 def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -> model.Workspace:
     """Returns the workspace with defaults filled in; raises InvalidArgument listing every bad
     field, or UNIMPLEMENTED for a kind this site does not realise yet."""
@@ -157,8 +245,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     seen: set[str] = set()
     for i, f in enumerate(sw.files):
         path = f"workspace.spec.software.files[{i}]"
-        parts = f.path.split("/")
-        if not f.path or f.path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in f.path:
+        if not relative_path(f.path):
             v.append((path + ".path", f"{f.path!r} must be a relative path inside the home directory, "
                       "like bin/run.sh (no '..', no leading '/')"))
         elif f.path in seen:
@@ -170,6 +257,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path + ".mode", "set-uid and set-gid bits are not allowed"))
         if len(f.content) > MAX_FILE_BYTES:
             v.append((path + ".content", f"is over {units.format_size(MAX_FILE_BYTES)}"))
+    v += check_files(sw, res.disk_bytes)
+    v += check_exec_room(sw.environment)
     image = sw.image
     if boots_image(spec.kind):
         if not image:

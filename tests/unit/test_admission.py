@@ -1,0 +1,78 @@
+"""Admission refuses, with every violation named, what a manager could not make of the spec
+alone (issue 17, items 4 and 5)."""
+from __future__ import annotations
+
+import pytest
+
+from vws.common import errors, model
+from vws.common.config import FactorySettings
+from vws.factory import validation
+from vws.factory.validation import Limits, admit
+
+MiB = 1024 ** 2
+
+
+@pytest.fixture
+def limits():
+    return Limits.from_settings(FactorySettings())
+
+
+def ws(software=None, **resources) -> model.Workspace:
+    return model.Workspace(name="", owner="alice", spec=model.WorkspaceSpec(
+        kind=model.Kind.UNIX_ACCOUNT, software=software or model.Software(), resources=model.Resources(**resources)))
+
+
+def refused(workspace, limits) -> dict[str, str]:
+    with pytest.raises(errors.InvalidArgument) as e:
+        admit(workspace, limits)
+    return dict(e.value.violations)
+
+
+def test_a_file_name_longer_than_the_filesystem_takes_is_refused(limits):
+    ok = "d/" + "n" * 255
+    admit(ws(model.Software(files=[model.StagedFile(ok, b"x")])), limits)
+    v = refused(ws(model.Software(files=[model.StagedFile("d/" + "n" * 256, b"x"),
+                                         model.StagedFile("é" * 128, b"x")])), limits)
+    assert "255 bytes" in v["workspace.spec.software.files[0].path"]
+    assert "255 bytes" in v["workspace.spec.software.files[1].path"]  # 256 bytes in UTF-8
+    v = refused(ws(model.Software(files=[model.StagedFile("/".join(["d" * 200] * 6), b"x")])), limits)
+    assert "at most 1024 bytes" in v["workspace.spec.software.files[0].path"]
+
+
+@pytest.mark.parametrize("paths", [["a/b", "a"], ["a", "a/b/c"]])
+def test_a_file_where_a_directory_must_be_is_refused(limits, paths):
+    v = refused(ws(model.Software(files=[model.StagedFile(p, b"x") for p in paths])), limits)
+    i = paths.index("a")
+    assert "must be a directory" in v[f"workspace.spec.software.files[{i}].path"]
+
+
+def test_a_file_where_the_environment_is_written_is_refused(limits):
+    env = {"A": "1"}
+    v = refused(ws(model.Software(environment=env, files=[model.StagedFile(".vws", b"x"),
+                                                          model.StagedFile(".profile/x", b"x")])), limits)
+    assert "environment" in v["workspace.spec.software.files[0].path"]
+    assert "environment" in v["workspace.spec.software.files[1].path"]
+    # without an environment vws writes neither
+    admit(ws(model.Software(files=[model.StagedFile(".vws", b"x"), model.StagedFile(".profile/x", b"x")])), limits)
+
+
+def test_files_larger_than_the_disk_are_refused_naming_both_fields(limits):
+    files = [model.StagedFile(f"f{i}", b"x" * (4 * MiB)) for i in range(8)]  # 32 MiB
+    v = refused(ws(model.Software(files=files), disk_bytes=16 * MiB), limits)
+    assert "disk_bytes" in v["workspace.spec.software.files"] and "16M" in v["workspace.spec.software.files"]
+    admit(ws(model.Software(files=files), disk_bytes=64 * MiB), limits)
+
+
+def test_an_environment_over_the_kernels_argument_limit_is_refused(limits, monkeypatch):
+    monkeypatch.setattr(validation, "ARG_MAX", 64 * 1024)
+    env = {f"V{i}": "x" * 1000 for i in range(40)}  # 40 KiB as the exec path passes it: over half of 64 KiB
+    v = refused(ws(model.Software(environment=env)), limits)
+    assert "ARG_MAX" in v["workspace.spec.software.environment"]
+    admit(ws(model.Software(environment=dict(list(env.items())[:20]))), limits)
+
+
+def test_every_violation_comes_in_one_answer(limits):
+    v = refused(ws(model.Software(files=[model.StagedFile("a/b", b"x"), model.StagedFile("a", b"x"),
+                                         model.StagedFile("n" * 300, b"x")]), memory_bytes=-1), limits)
+    assert set(v) == {"workspace.spec.software.files[1].path", "workspace.spec.software.files[2].path",
+                      "workspace.spec.resources.memory_bytes"}
