@@ -18,8 +18,13 @@ LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_.-]{0,63}$")
 OWNER = re.compile(r"^[A-Za-z0-9_.@=/, -]{1,256}$")
 MAX_LABELS = 64
-MAX_ENV = 256
-MAX_ENV_VALUE = 32 * 1024
+# The largest environment (128 variables of 4 KiB, about 530 KiB as the exec path passes it) leaves
+# every program most of the kernel's argument limit (ARG_MAX, 2 MiB with an 8 MiB stack).
+MAX_ENV = 128
+MAX_ENV_VALUE = 4 * 1024
+# Names the manager's exec path uses for its own variables (vws.manager.backends.account.programs).
+RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
+ENV_ROOM = "so that the environment leaves every program room under the kernel's argument limit"
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -228,13 +233,20 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
 
     sw = spec.software
     if len(sw.environment) > MAX_ENV:
-        v.append(("workspace.spec.software.environment", f"has {len(sw.environment)} variables; at most {MAX_ENV}"))
+        v.append(("workspace.spec.software.environment", f"has {len(sw.environment)} variables; at most {MAX_ENV}, "
+                  f"{ENV_ROOM}: stage a file with the rest and read it"))
     for key, value in sw.environment.items():
         path = f"workspace.spec.software.environment[{key}]"
         if not ENV_NAME.match(key):
             v.append((path, f"{key!r} is not a variable name; use letters, digits and '_', not starting with a digit"))
-        elif "\0" in value or len(value) > MAX_ENV_VALUE:
-            v.append((path, f"the value must hold no NUL byte and at most {MAX_ENV_VALUE} characters"))
+        elif key.startswith(RESERVED_ENV_PREFIXES):
+            v.append((path, f"names starting {' or '.join(RESERVED_ENV_PREFIXES)} are reserved for vws's exec path; "
+                      "choose another name"))
+        elif "\0" in value:
+            v.append((path, "the value holds a NUL byte, which no environment can carry"))
+        elif len(value) > MAX_ENV_VALUE:
+            v.append((path, f"the value has {len(value)} characters; at most {MAX_ENV_VALUE}, {ENV_ROOM}: stage a "
+                      "file with it and read it"))
     if len(sw.setup_script.encode()) > MAX_SCRIPT:
         v.append(("workspace.spec.software.setup_script", f"is over {units.format_size(MAX_SCRIPT)}; stage a "
                   "file and run it instead"))

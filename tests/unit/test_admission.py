@@ -76,3 +76,21 @@ def test_every_violation_comes_in_one_answer(limits):
                                          model.StagedFile("n" * 300, b"x")]), memory_bytes=-1), limits)
     assert set(v) == {"workspace.spec.software.files[1].path", "workspace.spec.software.files[2].path",
                       "workspace.spec.resources.memory_bytes"}
+
+
+@pytest.mark.parametrize("name", ["VWSENV_0", "VWSENV_X", "__vws_n"])
+def test_names_the_exec_path_reserves_are_refused_at_create(limits, name):
+    v = refused(ws(model.Software(environment={name: "1", "OK": "1"})), limits)
+    assert set(v) == {f"workspace.spec.software.environment[{name}]"} and "reserved" in v[
+        f"workspace.spec.software.environment[{name}]"]
+
+
+def test_the_largest_environment_admitted_leaves_an_exec_most_of_the_argument_limit(limits):
+    largest = {f"V{i:03d}" + "N" * 124: "x" * validation.MAX_ENV_VALUE for i in range(validation.MAX_ENV)}
+    admit(ws(model.Software(environment=largest)), limits)
+    size = validation.exec_bytes(validation.exec_strings(largest))
+    assert size <= 2 * 1024 ** 2 // 2  # ARG_MAX with the usual 8 MiB stack, halved
+    v = refused(ws(model.Software(environment={**largest, "ONE_MORE": "x"})), limits)
+    assert "argument limit" in v["workspace.spec.software.environment"]
+    v = refused(ws(model.Software(environment={"BIG": "x" * (validation.MAX_ENV_VALUE + 1)})), limits)
+    assert "argument limit" in v["workspace.spec.software.environment[BIG]"]
