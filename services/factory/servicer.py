@@ -29,6 +29,7 @@ class FactoryServicer(factory_pb2_grpc.FactoryServiceServicer):
                    for k, a, r in info["kinds"]],
             max_resources=converters.resources_to_pb(limits.maxima),
             default_resources=converters.resources_to_pb(limits.defaults),
+            min_resources=converters.resources_to_pb(limits.minima),
             default_lifetime=converters.duration_to_pb(limits.default_lifetime),
             max_lifetime=converters.duration_to_pb(limits.max_lifetime),
             available_managers=info["available_managers"],

@@ -41,28 +41,35 @@ IMAGE_FIELD = "workspace.spec.software.image"
 NEEDS_IMAGE = "virtual machines boot an image; give one, e.g. --image busybox (`vws image list` shows them)"
 
 
+_RESOURCES = (  # field, its settings' suffix (min_, default_, max_), unit formatter, example
+    ("memory_bytes", "memory", units.format_size, "512M"),
+    ("disk_bytes", "disk", units.format_size, "10G"),
+    ("cpu_millis", "cpu", lambda v: f"{v}m", "500m"),
+    ("network_bits_per_second", "bandwidth", lambda v: f"{v} bit/s", "100M"),
+    ("max_processes", "max_processes", lambda v: f"{v} processes", "512"),
+)
+
+
 @dataclasses.dataclass
 class Limits:
     defaults: model.Resources
     maxima: model.Resources
     default_lifetime: dt.timedelta
     max_lifetime: dt.timedelta
+    minima: model.Resources = dataclasses.field(default_factory=model.Resources)  # the site's floors
 
     @classmethod
     def from_settings(cls, s: FactorySettings) -> "Limits":
-        return cls(model.Resources(s.default_memory, s.default_disk, s.default_cpu, s.default_bandwidth,
-                                   s.default_max_processes),
-                   model.Resources(s.max_memory, s.max_disk, s.max_cpu, s.max_bandwidth, s.max_max_processes),
-                   s.default_lifetime, s.max_lifetime)
-
-
-_RESOURCES = (  # field, unit formatter, example
-    ("memory_bytes", units.format_size, "512M"),
-    ("disk_bytes", units.format_size, "10G"),
-    ("cpu_millis", lambda v: f"{v}m", "500m"),
-    ("network_bits_per_second", lambda v: f"{v} bit/s", "100M"),
-    ("max_processes", lambda v: f"{v} processes", "512"),
-)
+        """InvalidArgument naming the setting when a default is under its floor or over its maximum."""
+        def of(prefix: str) -> model.Resources:
+            return model.Resources(**{field: getattr(s, f"{prefix}_{setting}") for field, setting, _, _ in _RESOURCES})
+        low, default, high = of("min"), of("default"), of("max")
+        for field, setting, fmt, _ in _RESOURCES:
+            if not getattr(low, field) <= getattr(default, field) <= getattr(high, field):
+                raise errors.InvalidArgument(
+                    f"{fmt(getattr(default, field))} must lie between min_{setting} ({fmt(getattr(low, field))}) and "
+                    f"max_{setting} ({fmt(getattr(high, field))}); change one of them", f"default_{setting}")
+        return cls(default, high, s.default_lifetime, s.max_lifetime, low)
 
 
 def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Image | None,
@@ -206,14 +213,17 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
         v.append(("workspace.owner", "holds characters an identity may not have"))
 
     res = dataclasses.replace(spec.resources)
-    for field, fmt, example in _RESOURCES:
+    for field, _, fmt, example in _RESOURCES:
         value = getattr(res, field)
         path = f"workspace.spec.resources.{field}"
-        maximum = getattr(limits.maxima, field)
+        maximum, floor = getattr(limits.maxima, field), getattr(limits.minima, field)
         if value < 0:
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
+        elif 0 < value < floor:
+            v.append((path, f"{fmt(value)} is under this site's minimum of {fmt(floor)}, the least a workspace "
+                      f"needs to run a program; ask for at least {fmt(floor)}, or 0 for the default"))
         elif value == 0 and (field != "network_bits_per_second"
                              or (implemented(spec.kind) and kinds.of(spec.kind).own_network)):
             # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)

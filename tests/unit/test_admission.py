@@ -2,6 +2,9 @@
 alone (issue 17, items 4 and 5)."""
 from __future__ import annotations
 
+import dataclasses
+
+import grpc
 import pytest
 
 from vws.common import errors, model
@@ -10,6 +13,7 @@ from vws.factory import validation
 from vws.factory.validation import Limits, admit
 
 MiB = 1024 ** 2
+GiB = 1024 ** 3
 
 
 @pytest.fixture
@@ -94,3 +98,68 @@ def test_the_largest_environment_admitted_leaves_an_exec_most_of_the_argument_li
     assert "argument limit" in v["workspace.spec.software.environment"]
     v = refused(ws(model.Software(environment={"BIG": "x" * (validation.MAX_ENV_VALUE + 1)})), limits)
     assert "argument limit" in v["workspace.spec.software.environment[BIG]"]
+
+
+@pytest.mark.parametrize("field,value,floor", [
+    ("memory_bytes", 9, "16M"), ("memory_bytes", 64 * 1024, "16M"), ("max_processes", 1, "8 processes"),
+    ("cpu_millis", 5, "10m"), ("disk_bytes", MiB, "16M"), ("network_bits_per_second", 1000, "1000000 bit/s")])
+def test_a_resource_under_the_sites_floor_is_refused_naming_the_floor(limits, field, value, floor):
+    kind = model.Kind.SANDBOX if field == "network_bits_per_second" else model.Kind.UNIX_ACCOUNT
+    w = ws(**{field: value})
+    w.spec.kind = kind
+    v = refused(w, limits)
+    assert set(v) == {f"workspace.spec.resources.{field}"}
+    assert f"minimum of {floor}" in v[f"workspace.spec.resources.{field}"]
+    floors = ws(**{f: getattr(limits.minima, f) for f in ("memory_bytes", "disk_bytes", "cpu_millis",
+                                                           "max_processes")})
+    assert admit(floors, limits).spec.resources == dataclasses.replace(
+        limits.minima, network_bits_per_second=0)  # the floors themselves are admitted
+
+
+def test_floors_are_settings_stated_by_the_site_and_a_default_under_one_is_refused():
+    s = FactorySettings(min_memory=32 * MiB, min_max_processes=16)
+    limits = Limits.from_settings(s)
+    assert (limits.minima.memory_bytes, limits.minima.max_processes) == (32 * MiB, 16)
+    with pytest.raises(errors.InvalidArgument) as e:
+        Limits.from_settings(FactorySettings(min_memory=GiB, default_memory=512 * MiB))
+    assert "default_memory" in dict(e.value.violations) and "min_memory" in e.value.message
+
+
+def test_get_site_info_states_the_floors(limits):
+    from vws.factory.servicer import FactoryServicer
+    from vws.factory.service import WorkspaceFactory
+
+    class NoManagers:
+        def managers(self):
+            return []
+    info = FactoryServicer(WorkspaceFactory(limits, NoManagers(), None)).GetSiteInfo(None, None)
+    assert info.min_resources.memory_bytes == 16 * MiB and info.min_resources.max_processes == 8
+    assert info.min_resources.cpu_millis == 10 and info.min_resources.disk_bytes == 16 * MiB
+
+
+def test_vws_site_prints_the_floors(limits, monkeypatch, capsys):
+    from vws.cli import workspaces
+    from vws.common import converters
+    from vws.v1 import factory_pb2
+    site = factory_pb2.GetSiteInfoResponse(min_resources=converters.resources_to_pb(limits.minima),
+                                           default_resources=converters.resources_to_pb(limits.defaults),
+                                           max_resources=converters.resources_to_pb(limits.maxima))
+
+    class Conn:
+        factory_address = "f:1"
+
+        def __init__(self, args):
+            pass
+
+        def site(self):
+            return site
+
+        def repository(self):
+            raise grpc.RpcError()  # no images listed
+    monkeypatch.setattr(workspaces, "Connection", Conn)
+    monkeypatch.setattr(workspaces.out, "emit", lambda args, msg, human: human(msg))
+    assert workspaces.cmd_site(None) == 0
+    text = capsys.readouterr().out
+    assert "memory      min 16M, default 512M, max 64G" in text
+    assert "processes   min 8, default 512, max 32768" in text
+    assert "cpu         min 10m," in text
