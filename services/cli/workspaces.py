@@ -64,13 +64,16 @@ def cmd_site(args) -> int:
     def human(s):
         print(f"factory:     {conn.factory_address}\nrepository:  {s.repository_address}\n"
               f"managers:    {s.available_managers} available")
-        for k in s.kinds:
-            print(f"kind {kind_name(k.kind):8} {'yes' if k.available else 'no ':4} {k.reason}")
+        resources = (("memory", "memory_bytes", out.size), ("disk", "disk_bytes", out.size),
+                     ("cpu", "cpu_millis", out.cpu), ("bandwidth", "network_bits_per_second", out.bandwidth),
+                     ("processes", "max_processes", str))
         d, m, f = s.default_resources, s.max_resources, s.min_resources
-        for what, field, fmt in (("memory", "memory_bytes", out.size), ("disk", "disk_bytes", out.size),
-                                 ("cpu", "cpu_millis", out.cpu),
-                                 ("bandwidth", "network_bits_per_second", out.bandwidth),
-                                 ("processes", "max_processes", str)):
+        for k in s.kinds:
+            raised = [f"{fmt(getattr(k.min_resources, field))} {what}" for what, field, fmt in resources
+                      if getattr(k.min_resources, field) > getattr(f, field)]
+            print(f"kind {kind_name(k.kind):8} {'yes' if k.available else 'no ':4} {k.reason}"
+                  + (f" (at least {', '.join(raised)})" if raised else ""))
+        for what, field, fmt in resources:
             print(f"{what:<11} min {fmt(getattr(f, field))}, default {fmt(getattr(d, field))}, "
                   f"max {fmt(getattr(m, field))}")
         print(f"lifetime    default {units.format_duration(s.default_lifetime.ToTimedelta())}, "

@@ -100,6 +100,16 @@ def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Im
     return dataclasses.replace(admitted, spec=spec)
 
 
+def floors(limits: Limits, kind: model.Kind | None) -> model.Resources:
+    """The site's floors, raised to what a workspace of the kind needs to run a program."""
+    least = dataclasses.replace(limits.minima)
+    if implemented(kind):
+        traits = kinds.of(kind)
+        least.memory_bytes = max(least.memory_bytes, traits.least_memory_bytes)
+        least.cpu_millis = max(least.cpu_millis, traits.least_cpu_millis)
+    return least
+
+
 def implemented(kind: model.Kind | None) -> bool:
     """Every kind the kinds table describes is realised by a plug-in."""
     return kind in kinds.TABLE
@@ -213,21 +223,23 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
         v.append(("workspace.owner", "holds characters an identity may not have"))
 
     res = dataclasses.replace(spec.resources)
+    least = floors(limits, spec.kind)
     for field, _, fmt, example in _RESOURCES:
         value = getattr(res, field)
         path = f"workspace.spec.resources.{field}"
-        maximum, floor = getattr(limits.maxima, field), getattr(limits.minima, field)
+        maximum, floor = getattr(limits.maxima, field), getattr(least, field)
         if value < 0:
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
         elif 0 < value < floor:
-            v.append((path, f"{fmt(value)} is under this site's minimum of {fmt(floor)}, the least a workspace "
-                      f"needs to run a program; ask for at least {fmt(floor)}, or 0 for the default"))
+            v.append((path, f"{fmt(value)} is under this site's minimum of {fmt(floor)}, the least a "
+                      f"{kinds.name_of(spec.kind)} workspace needs to run a program; ask for at least {fmt(floor)}, "
+                      "or 0 for the default"))
         elif value == 0 and (field != "network_bits_per_second"
                              or (implemented(spec.kind) and kinds.of(spec.kind).own_network)):
             # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)
-            setattr(res, field, getattr(limits.defaults, field))
+            setattr(res, field, max(getattr(limits.defaults, field), floor))
 
     lifetime = spec.lifetime
     if lifetime is None or lifetime == dt.timedelta(0):

@@ -7,6 +7,7 @@ import uuid
 import grpc
 import pytest
 
+from tests.integration.test_vms import add_image, create_vm, guest  # noqa: F401 (guest: a fixture)
 from tests.integration.test_workspaces import W, create, repo, run, violations
 from vws.common import clients
 from vws.factory import validation
@@ -75,3 +76,14 @@ def test_what_a_manager_could_not_make_is_refused_at_admission(stack, spec, fiel
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert sorted(violations(e.value)) == sorted(fields)
     _nothing_left(stack)
+
+
+
+def test_a_virtual_machine_at_its_floors_runs_true(stack, guest):
+    add_image(stack, guest)
+    least = next(k.min_resources for k in clients.factory(stack.factory.address).GetSiteInfo(
+        factory_pb2.GetSiteInfoRequest(), timeout=10).kinds if k.kind == Spec.KIND_VIRTUAL_MACHINE)
+    assert least.memory_bytes == 128 * MiB and least.cpu_millis == 1000
+    ws = create_vm(stack, memory_bytes=least.memory_bytes, cpu_millis=least.cpu_millis, disk_bytes=least.disk_bytes,
+                   network_bits_per_second=least.network_bits_per_second)
+    assert run(stack, ws, ["true"])[0] == 0

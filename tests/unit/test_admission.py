@@ -163,3 +163,45 @@ def test_vws_site_prints_the_floors(limits, monkeypatch, capsys):
     assert "memory      min 16M, default 512M, max 64G" in text
     assert "processes   min 8, default 512, max 32768" in text
     assert "cpu         min 10m," in text
+
+
+def test_a_virtual_machine_has_the_floors_its_guest_needs(limits):
+    vm = model.Workspace(name="", owner="alice", spec=model.WorkspaceSpec(
+        kind=model.Kind.VIRTUAL_MACHINE, software=model.Software(image="busybox"),
+        resources=model.Resources(memory_bytes=16 * MiB, cpu_millis=10)))
+    v = refused(vm, limits)
+    assert "minimum of 128M, the least a vm workspace" in v["workspace.spec.resources.memory_bytes"]
+    assert "minimum of 1000m" in v["workspace.spec.resources.cpu_millis"]
+    vm.spec.resources = model.Resources()
+    assert admit(vm, limits).spec.resources.cpu_millis == 1000  # the default, raised to the floor
+    assert validation.floors(limits, model.Kind.UNIX_ACCOUNT) == limits.minima
+
+
+def test_get_site_info_states_each_kinds_floors(limits, monkeypatch, capsys):
+    from vws.cli import workspaces
+    from vws.factory.servicer import FactoryServicer
+    from vws.factory.service import WorkspaceFactory
+
+    class NoManagers:
+        def managers(self):
+            return []
+    info = FactoryServicer(WorkspaceFactory(limits, NoManagers(), None)).GetSiteInfo(None, None)
+    least = {k.kind: k.min_resources for k in info.kinds}
+    assert least[3].memory_bytes == 128 * MiB and least[1].memory_bytes == 16 * MiB  # vm, account
+
+    class Conn:
+        factory_address = "f:1"
+
+        def __init__(self, args):
+            pass
+
+        def site(self):
+            return info
+
+        def repository(self):
+            raise grpc.RpcError()
+    monkeypatch.setattr(workspaces, "Connection", Conn)
+    monkeypatch.setattr(workspaces.out, "emit", lambda args, msg, human: human(msg))
+    workspaces.cmd_site(None)
+    text = capsys.readouterr().out
+    assert "(at least 128M memory, 1000m cpu)" in text and text.count("at least") == 1
