@@ -125,25 +125,20 @@ def test_floors_are_settings_stated_by_the_site_and_a_default_under_one_is_refus
     assert "default_memory" in dict(e.value.violations) and "min_memory" in e.value.message
 
 
-def test_get_site_info_states_the_floors(limits):
+def site_info(limits):
+    """GetSiteInfo as the factory answers it, with no manager registered."""
     from vws.factory.servicer import FactoryServicer
     from vws.factory.service import WorkspaceFactory
 
     class NoManagers:
         def managers(self):
             return []
-    info = FactoryServicer(WorkspaceFactory(limits, NoManagers(), None)).GetSiteInfo(None, None)
-    assert info.min_resources.memory_bytes == 16 * MiB and info.min_resources.max_processes == 8
-    assert info.min_resources.cpu_millis == 10 and info.min_resources.disk_bytes == 16 * MiB
+    return FactoryServicer(WorkspaceFactory(limits, NoManagers(), None)).GetSiteInfo(None, None)
 
 
-def test_vws_site_prints_the_floors(limits, monkeypatch, capsys):
+def vws_site(info, monkeypatch, capsys) -> str:
+    """What `vws site` prints for that answer."""
     from vws.cli import workspaces
-    from vws.common import converters
-    from vws.v1 import factory_pb2
-    site = factory_pb2.GetSiteInfoResponse(min_resources=converters.resources_to_pb(limits.minima),
-                                           default_resources=converters.resources_to_pb(limits.defaults),
-                                           max_resources=converters.resources_to_pb(limits.maxima))
 
     class Conn:
         factory_address = "f:1"
@@ -152,17 +147,30 @@ def test_vws_site_prints_the_floors(limits, monkeypatch, capsys):
             pass
 
         def site(self):
-            return site
+            return info
 
         def repository(self):
             raise grpc.RpcError()  # no images listed
     monkeypatch.setattr(workspaces, "Connection", Conn)
     monkeypatch.setattr(workspaces.out, "emit", lambda args, msg, human: human(msg))
     assert workspaces.cmd_site(None) == 0
-    text = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_get_site_info_states_the_floors_of_the_site_and_of_each_kind(limits):
+    info = site_info(limits)
+    assert info.min_resources.memory_bytes == 16 * MiB and info.min_resources.max_processes == 8
+    assert info.min_resources.cpu_millis == 10 and info.min_resources.disk_bytes == 16 * MiB
+    least = {k.kind: k.min_resources for k in info.kinds}
+    assert least[3].memory_bytes == 128 * MiB and least[1].memory_bytes == 16 * MiB  # vm, account
+
+
+def test_vws_site_prints_the_floors(limits, monkeypatch, capsys):
+    text = vws_site(site_info(limits), monkeypatch, capsys)
     assert "memory      min 16M, default 512M, max 64G" in text
     assert "processes   min 8, default 512, max 32768" in text
     assert "cpu         min 10m," in text
+    assert "(at least 128M memory, 1000m cpu)" in text and text.count("at least") == 1
 
 
 def test_a_virtual_machine_has_the_floors_its_guest_needs(limits):
@@ -175,33 +183,3 @@ def test_a_virtual_machine_has_the_floors_its_guest_needs(limits):
     vm.spec.resources = model.Resources()
     assert admit(vm, limits).spec.resources.cpu_millis == 1000  # the default, raised to the floor
     assert validation.floors(limits, model.Kind.UNIX_ACCOUNT) == limits.minima
-
-
-def test_get_site_info_states_each_kinds_floors(limits, monkeypatch, capsys):
-    from vws.cli import workspaces
-    from vws.factory.servicer import FactoryServicer
-    from vws.factory.service import WorkspaceFactory
-
-    class NoManagers:
-        def managers(self):
-            return []
-    info = FactoryServicer(WorkspaceFactory(limits, NoManagers(), None)).GetSiteInfo(None, None)
-    least = {k.kind: k.min_resources for k in info.kinds}
-    assert least[3].memory_bytes == 128 * MiB and least[1].memory_bytes == 16 * MiB  # vm, account
-
-    class Conn:
-        factory_address = "f:1"
-
-        def __init__(self, args):
-            pass
-
-        def site(self):
-            return info
-
-        def repository(self):
-            raise grpc.RpcError()
-    monkeypatch.setattr(workspaces, "Connection", Conn)
-    monkeypatch.setattr(workspaces.out, "emit", lambda args, msg, human: human(msg))
-    workspaces.cmd_site(None)
-    text = capsys.readouterr().out
-    assert "(at least 128M memory, 1000m cpu)" in text and text.count("at least") == 1
