@@ -65,14 +65,18 @@ def cmd_site(args) -> int:
     def human(s):
         print(f"factory:     {conn.factory_address}\nrepository:  {s.repository_address}\n"
               f"managers:    {s.available_managers} available")
+        resources = (("memory", "memory_bytes", out.size), ("disk", "disk_bytes", out.size),
+                     ("cpu", "cpu_millis", out.cpu), ("bandwidth", "network_bits_per_second", out.bandwidth),
+                     ("processes", "max_processes", str))
+        d, m, f = s.default_resources, s.max_resources, s.min_resources
         for k in s.kinds:
-            print(f"kind {kind_name(k.kind):8} {'yes' if k.available else 'no ':4} {k.reason}")
-        d, m = s.default_resources, s.max_resources
-        print(f"memory      default {out.size(d.memory_bytes)}, max {out.size(m.memory_bytes)}")
-        print(f"disk        default {out.size(d.disk_bytes)}, max {out.size(m.disk_bytes)}")
-        print(f"cpu         default {out.cpu(d.cpu_millis)}, max {out.cpu(m.cpu_millis)}")
-        print(f"bandwidth   default {out.bandwidth(d.network_bits_per_second)}, "
-              f"max {out.bandwidth(m.network_bits_per_second)}")
+            raised = [f"{fmt(getattr(k.min_resources, field))} {what}" for what, field, fmt in resources
+                      if getattr(k.min_resources, field) > getattr(f, field)]
+            print(f"kind {kind_name(k.kind):8} {'yes' if k.available else 'no ':4} {k.reason}"
+                  + (f" (at least {', '.join(raised)})" if raised else ""))
+        for what, field, fmt in resources:
+            print(f"{what:<11} min {fmt(getattr(f, field))}, default {fmt(getattr(d, field))}, "
+                  f"max {fmt(getattr(m, field))}")
         print(f"lifetime    default {units.format_duration(s.default_lifetime.ToTimedelta())}, "
               f"max {units.format_duration(s.max_lifetime.ToTimedelta())}")
         try:

@@ -100,6 +100,13 @@ class FactorySettings(Transport):
     max_bandwidth: int = _field(10 * 1000**3, "the most bandwidth (bits/s) one workspace may ask for", "bandwidth")
     default_max_processes: int = _field(512, "process limit of a workspace that asks for none", "int")
     max_max_processes: int = _field(32768, "the highest process limit one workspace may ask for", "int")
+    # The floors: the least a workspace of any kind needs to run a program (less is refused).
+    min_memory: int = _field(16 * 1024**2, "the least memory one workspace may ask for", "size")
+    min_disk: int = _field(16 * 1024**2, "the least disk one workspace may ask for (its own ext4 filesystem)", "size")
+    min_cpu: int = _field(10, "the least CPU (millicores) one workspace may ask for; the kernel enforces no smaller "
+                          "quota", "cpu")
+    min_bandwidth: int = _field(1000**2, "the least bandwidth (bits/s) one workspace may ask for", "bandwidth")
+    min_max_processes: int = _field(8, "the lowest process limit one workspace may ask for", "int")
     resume_interval: dt.timedelta = _field(dt.timedelta(seconds=5), "how often unfinished creations are driven on", "duration")
 
 

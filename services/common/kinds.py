@@ -21,6 +21,8 @@ class Traits:
     own_network: bool         # has an interface of its own, so its bandwidth can be shaped
     accepts_setup: bool       # takes a set-up script and staged files at create
     pooled_name: str = ""     # the policy's name when a site's account pool leases it ("pool")
+    least_memory_bytes: int = 0  # what one needs to run a program, above the site's floors (a guest's kernel)
+    least_cpu_millis: int = 0    # (a guest must boot before the manager stops waiting for its agent)
     summary: str = ""         # one line for help texts
 
     @property
@@ -39,7 +41,7 @@ TABLE: dict[Kind, Traits] = {t.kind: t for t in (
     Traits(Kind.SANDBOX, "sandbox", "account", "sandbox", boots_image=False, own_network=True,
            accepts_setup=True, summary="an account's processes in namespaces of their own (bubblewrap)"),
     Traits(Kind.VIRTUAL_MACHINE, "vm", "domain", "vm", boots_image=True, own_network=True,
-           accepts_setup=False, summary="a virtual machine booting a catalogue image (libvirt)"),
+           accepts_setup=False, least_memory_bytes=128 * 1024**2, least_cpu_millis=1000, summary="a virtual machine booting a catalogue image (libvirt)"),
 )}
 
 # The simplest isolation, for a request that names no kind.

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..common import converters, kinds
 from ..common.auth import gate
 from .service import WorkspaceFactory
+from .validation import floors
 from ..v1 import factory_pb2, factory_pb2_grpc, workspace_pb2
 
 
@@ -25,10 +26,12 @@ class FactoryServicer(factory_pb2_grpc.FactoryServiceServicer):
         info = self.factory.site_info()
         limits = info["limits"]
         return factory_pb2.GetSiteInfoResponse(
-            kinds=[factory_pb2.KindOffer(kind=converters.kind_to_pb(k), available=a, reason=r)
+            kinds=[factory_pb2.KindOffer(kind=converters.kind_to_pb(k), available=a, reason=r,
+                                         min_resources=converters.resources_to_pb(floors(limits, k)))
                    for k, a, r in info["kinds"]],
             max_resources=converters.resources_to_pb(limits.maxima),
             default_resources=converters.resources_to_pb(limits.defaults),
+            min_resources=converters.resources_to_pb(limits.minima),
             default_lifetime=converters.duration_to_pb(limits.default_lifetime),
             max_lifetime=converters.duration_to_pb(limits.max_lifetime),
             available_managers=info["available_managers"],

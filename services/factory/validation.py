@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
 
 from ..common import errors, kinds, model, names, units
@@ -17,13 +18,36 @@ LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_.-]{0,63}$")
 OWNER = re.compile(r"^[A-Za-z0-9_.@=/, -]{1,256}$")
 MAX_LABELS = 64
-MAX_ENV = 256
-MAX_ENV_VALUE = 32 * 1024
+# The largest environment (128 variables of 4 KiB, about 530 KiB as the exec path passes it) leaves
+# every program most of the kernel's argument limit (ARG_MAX, 2 MiB with an 8 MiB stack).
+MAX_ENV = 128
+MAX_ENV_VALUE = 4 * 1024
+# Names the manager's exec path uses for its own variables (vws.manager.backends.account.programs).
+RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
+ENV_ROOM = "so that the environment leaves every program room under the kernel's argument limit"
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64
 MAX_FILE_BYTES = 4 * 1024 * 1024
+NAME_MAX = 255  # bytes in one component of a path (ext4, xfs)
+MAX_PATH = 1024  # bytes in a staged file's path: with the home's path, well within the kernel's PATH_MAX
+BLOCK = 4096  # what a file or directory takes at least on the workspace's filesystem
+# What the manager writes into the home of a workspace with an environment
+# (vws.manager.backends.account.provisioning): a staged file may not stand where these must.
+ENVIRONMENT_FILES = (".vws/environment.sh", ".profile")
+# The kernel's limits on what one execve carries (argv and environment together, and each string).
+ARG_MAX = os.sysconf("SC_ARG_MAX") if "SC_ARG_MAX" in os.sysconf_names else 2 * 1024 ** 2
+MAX_ARG_STRLEN = 128 * 1024
 IMAGE_FIELD = "workspace.spec.software.image"
 NEEDS_IMAGE = "virtual machines boot an image; give one, e.g. --image busybox (`vws image list` shows them)"
+
+
+_RESOURCES = (  # field, its settings' suffix (min_, default_, max_), unit formatter, example
+    ("memory_bytes", "memory", units.format_size, "512M"),
+    ("disk_bytes", "disk", units.format_size, "10G"),
+    ("cpu_millis", "cpu", lambda v: f"{v}m", "500m"),
+    ("network_bits_per_second", "bandwidth", lambda v: f"{v} bit/s", "100M"),
+    ("max_processes", "max_processes", lambda v: f"{v} processes", "512"),
+)
 
 
 @dataclasses.dataclass
@@ -32,22 +56,20 @@ class Limits:
     maxima: model.Resources
     default_lifetime: dt.timedelta
     max_lifetime: dt.timedelta
+    minima: model.Resources = dataclasses.field(default_factory=model.Resources)  # the site's floors
 
     @classmethod
     def from_settings(cls, s: FactorySettings) -> "Limits":
-        return cls(model.Resources(s.default_memory, s.default_disk, s.default_cpu, s.default_bandwidth,
-                                   s.default_max_processes),
-                   model.Resources(s.max_memory, s.max_disk, s.max_cpu, s.max_bandwidth, s.max_max_processes),
-                   s.default_lifetime, s.max_lifetime)
-
-
-_RESOURCES = (  # field, unit formatter, example
-    ("memory_bytes", units.format_size, "512M"),
-    ("disk_bytes", units.format_size, "10G"),
-    ("cpu_millis", lambda v: f"{v}m", "500m"),
-    ("network_bits_per_second", lambda v: f"{v} bit/s", "100M"),
-    ("max_processes", lambda v: f"{v} processes", "512"),
-)
+        """InvalidArgument naming the setting when a default is under its floor or over its maximum."""
+        def of(prefix: str) -> model.Resources:
+            return model.Resources(**{field: getattr(s, f"{prefix}_{setting}") for field, setting, _, _ in _RESOURCES})
+        low, default, high = of("min"), of("default"), of("max")
+        for field, setting, fmt, _ in _RESOURCES:
+            if not getattr(low, field) <= getattr(default, field) <= getattr(high, field):
+                raise errors.InvalidArgument(
+                    f"{fmt(getattr(default, field))} must lie between min_{setting} ({fmt(getattr(low, field))}) and "
+                    f"max_{setting} ({fmt(getattr(high, field))}); change one of them", f"default_{setting}")
+        return cls(default, high, s.default_lifetime, s.max_lifetime, low)
 
 
 def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Image | None,
@@ -78,6 +100,16 @@ def fit_image(admitted: model.Workspace, asked: model.Resources, image: model.Im
     return dataclasses.replace(admitted, spec=spec)
 
 
+def floors(limits: Limits, kind: model.Kind | None) -> model.Resources:
+    """The site's floors, raised to what a workspace of the kind needs to run a program."""
+    least = dataclasses.replace(limits.minima)
+    if implemented(kind):
+        traits = kinds.of(kind)
+        least.memory_bytes = max(least.memory_bytes, traits.least_memory_bytes)
+        least.cpu_millis = max(least.cpu_millis, traits.least_cpu_millis)
+    return least
+
+
 def implemented(kind: model.Kind | None) -> bool:
     """Every kind the kinds table describes is realised by a plug-in."""
     return kind in kinds.TABLE
@@ -99,6 +131,84 @@ def check_request_id(request_id: str) -> None:
             "(a UUID is a good choice)", "request_id")
 
 
+def exec_strings(environment: dict[str, str]) -> list[str]:
+    """The strings the manager's exec path hands the kernel for a workspace's environment: each
+    variable travels as VWSENV_<i>=NAME=value (vws.manager.backends.account.programs)."""
+    return [f"VWSENV_{i}={k}={v}" for i, (k, v) in enumerate(environment.items())]
+
+
+def exec_bytes(strings: list[str]) -> int:
+    """What the strings take of ARG_MAX: each with its NUL and its pointer."""
+    return sum(len(s.encode()) + 1 + 8 for s in strings)
+
+
+def relative_path(path: str) -> bool:
+    """A path inside the home: relative, with no empty, '.' or '..' component, no NUL."""
+    return bool(path) and not path.startswith("/") and "\0" not in path \
+        and not any(p in ("", ".", "..") for p in path.split("/"))
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def check_files(sw: model.Software, disk_bytes: int) -> list[tuple[str, str]]:
+    """What the manager could not stage: a name the filesystem cannot hold, a file where a
+    directory must be, more than the disk holds."""
+    v: list[tuple[str, str]] = []
+    files = {f.path: i for i, f in enumerate(sw.files) if relative_path(f.path)}  # the others are named already
+    made = {p: None for p in ENVIRONMENT_FILES} if sw.environment else {}
+    directories: dict[str, str] = {}  # directory -> the path that needs it
+    for path in [*files, *made]:
+        parts = path.split("/")
+        for n in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:n]), path)
+    for path, i in files.items():
+        field = f"workspace.spec.software.files[{i}].path"
+        size = len(path.encode())
+        too_long = [p for p in path.split("/") if len(p.encode()) > NAME_MAX]
+        if size > MAX_PATH:
+            v.append((field, f"is {size} bytes long; a staged file's path is at most {MAX_PATH} bytes"))
+        elif too_long:
+            v.append((field, f"has a name of {len(too_long[0].encode())} bytes ({too_long[0][:20]!r}...); a file "
+                      f"or directory name is at most {NAME_MAX} bytes: shorten it"))
+        elif path in directories:
+            needs = directories[path]
+            v.append((field, f"{path[:60]!r} must be a directory to hold "
+                      + (f"{needs[:60]!r} (files[{files[needs]}])" if needs in files else
+                         f"{needs!r}, which vws writes for the environment")
+                      + "; stage it under another name"))
+    for path in made:
+        if path in directories:  # a staged a/b where vws writes the file a
+            needs = directories[path]
+            v.append((f"workspace.spec.software.files[{files[needs]}].path",
+                      f"{path!r} is a file vws writes for the environment, not a directory; stage "
+                      f"{needs[:60]!r} elsewhere"))
+    need = sum(_blocks(len(f.content)) for f in sw.files) + _blocks(len(sw.setup_script.encode())) \
+        + BLOCK * len(directories)
+    if disk_bytes > 0 and need > disk_bytes:
+        v.append(("workspace.spec.software.files", f"the staged files and set-up script take "
+                  f"{units.format_size(need)} on disk, more than the {units.format_size(disk_bytes)} disk asked "
+                  "for; ask for a larger disk (workspace.spec.resources.disk_bytes) or stage less"))
+    return v
+
+
+def check_exec_room(environment: dict[str, str]) -> list[tuple[str, str]]:
+    """The environment travels with every program the workspace runs (the set-up script and
+    every Exec): it must leave the kernel's argument limit room for them."""
+    strings = exec_strings(environment)
+    v = [(f"workspace.spec.software.environment[{k}]", f"is {len(s.encode())} bytes as the exec path passes it "
+          f"(VWSENV_<i>=NAME=value); the kernel takes at most {MAX_ARG_STRLEN} bytes in one string")
+         for k, s in zip(environment, strings) if len(s.encode()) + 1 > MAX_ARG_STRLEN]
+    size, room = exec_bytes(strings), ARG_MAX // 2
+    if size > room:
+        v.append(("workspace.spec.software.environment", f"takes {units.format_size(size)} as every program "
+                  f"receives it; at most {units.format_size(room)} (half the kernel's argument limit ARG_MAX of "
+                  f"{units.format_size(ARG_MAX)}, the other half is each program's own): shorten it, or stage "
+                  "a file with the values and read it"))
+    return v
+
+
 def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -> model.Workspace:
     """Returns the workspace with defaults filled in; raises InvalidArgument listing every bad
     field, or UNIMPLEMENTED for a kind this site does not realise yet."""
@@ -113,18 +223,23 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
         v.append(("workspace.owner", "holds characters an identity may not have"))
 
     res = dataclasses.replace(spec.resources)
-    for field, fmt, example in _RESOURCES:
+    least = floors(limits, spec.kind)
+    for field, _, fmt, example in _RESOURCES:
         value = getattr(res, field)
         path = f"workspace.spec.resources.{field}"
-        maximum = getattr(limits.maxima, field)
+        maximum, floor = getattr(limits.maxima, field), getattr(least, field)
         if value < 0:
             v.append((path, f"is negative ({value}); give a positive amount like {example}, or 0 for the default"))
         elif value > maximum:
             v.append((path, f"{fmt(value)} is over this site's maximum of {fmt(maximum)}"))
+        elif 0 < value < floor:
+            v.append((path, f"{fmt(value)} is under this site's minimum of {fmt(floor)}, the least a "
+                      f"{kinds.name_of(spec.kind)} workspace needs to run a program; ask for at least {fmt(floor)}, "
+                      "or 0 for the default"))
         elif value == 0 and (field != "network_bits_per_second"
                              or (implemented(spec.kind) and kinds.of(spec.kind).own_network)):
             # (a workspace without a network of its own gets no default bandwidth: nothing could shape it)
-            setattr(res, field, getattr(limits.defaults, field))
+            setattr(res, field, max(getattr(limits.defaults, field), floor))
 
     lifetime = spec.lifetime
     if lifetime is None or lifetime == dt.timedelta(0):
@@ -140,13 +255,20 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
 
     sw = spec.software
     if len(sw.environment) > MAX_ENV:
-        v.append(("workspace.spec.software.environment", f"has {len(sw.environment)} variables; at most {MAX_ENV}"))
+        v.append(("workspace.spec.software.environment", f"has {len(sw.environment)} variables; at most {MAX_ENV}, "
+                  f"{ENV_ROOM}: stage a file with the rest and read it"))
     for key, value in sw.environment.items():
         path = f"workspace.spec.software.environment[{key}]"
         if not ENV_NAME.match(key):
             v.append((path, f"{key!r} is not a variable name; use letters, digits and '_', not starting with a digit"))
-        elif "\0" in value or len(value) > MAX_ENV_VALUE:
-            v.append((path, f"the value must hold no NUL byte and at most {MAX_ENV_VALUE} characters"))
+        elif key.startswith(RESERVED_ENV_PREFIXES):
+            v.append((path, f"names starting {' or '.join(RESERVED_ENV_PREFIXES)} are reserved for vws's exec path; "
+                      "choose another name"))
+        elif "\0" in value:
+            v.append((path, "the value holds a NUL byte, which no environment can carry"))
+        elif len(value) > MAX_ENV_VALUE:
+            v.append((path, f"the value has {len(value)} characters; at most {MAX_ENV_VALUE}, {ENV_ROOM}: stage a "
+                      "file with it and read it"))
     if len(sw.setup_script.encode()) > MAX_SCRIPT:
         v.append(("workspace.spec.software.setup_script", f"is over {units.format_size(MAX_SCRIPT)}; stage a "
                   "file and run it instead"))
@@ -157,8 +279,7 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     seen: set[str] = set()
     for i, f in enumerate(sw.files):
         path = f"workspace.spec.software.files[{i}]"
-        parts = f.path.split("/")
-        if not f.path or f.path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in f.path:
+        if not relative_path(f.path):
             v.append((path + ".path", f"{f.path!r} must be a relative path inside the home directory, "
                       "like bin/run.sh (no '..', no leading '/')"))
         elif f.path in seen:
@@ -170,6 +291,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path + ".mode", "set-uid and set-gid bits are not allowed"))
         if len(f.content) > MAX_FILE_BYTES:
             v.append((path + ".content", f"is over {units.format_size(MAX_FILE_BYTES)}"))
+    v += check_files(sw, res.disk_bytes)
+    v += check_exec_room(sw.environment)
     image = sw.image
     if boots_image(spec.kind):
         if not image:
