@@ -17,6 +17,9 @@ IMAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 WORKSPACE_NAME_MAX = len("workspaces/") + 31
 MANAGER_NAME_MAX = len("managers/") + 32
 IMAGE_NAME_MAX = len("images/") + 63
+# Environment variable names a workspace may not use: the manager's exec path carries the
+# user's variables in these (VWSENV_<i>=NAME=value, decoded by a shell using __vws_*).
+RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
 
 
 def _check_length(name: str, most: int, noun: str, field: str) -> None:

@@ -23,7 +23,7 @@ MAX_LABELS = 64
 MAX_ENV = 128
 MAX_ENV_VALUE = 4 * 1024
 # Names the manager's exec path uses for its own variables (vws.manager.backends.account.programs).
-RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
+RESERVED_ENV_PREFIXES = names.RESERVED_ENV_PREFIXES
 ENV_ROOM = "so that the environment leaves every program room under the kernel's argument limit"
 MAX_SCRIPT = 256 * 1024
 MAX_FILES = 64

@@ -17,7 +17,7 @@ import threading
 import weakref
 from typing import Callable
 
-from ....common import errors
+from ....common import errors, names
 from ..base import ExecOptions
 from ..host.cgroups import CgroupDriver
 from .leftovers import kill_uid
@@ -116,7 +116,7 @@ class Programs:
             raise errors.InvalidArgument("is empty; give the program to run", "argv")
         env = clean_env(pw)
         for key, value in options.environment.items():
-            if not ENV_NAME.match(key) or key.startswith(("VWSENV_", "__vws_")):
+            if not ENV_NAME.match(key) or key.startswith(names.RESERVED_ENV_PREFIXES):
                 raise errors.InvalidArgument(
                     f"{key!r} cannot be passed: variable names are letters, digits and '_', not starting "
                     "with a digit (and not VWSENV_* or __vws_*)", f"environment[{key}]")
