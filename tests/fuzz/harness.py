@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 # Answers a request can never deserve, whatever it held.
 FORBIDDEN_CODES = ("INTERNAL", "UNKNOWN")
 TRACEBACK = ("Traceback", 'File "')
-HOST_PATHS = ("/var/lib", "/root", "/tmp/pytest-of", "/home/")
+HOST_PATHS = ("/var/lib", "/root", "/tmp/pytest-of")
 MAX_MESSAGE = 1024
 RICH = (error_details_pb2.BadRequest, error_details_pb2.QuotaFailure, error_details_pb2.PreconditionFailure,
         error_details_pb2.ErrorInfo, error_details_pb2.ResourceInfo, error_details_pb2.DebugInfo,
@@ -223,6 +223,8 @@ class Ledger:
         out = [f"fuzz: {self.sent} requests sent; statuses: {codes or 'none'}",
                (f"fuzz: {len(self.failures)} distinct failures"
                 f" ({sum(f.count for f in self.failures.values())} failing requests)")]
+        for rpc, counts in sorted(self.by_rpc.items()):
+            out.append(f"  {rpc}: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
         if self.notes:
             out.append("fuzz: notes: " + ", ".join(f"{k} {n}" for k, n in self.notes.most_common()))
         if self.failures:

@@ -70,6 +70,26 @@ class Run:
             lambda spec, labels: W(spec=spec, labels=labels),
             values.message(workspace_pb2.WorkspaceSpec.DESCRIPTOR, self.hints),
             values.field_value(W.DESCRIPTOR, W.DESCRIPTOR.fields_by_name["labels"], self.hints, 1))
+        # Listings with nothing set but a real or forged page token, so that its fingerprint
+        # matches and what the token holds is what the listing reads.
+        tokens = lambda name: lambda: self.tokens.get(name, [])
+        self.hints.table["ListAuditEntriesRequest"] = values.pick(
+            lambda: [access_pb2.ListAuditEntriesRequest(page_token=t) for t in tokens("ListAuditEntries")()],
+            st.just(access_pb2.ListAuditEntriesRequest()))
+        self.hints.table["ListWorkspaceEventsRequest"] = values.pick(
+            lambda: [repository_pb2.ListWorkspaceEventsRequest(parent=self.live.name, page_token=t)
+                     for t in tokens("ListWorkspaceEvents")()], st.just(repository_pb2.ListWorkspaceEventsRequest()))
+        # Execs that reach the kernel: a real program in the live workspace, random arguments,
+        # environment and directory.
+        ex = manager_pb2.ExecRequest.DESCRIPTOR
+        argument = values.single(ex, ex.fields_by_name["argv"], self.hints, 1)
+        self.hints.table["ExecRequest"] = st.builds(
+            lambda program, args, env, cwd, large: manager_pb2.ExecRequest(
+                name=self.live.name, argv=[program, *args, *(["x" * 200] * 1000 if large else [])],
+                environment=env, working_directory=cwd, close_stdin=True),
+            st.sampled_from(["true", "echo", "env", "sh", "/bin/true"]), st.lists(argument, max_size=3),
+            values.field_value(ex, ex.fields_by_name["environment"], self.hints, 1),
+            values.single(ex, ex.fields_by_name["working_directory"], self.hints, 1), st.booleans())
         self._refresh_live()
         self._collect_tokens()
 

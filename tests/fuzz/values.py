@@ -42,14 +42,16 @@ class Hints:
         self.table = dict(table or {})
 
     def lookup(self, message: descriptor.Descriptor, field: descriptor.FieldDescriptor):
-        return self.table.get(f"{message.name}.{field.name}") or self.table.get(field.name)
+        found = self.table.get(f"{message.name}.{field.name}")
+        return found if found is not None else self.table.get(field.name)
 
 
-def _hinted(values: Callable[[], list], otherwise: st.SearchStrategy) -> st.SearchStrategy:
-    def pick(i: int) -> st.SearchStrategy:
+def pick(values: Callable[[], list], otherwise: st.SearchStrategy) -> st.SearchStrategy:
+    """One of `values()` as they are when drawn, or `otherwise` when there are none."""
+    def one(i: int) -> st.SearchStrategy:
         found = values()
         return st.just(found[i % len(found)]) if found else otherwise
-    return st.integers(0, 10_000).flatmap(pick)
+    return st.integers(0, 10_000).flatmap(one)
 
 
 def ints(kind: int) -> st.SearchStrategy[int]:
@@ -122,7 +124,7 @@ def single(owner: descriptor.Descriptor, field: descriptor.FieldDescriptor, hint
     if isinstance(hinted, st.SearchStrategy):
         return st.one_of(hinted, base)
     if hinted is not None:  # two parts hinted to one part random: hints reach past the first lookup
-        return st.one_of(_hinted(hinted, base), _hinted(hinted, base), base)
+        return st.one_of(pick(hinted, base), pick(hinted, base), base)
     return base
 
 
@@ -174,6 +176,9 @@ def message(desc: descriptor.Descriptor, hints: Hints, depth: int = 0) -> st.Sea
         return pairs.map(lambda p: cls(seconds=p[0], nanos=p[1]))
     if depth > 6:
         return st.just(cls())
+    whole = hints.table.get(desc.name)  # a strategy for the whole message, e.g. a forged page token
+    if whole is not None:
+        return st.one_of(whole, message(desc, Hints({k: v for k, v in hints.table.items() if k != desc.name}), depth))
     plain, groups = [], []
     for oneof in desc.oneofs:
         if not (len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name):  # not a proto3 `optional`
