@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import pathlib
+import pwd
 import re
 import subprocess
 import time
@@ -253,7 +254,7 @@ class Run:
         outcome = harness.invoke(self.channel(service, who), method, requests,
                                  TIMEOUTS.get(method.name, 20.0), raw=raw)
         self.ledger.record(label(method, who, raw), outcome)
-        outcome.after = self._usable(method, outcome)
+        outcome.after = self._usable(method, outcome) + self._contained(method, requests, outcome, raw)
         self._undo(method, outcome)
         return outcome
 
@@ -308,6 +309,19 @@ class Run:
                 return found
         return ""
 
+    def _contained(self, method, requests: list, outcome: harness.Outcome, raw: bool) -> list[str]:
+        """An Exec accepted with a relative working_directory must have run inside the
+        workspace's home (issue 17, class 10): `pwd` run there again says where."""
+        relative = requests[0].working_directory if not raw and method.name == "Exec" else "/"
+        if outcome.code != "OK" or not relative or relative.startswith("/"):  # the contract allows absolute ones
+            return []
+        home = pwd_home(self.live.endpoint.host_identity) if self.live else ""
+        if not home or requests[0].name != self.live.name:
+            return []
+        where = self.exec_output(self.live.name, ["pwd"], requests[0].working_directory).strip()
+        inside = where == home or where.startswith(home + "/")
+        return [] if inside or not where else [f"ran outside the home ({where[:40]})"]
+
     def _usable(self, method, outcome: harness.Outcome) -> list[str]:
         """An accepted create must be usable (issue 17, classes 5 and 8): not FAILED, and
         `true` runs in it once it is RUNNING."""
@@ -355,6 +369,18 @@ class Run:
             return f"{exc.code().name}: {exc.details()[:80]}"
         return "no exit status"
 
+    def exec_output(self, name: str, argv: list[str], cwd: str = "") -> str:
+        """What `argv` writes to stdout in the workspace; '' when it cannot run."""
+        def requests():
+            yield manager_pb2.ExecRequest(name=name, argv=argv, working_directory=cwd, close_stdin=True)
+        out = b""
+        try:
+            for msg in clients.manager(self.stack.managers["m0"].address).Exec(requests(), timeout=30):
+                out += msg.stdout
+        except grpc.RpcError:
+            return ""
+        return out.decode(errors="replace")
+
     # -- after the run -----------------------------------------------------------------------
 
     def strays(self) -> list[str]:
@@ -392,6 +418,13 @@ class Run:
             for ch in self.channels.values():
                 ch.close()
             self.stack.close()
+
+
+def pwd_home(account: str) -> str:
+    try:
+        return pwd.getpwnam(account).pw_dir
+    except KeyError:
+        return ""
 
 
 def duration(seconds: int):

@@ -36,7 +36,8 @@ DUR_MAX = 315_576_000_000
 class Hints:
     """Values worth trying for a field besides random ones, looked up when drawn (the live
     workspace changes during a run): by `Message.field`, then by `field`. An entry is a
-    callable giving the values, or a strategy of its own."""
+    callable giving the values, or a strategy of its own; an entry named `Message` is a strategy
+    for the whole message, drawn as often as the message built field by field."""
 
     def __init__(self, table: dict | None = None):
         self.table = dict(table or {})
@@ -124,8 +125,19 @@ def single(owner: descriptor.Descriptor, field: descriptor.FieldDescriptor, hint
     if isinstance(hinted, st.SearchStrategy):
         return st.one_of(hinted, base)
     if hinted is not None:  # two parts hinted to one part random: hints reach past the first lookup
-        return st.one_of(pick(hinted, base), pick(hinted, base), base)
+        fitting = _fitting(field, hinted)
+        return st.one_of(pick(fitting, base), pick(fitting, base), base)
     return base
+
+
+def _fitting(field: descriptor.FieldDescriptor, hinted: Callable[[], list]) -> Callable[[], list]:
+    """The hinted values of the field's type (a hint by field name meets fields of other types)."""
+    if field.type == F.TYPE_MESSAGE:
+        cls = message_factory.GetMessageClass(field.message_type)
+        return lambda: [v for v in hinted() if isinstance(v, cls)]
+    kind = {F.TYPE_STRING: str, F.TYPE_BYTES: bytes, F.TYPE_BOOL: bool,
+            F.TYPE_DOUBLE: float, F.TYPE_FLOAT: float}.get(field.type, int)
+    return lambda: [v for v in hinted() if type(v) is kind]
 
 
 def _map_value(field: descriptor.FieldDescriptor, hints: Hints, depth: int) -> st.SearchStrategy[dict]:
