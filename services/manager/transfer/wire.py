@@ -10,6 +10,8 @@ import dataclasses
 import re
 from typing import Iterable
 
+from google.protobuf.message import DecodeError
+
 from ...common import errors
 from vws.native import copysum
 from ...v1 import transfer_pb2
@@ -115,7 +117,15 @@ def _int64(value: int) -> int:
 
 
 def decode_chunk(buf) -> Chunk:
-    """SendChunksRequest bytes -> Chunk (same result as the generated class's parse)."""
+    """SendChunksRequest bytes -> Chunk (same result as the generated class's parse); bytes that
+    are not one raise DecodeError, as the generated parse does (the server answers INVALID_ARGUMENT)."""
+    try:
+        return _decode_chunk(buf)
+    except (ValueError, TypeError) as exc:  # a truncated varint, a bad wire type, an id that is not UTF-8
+        raise DecodeError(f"not a SendChunksRequest: {exc}") from None
+
+
+def _decode_chunk(buf) -> Chunk:
     c = Chunk("", 0, 0, b"", 0, b"", [])
     for field, value in _fields(buf):
         if field == 1:
