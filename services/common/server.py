@@ -30,7 +30,14 @@ log = logging.getLogger("vws.server")
 MESSAGE_LIMIT = 1000
 FIELD_LIMIT = 100
 DESCRIPTION_LIMIT = 200
-VIOLATIONS_LIMIT = 1500  # all violations together; those past it are counted, not sent
+# All violations together, as a client prints them (protobuf text: each in its braces, a byte
+# past ASCII as an octal escape), stay under 1 KB; those past it are counted, not sent.
+VIOLATIONS_LIMIT = 800
+VIOLATION_FRAME = 48  # `field_violations {\n  field: ""\n  description: ""\n}\n`
+
+
+def _printed(text: str) -> int:
+    return sum(4 if b > 0x7e or b < 0x20 else 2 if b in b'"\\' else 1 for b in text.encode())
 
 
 def bounded(violations: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -39,7 +46,7 @@ def bounded(violations: list[tuple[str, str]]) -> list[tuple[str, str]]:
     size = 0
     for i, (field, description) in enumerate(violations):
         pair = errors.clip(field, FIELD_LIMIT), errors.clip(description, DESCRIPTION_LIMIT)
-        size += len(pair[0].encode()) + len(pair[1].encode())
+        size += VIOLATION_FRAME + _printed(pair[0]) + _printed(pair[1])
         if size > VIOLATIONS_LIMIT:
             out.append(("", f"and {len(violations) - i} more"))
             break
