@@ -20,6 +20,8 @@ IMAGE_NAME_MAX = len("images/") + 63
 # Environment variable names a workspace may not use: the manager's exec path carries the
 # user's variables in these (VWSENV_<i>=NAME=value, decoded by a shell using __vws_*).
 RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
+# The most labels a workspace has, and so the most a listing may filter on.
+MAX_LABELS = 64
 
 
 def _check_length(name: str, most: int, noun: str, field: str) -> None:

@@ -17,7 +17,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_.-]{0,63}$")
 OWNER = re.compile(r"^[A-Za-z0-9_.@=/, -]{1,256}$")
-MAX_LABELS = 64
+MAX_LABELS = names.MAX_LABELS
 # The largest environment (128 variables of 4 KiB, about 530 KiB as the exec path passes it) leaves
 # every program most of the kernel's argument limit (ARG_MAX, 2 MiB with an 8 MiB stack).
 MAX_ENV = 128

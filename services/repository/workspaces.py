@@ -93,6 +93,9 @@ class Workspaces:
         if manager:
             names.parse_manager_name(manager, "manager")
         labels = dict(labels or {})
+        if len(labels) > names.MAX_LABELS:
+            raise errors.InvalidArgument(f"has {len(labels)} label filters; a workspace has at most {names.MAX_LABELS} "
+                                         "labels, so filter on fewer", "labels")
         what = listing("workspaces", states=[s.value for s in states], owner=owner, labels=sorted(labels.items()),
                        manager=manager, caller=visible_to.identity)
         after = self.tokens.time_and_id_after(page_token, what)
