@@ -9,6 +9,7 @@ import random
 
 import pytest
 from blake3 import blake3
+from google.protobuf.message import DecodeError
 
 from vws.common import errors
 from vws.manager import transfer
@@ -56,7 +57,7 @@ def test_decoding_skips_unknown_fields_and_refuses_truncated_messages():
     raw = encode_chunk("t", 1, 2, b"d" * 32, DATA, [b"abc"])
     unknown = b"\x48\x05" + b"\x51" + bytes(8) + b"\x5d" + bytes(4)  # fields 9 (varint), 10 (fixed64), 11 (fixed32)
     assert bytes(decode_chunk(unknown + raw).data) == b"abc"
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(DecodeError, match="truncated"):  # as the generated parse raises
         decode_chunk(raw[:-1])
     assert decode_chunk(encode_chunk("t", -1, 0, b"", ZERO)).session == -1
 
