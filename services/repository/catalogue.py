@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import pathlib
+import stat
 from typing import Callable
 
 import sqlalchemy as sa
@@ -117,6 +118,18 @@ def _checked_image(image_id: str, image: model.Image, owner: str) -> model.Image
                        description=image.description, guest_agent=image.guest_agent)
 
 
+def _check_readable_by_all(files: list[model.ImageFile]) -> None:
+    for i, f in enumerate(files):
+        try:
+            readable = os.stat(f.location).st_mode & stat.S_IROTH
+        except OSError:
+            readable = False
+        if not readable:
+            raise errors.PermissionDenied(
+                f"image.files[{i}].location: only the site's administrator may add a file that not every local "
+                "user may read; make it readable by all (chmod o+r) or ask the administrator to add the image")
+
+
 def _copy(source: str, target: pathlib.Path, expected: str, index: int):
     """copysum.copy_file, its failures as domain errors naming the field."""
     from vws.native import copysum
@@ -154,11 +167,14 @@ class ImageCatalogue:
             self._store = image_store.ImageStore(root)
         return self._store
 
-    def create_image(self, image_id: str, image: model.Image, owner: str) -> model.Image:
+    def create_image(self, image_id: str, image: model.Image, owner: str, privileged: bool = True) -> model.Image:
         """Adds an image to the catalogue: checks every field, copies each file into the image
         store under its digest (refusing one whose digest is not the expected one) and records
-        it. Nothing is left behind when it fails: no row, no copied file."""
+        it. Nothing is left behind when it fails: no row, no copied file. A caller who is not
+        `privileged` may give only files every local user may read: the repository reads as root."""
         spec = _checked_image(image_id, image, owner)
+        if not privileged:
+            _check_readable_by_all(spec.files)
         name = spec.name
         with self.uow() as session:
             if image_store.exists(session, name):

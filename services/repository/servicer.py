@@ -52,7 +52,8 @@ class RepositoryServicer(repository_pb2_grpc.RepositoryServiceServicer):
     def CreateImage(self, request, context):
         caller = gate.current()
         owner = caller.identity if caller.principal is not None else request.owner
-        image = self.images.create_image(request.image_id, converters.image_from_pb(request.image), owner)
+        image = self.images.create_image(request.image_id, converters.image_from_pb(request.image), owner,
+                                         privileged=caller.privileged)
         return repository_pb2.CreateImageResponse(image=converters.image_to_pb(image))
 
     def GetImage(self, request, context):

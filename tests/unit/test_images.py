@@ -147,6 +147,22 @@ def test_a_taken_name_is_already_exists_and_copies_nothing(env, files):
     assert stored(store) == before and service.images.get_image("kk").owner == "alice"
 
 
+def test_a_caller_who_is_not_the_administrator_adds_only_files_every_user_may_read(env, files):
+    """The repository reads as root: a user may not have it copy /etc/shadow into an image."""
+    service, store = env
+    secret = files("secret", b"root only")
+    os.chmod(secret, 0o600)
+    with pytest.raises(errors.PermissionDenied, match=r"image.files\[0\].location.*chmod o\+r"):
+        service.images.create_image("stolen", kernel_image(secret), "mallory", privileged=False)
+    with pytest.raises(errors.PermissionDenied):
+        service.images.create_image("shadow", kernel_image("/etc/shadow"), "mallory", privileged=False)
+    assert stored(store) == []
+    os.chmod(secret, 0o644)
+    assert service.images.create_image("shared", kernel_image(secret), "mallory", privileged=False).owner == "mallory"
+    os.chmod(secret, 0o600)
+    assert service.images.create_image("admins", kernel_image(secret), "root").name == "images/admins"
+
+
 # ----------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("image_id", ["", "Busybox", "1abc", "a", "bad_name", "x" * 64, "images/"])
