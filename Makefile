@@ -60,7 +60,7 @@ contract: setup
 # figures (requests sent, statuses by code, every distinct failure) close the output.
 FUZZ_EXAMPLES ?= 2000
 fuzz: setup
-	VWS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) tests/fuzz -q -p no:cacheprovider --timeout=0 $(PYTEST_ARGS)
+	VWS_FUZZ_RANDOM=1 VWS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) tests/fuzz -q -p no:cacheprovider --timeout=0 $(PYTEST_ARGS)
 
 bench: setup
 	@test -d bench || { echo 'no bench/ directory' >&2; exit 1; }

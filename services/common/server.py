@@ -29,7 +29,7 @@ log = logging.getLogger("vws.server")
 # gRPC refuses metadata past 8 KB (16 KB hard), answering RESOURCE_EXHAUSTED instead of the status.
 MESSAGE_LIMIT = 1000
 FIELD_LIMIT = 100
-DESCRIPTION_LIMIT = 200
+DESCRIPTION_LIMIT = 400  # room for a path and two digests, as a digest mismatch names them
 # All violations together, as a client prints them (protobuf text: each in its braces, a byte
 # past ASCII as an octal escape), stay under 1 KB; those past it are counted, not sent.
 VIOLATIONS_LIMIT = 800

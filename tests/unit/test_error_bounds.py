@@ -6,7 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from vws.common import errors, names
+from vws.common import errors, names, server
 from vws.common.server import create_server, status_for
 from vws.v1 import factory_pb2, factory_pb2_grpc
 
@@ -35,7 +35,7 @@ def test_a_huge_message_and_violations_are_bounded():
     sent.details[0].Unpack(request)
     assert 1 < len(request.field_violations) < 51
     for v in request.field_violations:
-        assert len(v.field.encode()) <= 100 and len(v.description.encode()) <= 200
+        assert len(v.field.encode()) <= server.FIELD_LIMIT and len(v.description.encode()) <= server.DESCRIPTION_LIMIT
     assert request.field_violations[0].field.startswith("workspace.labels[kkk")
     assert request.field_violations[0].field.endswith("…")
     assert request.field_violations[-1].description.startswith("and ")  # how many were left out
