@@ -145,7 +145,7 @@ def test_start_exec_env_cwd(backend):
 
 
 def test_working_directory_stays_inside_the_home(backend):
-    h = backend.realise(_wid(), spec(files=[model.StagedFile("sub/f", b"")]))
+    h = backend.realise(new_wid(), spec(files=[model.StagedFile("sub/f", b"")]))
     backend.start(h)
     home = pwd.getpwnam(h.host_identity).pw_dir
     assert run(backend, h, ["ln", "-s", "/root", "out"])[0] == 0
