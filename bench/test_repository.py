@@ -69,6 +69,9 @@ def populate(url: str, n: int) -> list[str]:
     engine = db.make_engine(url)
     db.upgrade(engine)
     now = model.utcnow()
+    # Every lifetime ends after the run: an expired one would have the repository's expiry loop
+    # destroying it (a write storm beside the reads) while the reads are measured.
+    end = now + dt.timedelta(days=1)
     spec = store.spec_to_json(model.WorkspaceSpec(resources=model.Resources(512 * 1024 ** 2, 1024 ** 3, 250, 10 ** 8)))
     rows = []
     template = model.Workspace(name="", spec=store.spec_from_json(spec), owner="", labels={})
@@ -79,7 +82,7 @@ def populate(url: str, n: int) -> list[str]:
                    state_message="", state_time=t, owner=f"{USERS}{i % 50}", manager_name="managers/bench",
                    manager_address="127.0.0.1:1", host_identity=f"vws-{i}", labels={},
                    request_id=str(uuid.uuid4()), request_digest="", create_time=t, update_time=t,
-                   termination_time=t + dt.timedelta(days=1), destroy_reason="", event_seq=0)
+                   termination_time=end, destroy_reason="", event_seq=0)
         template.name, template.state, template.owner = row["name"], model.State(row["state"]), row["owner"]
         template.endpoint = model.Endpoint(row["name"], "managers/bench", "127.0.0.1:1", row["host_identity"])
         template.create_time = template.update_time = t
