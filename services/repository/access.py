@@ -5,7 +5,8 @@ A caller's role on a workspace: manager for its owner and for privileged callers
 administrators, vws services); otherwise the highest role bound to any member the caller is
 (`identity:<id>`, `group:<g>` for each group its attributes fall in). Each workspace's owner
 and bindings are cached in memory after the first read, so that the check on every call costs a
-dictionary lookup; grants and revokes through this store drop the entry."""
+dictionary lookup; grants and revokes through this store drop the entry. The first read also
+answers the workspace's wire message, handed to Get's read cache: a user's Get costs one query."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,7 @@ from ..common.auth import pki
 from ..common.auth.credentials import AUTHORIZATION, Authenticator
 from ..common.auth.gate import AuditRecord, Call, Caller, Role, Rule
 from ..common.auth.principal import CredentialKind
-from . import db, paging
+from . import db, paging, store
 from .db import AuditEntryRow, RoleBindingRow, WorkspaceRow
 from .policy import GroupUsage
 
@@ -101,19 +102,17 @@ def group_usage(session: Session, group: str, now: dt.datetime) -> GroupUsage:
 
 class AccessStore:
     def __init__(self, uow: db.UnitOfWork, clock: Callable[[], dt.datetime] = model.utcnow,
-                 cache_size: int = 100_000, tokens: paging.PageTokens | None = None):
-        """`tokens`: the repository's page tokens (None: a key of this process only)."""
+                 cache_size: int = 100_000, tokens: paging.PageTokens | None = None, snapshots=None):
+        """`tokens`: the repository's page tokens (None: a key of this process only); `snapshots`:
+        Get's read cache (a workspaces.ReadCache), given the wire message each first check reads."""
         self.uow, self.clock, self.cache_size = uow, clock, cache_size
         self.tokens = tokens or paging.PageTokens.of_this_process()
+        self.snapshots = snapshots
         # name -> (owner, {member: role}); only workspaces that exist are cached.
         self._cache: dict[str, tuple[str, dict[str, Role]]] = {}
         self._lock = threading.Lock()
         # Bumped by every invalidation: a read that began before it does not fill the cache.
         self._generation = 0
-        w, b = WorkspaceRow, RoleBindingRow
-        self._access_query = (sa.select(w.owner, b.member, b.role)
-                              .select_from(w).outerjoin(b, b.workspace == w.name)
-                              .where(w.name == sa.bindparam("name")))
 
     # ------------------------------------------------------------------------- the cache
 
@@ -122,11 +121,15 @@ class AccessStore:
         if entry is not None:
             return entry
         generation = self._generation
-        with self.uow.read() as conn:
-            rows = conn.execute(self._access_query, {"name": name}).all()
-        if not rows:
+        snapshot_generation = self.snapshots.generation if self.snapshots is not None else 0
+        with self.uow.point_read() as connection:
+            found = store.read_access(connection, self.uow.engine.dialect.name, name)
+        if found is None:
             return None
-        entry = (rows[0][0], {m: _ROLE_BY_NAME[r] for _, m, r in rows if m is not None})
+        owner, snapshot, bound = found
+        if self.snapshots is not None:
+            self.snapshots.put(name, snapshot, snapshot_generation)
+        entry = (owner, {m: _ROLE_BY_NAME[r] for m, r in bound})
         with self._lock:
             if generation == self._generation:
                 if len(self._cache) >= self.cache_size:

@@ -4,9 +4,10 @@ the unit of work. SQLite in the data directory by default; PostgreSQL by URL
 in ./migrations, run at server start (`upgrade`)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -320,6 +321,8 @@ class UnitOfWork:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._idle: list = []  # point_read's connections (list pop and append are atomic)
+        self._disposed = False
         self._writer = engine.execution_options(vws_write=True)
         if engine.dialect.name == "sqlite":
             self._reader = engine.execution_options(vws_autocommit=True)
@@ -329,6 +332,8 @@ class UnitOfWork:
             self._reader = make_engine(engine.url.render_as_string(hide_password=False), autocommit=True)
 
     def dispose(self) -> None:
+        self._disposed = True
+        self._close_idle()
         if self._reader.engine is not self.engine:
             self._reader.dispose()
         self.engine.dispose()
@@ -336,15 +341,32 @@ class UnitOfWork:
     def __call__(self, write: bool = False) -> "_Transaction":
         return _Transaction(Session(bind=self._writer if write else self.engine, expire_on_commit=False))
 
-    def raw_read(self):
-        """A pooled DBAPI connection in autocommit, for the hottest point reads (GetWorkspace);
-        close() returns it to the pool."""
-        return self._reader.raw_connection()
+    @contextlib.contextmanager
+    def point_read(self) -> Iterator[Any]:
+        """`with uow.point_read() as connection:` a DBAPI connection in autocommit for one point
+        read on the hottest path (Get). Idle ones wait in a list: taking one is a pop, not a
+        pool checkout and its reset on return. One that failed is closed, not kept."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            pooled = self._reader.raw_connection()
+            pooled.detach()  # ours from now on: closed by us, not returned to the pool
+            connection = pooled.dbapi_connection
+        try:
+            yield connection
+        except BaseException:
+            connection.close()
+            raise
+        self._idle.append(connection)
+        if self._disposed:
+            self._close_idle()
 
-    def read(self) -> sa.Connection:
-        """`with uow.read() as conn:` a connection for one lone statement (a point read), without
-        the cost of a transaction or an ORM session."""
-        return self._reader.connect()
+    def _close_idle(self) -> None:
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
 
 
 class _Transaction:

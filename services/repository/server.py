@@ -16,6 +16,7 @@ from .gateway import GrpcManagers, ManagerGateway
 from .paging import PageTokens
 from .service import RepositoryService
 from .servicer import RecordServicer, RepositoryServicer
+from .workspaces import ReadCache
 from ..v1 import (access_pb2, access_pb2_grpc, auth_pb2, auth_pb2_grpc, record_pb2, record_pb2_grpc, repository_pb2,
                     repository_pb2_grpc)
 
@@ -42,7 +43,8 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
     tokens = PageTokens.kept_in(settings.data_dir)
     uow = open_database(settings)
     clock = clock or model.utcnow
-    access = AccessStore(uow, clock, tokens=tokens)
+    cache = ReadCache()  # Get's: the access check's first read of a workspace fills it
+    access = AccessStore(uow, clock, tokens=tokens, snapshots=cache)
     made: dict = {}
 
     def authorizer(local_ca):
@@ -59,7 +61,7 @@ def serve(settings: RepositorySettings, managers: ManagerGateway | None = None,
         uow.dispose()
         raise
     service = RepositoryService(uow, settings, managers or GrpcManagers(), clock, policy=policy, access=access,
-                                tokens=tokens)
+                                tokens=tokens, cache=cache)
 
     def register(server):
         repository_pb2_grpc.add_RepositoryServiceServicer_to_server(RepositoryServicer(service), server)

@@ -35,16 +35,18 @@ class RepositoryService:
     def __init__(self, uow: UnitOfWork, settings: RepositorySettings, managers: ManagerGateway,
                  clock: Callable[[], dt.datetime] = model.utcnow, hub: WatchHub | None = None,
                  policy: PolicyFile | None = None, access: AccessStore | None = None,
-                 tokens: PageTokens | None = None):
+                 tokens: PageTokens | None = None, cache: ReadCache | None = None):
         """`managers`: how destroys reach the managers; `policy`: the site's, when the repository
         runs with authentication (None: plain text, nothing to decide); `access`: the role
         bindings and audit trail, when the gate was given them first; `tokens`: the page tokens,
-        under the key kept in the data directory (None: a key of this process only)."""
+        under the key kept in the data directory (None: a key of this process only); `cache`: Get's
+        read cache, shared with `access`, whose first check of a workspace fills it."""
         self.uow, self.settings, self.clock, self.policy = uow, settings, clock, policy
         self.hub = hub or WatchHub()
         tokens = tokens or PageTokens.of_this_process()
-        self.access = access or AccessStore(uow, clock, tokens=tokens)
-        self.workspaces = Workspaces(uow, self.access, self.hub, ReadCache(), tokens)
+        cache = cache or ReadCache()
+        self.access = access or AccessStore(uow, clock, tokens=tokens, snapshots=cache)
+        self.workspaces = Workspaces(uow, self.access, self.hub, cache, tokens)
         retries = DestroyRetries()  # the records forget a destroy's retries when its manager reports it done
         self.records = Records(uow, self.access, policy, self.workspaces.changed, retries, clock)
         self.lifetimes = Lifetimes(uow, settings, managers, self.workspaces, retries, clock)

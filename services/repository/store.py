@@ -159,6 +159,10 @@ def check_owner(owner: str, whose: str = "") -> None:
 
 _SNAPSHOT_SQL = {"sqlite": "SELECT snapshot FROM workspaces WHERE name = ?",
                  "postgresql": "SELECT snapshot FROM workspaces WHERE name = %s"}
+# A workspace's owner, its wire message and its role bindings (one row each, or one row of nulls).
+_ACCESS_SQL = ("SELECT w.owner, w.snapshot, b.member, b.role FROM workspaces AS w "
+               "LEFT OUTER JOIN role_bindings AS b ON b.workspace = w.name WHERE w.name = ")
+_ACCESS_SQL = {"sqlite": _ACCESS_SQL + "?", "postgresql": _ACCESS_SQL + "%s"}
 
 
 def snapshot_of(row: WorkspaceRow) -> bytes:
@@ -187,16 +191,29 @@ def _forget_changed(session: Session) -> None:
     session.info.pop("vws_changed", None)
 
 
-def read_snapshot(dbapi_connection, dialect: str, name: str) -> bytes | None:
-    """The fast path of GetWorkspace: one statement on the unique index of name, straight on the
-    DBAPI connection, answering the stored wire message."""
+def _point_rows(dbapi_connection, sql: str, name: str) -> list[tuple]:
+    """One statement on the unique index of name, straight on the DBAPI connection."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(_SNAPSHOT_SQL[dialect], (name,))
-        r = cursor.fetchone()
+        cursor.execute(sql, (name,))
+        return cursor.fetchall()
     finally:
         cursor.close()
-    return None if r is None else bytes(r[0])
+
+
+def read_snapshot(dbapi_connection, dialect: str, name: str) -> bytes | None:
+    """The fast path of GetWorkspace: the stored wire message, or None."""
+    rows = _point_rows(dbapi_connection, _SNAPSHOT_SQL[dialect], name)
+    return bytes(rows[0][0]) if rows else None
+
+
+def read_access(dbapi_connection, dialect: str, name: str) -> tuple[str, bytes, list[tuple[str, str]]] | None:
+    """A user's Get in one statement: the workspace's owner, its stored wire message and its
+    role bindings as (member, role) pairs; None when it does not exist."""
+    rows = _point_rows(dbapi_connection, _ACCESS_SQL[dialect], name)
+    if not rows:
+        return None
+    return rows[0][0], bytes(rows[0][1]), [(member, role) for _, _, member, role in rows if member is not None]
 
 
 def get_by_request_id(session: Session, request_id: str) -> WorkspaceRow | None:

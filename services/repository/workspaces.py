@@ -67,11 +67,8 @@ class Workspaces:
             return cached
         names.parse_workspace_name(name)
         generation = self.cache.generation
-        connection = self.uow.raw_read()
-        try:
+        with self.uow.point_read() as connection:
             snapshot = store.read_snapshot(connection, self.uow.engine.dialect.name, name)
-        finally:
-            connection.close()
         if snapshot is None:
             raise errors.NotFound(f"workspace {name} does not exist")
         self.cache.put(name, snapshot, generation)

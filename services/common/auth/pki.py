@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import functools
 import ipaddress
 import os
 import pathlib
@@ -264,9 +265,11 @@ def _ensure(d: pathlib.Path, hosts: Iterable[str], now: dt.datetime) -> LocalPki
     return LocalPki(d, ca_pair, services, admin, made, public)
 
 
+@functools.cache  # asked on every call a certificate makes: the name is built once
 def admin_identity() -> str:
     return slash_dn(_name(OU_USERS, "admin"))
 
 
+@functools.cache
 def public_client_identity() -> str:
     return slash_dn(_name(OU_PUBLIC, "client"))
