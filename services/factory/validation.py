@@ -14,8 +14,8 @@ from ..common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-LABEL_VALUE = re.compile(r"^[a-z0-9_.-]{0,63}$")
+LABEL_KEY = re.compile(rf"^[a-z][a-z0-9_.-]{{0,{names.MAX_LABEL_KEY - 1}}}$")
+LABEL_VALUE = re.compile(rf"^[a-z0-9_.-]{{0,{names.MAX_LABEL_VALUE}}}$")
 OWNER = re.compile(r"^[A-Za-z0-9_.@=/, -]{1,256}$")
 MAX_LABELS = names.MAX_LABELS
 # The largest environment (128 variables of 4 KiB, about 530 KiB as the exec path passes it) leaves
@@ -316,12 +316,15 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if len(workspace.labels) > MAX_LABELS:
         v.append(("workspace.labels", f"has {len(workspace.labels)} labels; at most {MAX_LABELS}"))
     for key, value in workspace.labels.items():
-        if not LABEL_KEY.match(key):
-            v.append((f"workspace.labels[{key}]", "a label key is 1-63 lower-case letters, digits, '_', '.' or '-', "
-                      "starting with a letter"))
+        if len(key) > names.MAX_LABEL_KEY:  # before its form, and never in a field path: a key may be megabytes
+            v.append(("workspace.labels", f"has a key of {len(key)} characters ({errors.quote(key)}); a label key is "
+                      f"at most {names.MAX_LABEL_KEY}: shorten it"))
+        elif not LABEL_KEY.match(key):
+            v.append((f"workspace.labels[{key}]", f"a label key is 1-{names.MAX_LABEL_KEY} lower-case letters, "
+                      "digits, '_', '.' or '-', starting with a letter"))
         elif not LABEL_VALUE.match(value):
-            v.append((f"workspace.labels[{key}]", f"{value!r}: a label value is up to 63 lower-case letters, "
-                      "digits, '_', '.' or '-'"))
+            v.append((f"workspace.labels[{key}]", f"{errors.quote(value)}: a label value is up to "
+                      f"{names.MAX_LABEL_VALUE} lower-case letters, digits, '_', '.' or '-'"))
     if v:
         raise errors.InvalidArgument(v)
     if not implemented(spec.kind):
