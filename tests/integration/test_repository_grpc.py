@@ -234,3 +234,22 @@ class socket_closed_port:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_report_usage_names_each_bad_figure_by_its_place_in_the_request(stack):
+    _, records, maddr, _, _ = stack
+    ws = create(records).workspace
+    place(records, ws.name, maddr)
+
+    def report(*usage):
+        with pytest.raises(grpc.RpcError) as e:
+            records.ReportUsage(record_pb2.ReportUsageRequest(manager=MANAGER, usage=usage), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        return violations(e.value)
+    good = workspace_pb2.WorkspaceUsage(name=ws.name, cpu_seconds=1.5, samples=2)
+    assert report(good, good, good, workspace_pb2.WorkspaceUsage(
+        name=ws.name, start_time=timestamp_pb2.Timestamp(seconds=1, nanos=1_000_000_000))) == ["usage[3].start_time"]
+    assert report(good, workspace_pb2.WorkspaceUsage(name=ws.name, cpu_seconds=float("nan"), oom_kills=-1),
+                  good, workspace_pb2.WorkspaceUsage(name=ws.name, memory_byte_seconds=float("inf"))) == [
+        "usage[1].cpu_seconds", "usage[1].oom_kills", "usage[3].memory_byte_seconds"]
+    assert records.ReportUsage(record_pb2.ReportUsageRequest(manager=MANAGER, usage=[good]), timeout=10).accepted == 1
