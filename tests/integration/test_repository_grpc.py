@@ -253,3 +253,20 @@ def test_report_usage_names_each_bad_figure_by_its_place_in_the_request(stack):
                   good, workspace_pb2.WorkspaceUsage(name=ws.name, memory_byte_seconds=float("inf"))) == [
         "usage[1].cpu_seconds", "usage[1].oom_kills", "usage[3].memory_byte_seconds"]
     assert records.ReportUsage(record_pb2.ReportUsageRequest(manager=MANAGER, usage=[good]), timeout=10).accepted == 1
+
+
+def test_extending_a_termination_time_near_the_end_of_time_is_invalid_argument_not_internal(stack):
+    """A record's termination time may lie in year 9999 (the factory's to set): an extension that
+    would pass datetime's range is refused naming extend_by and the most it may be."""
+    repo, records, _, _, _ = stack
+    latest = create(records, lifetime=dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone.utc) - model.utcnow()
+                    ).workspace
+    ordinary = create(records).workspace
+    for ws, extend_by in ((latest, 60), (latest, converters.MAX_DURATION_SECONDS), (ordinary, 10 ** 9)):
+        with pytest.raises(grpc.RpcError) as e:
+            repo.UpdateTerminationTime(repository_pb2.UpdateTerminationTimeRequest(
+                name=ws.name, extend_by=duration_pb2.Duration(seconds=extend_by)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert violations(e.value) == ["extend_by"] and "at most" in e.value.details()
+    assert repo.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=latest.name)).workspace.termination_time == \
+        latest.termination_time
