@@ -13,6 +13,8 @@ from ..common import errors, kinds, model, names, units
 from ..common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# The factory's own request ids, for creates sent without one: no client can retry them.
+AUTO_REQUEST_ID = "auto-"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 LABEL_KEY = re.compile(rf"^[a-z][a-z0-9_.-]{{0,{names.MAX_LABEL_KEY - 1}}}$")
 LABEL_VALUE = re.compile(rf"^[a-z0-9_.-]{{0,{names.MAX_LABEL_VALUE}}}$")
@@ -127,8 +129,12 @@ def _either(words) -> str:
 def check_request_id(request_id: str) -> None:
     if request_id and not REQUEST_ID.match(request_id):
         raise errors.InvalidArgument(
-            f"{request_id[:40]!r} is not a request id; use up to 128 letters, digits, '.', '_', ':' or '-' "
+            f"{errors.quote(request_id)} is not a request id; use up to 128 letters, digits, '.', '_', ':' or '-' "
             "(a UUID is a good choice)", "request_id")
+    if request_id.startswith(AUTO_REQUEST_ID):
+        raise errors.InvalidArgument(
+            f"{errors.quote(request_id)} starts {AUTO_REQUEST_ID!r}, which marks the ids the factory gives creates "
+            "sent without one; choose another (a UUID is a good choice)", "request_id")
 
 
 def exec_strings(environment: dict[str, str]) -> list[str]:
