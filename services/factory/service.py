@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from ..common.model import State
+from ..common.model import UNFINISHED, State
 from .validation import AUTO_REQUEST_ID, Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
@@ -24,8 +24,6 @@ log = logging.getLogger("vws.factory")
 # A manager's refusals after which the next manager is worth trying. Not DEADLINE_EXCEEDED: a
 # set-up script that outlasted one manager's limit would outlast the next one's.
 TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.Unimplemented)
-# A retried create finding its record in one of these drives it on: the create has not ended well yet.
-UNFINISHED = (State.PENDING, State.PROPAGATING, State.FAILED)
 # The longest the factory waits for one manager's deploy (ManagerGateway.deploy raises
 # StillDeploying after it); above the managers' setup_timeout.
 DEPLOY_TIMEOUT = 300.0
@@ -40,7 +38,7 @@ class RecordGateway(Protocol):
     def assign(self, name: str, endpoint: model.Endpoint) -> model.Workspace: ...
     def delete_record(self, name: str, reason: str) -> None: ...
     def managers(self) -> list[model.ManagerInfo]: ...
-    def pending(self) -> list[model.Workspace]: ...
+    def unfinished(self) -> list[model.Workspace]: ...  # in UNFINISHED
     def get_image(self, name: str) -> model.Image: ...  # errors.NotFound when it is not there
 
 
@@ -280,15 +278,19 @@ class WorkspaceFactory:
     # ------------------------------------------------------------------ resume
     def resume_once(self, older_than: dt.timedelta) -> list[str]:
         """Drives on creations left unfinished by a factory that stopped (or a client that gave
-        up), older than `older_than`. One sent without a request id is undone instead, once no
-        factory can still be waiting for its deploy: no client can ever ask for it."""
+        up), older than `older_than`, as a retry would. One a manager has taken (PROPAGATING, or
+        FAILED by its crash) waits until no factory can still be waiting for its deploy, and so
+        does one sent without a request id, which is undone instead: no client can ask for it."""
         done = []
-        for record in self.records.pending():
+        for record in self.records.unfinished():
             now = self._clock()
             if record.create_time and now - record.create_time < older_than:
                 continue
+            if record.state is State.FAILED and record.endpoint.host_identity:
+                continue  # it was made, and failed later: not a create cut short; its owner destroys it
             unanswerable = record.request_id.startswith(AUTO_REQUEST_ID)
-            if unanswerable and now - (record.update_time or record.create_time or now) < self.deploy_wait:
+            quiet = now - (record.update_time or record.create_time or now)
+            if (unanswerable or record.state is not State.PENDING) and quiet < self.deploy_wait:
                 continue  # the factory that took it may be waiting on its manager still
             lock = self._lock(record.name)
             if not lock.acquire(blocking=False):

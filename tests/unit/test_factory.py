@@ -45,8 +45,8 @@ class FakeRecords:
     def managers(self):
         return [dataclasses.replace(m) for m in self._managers]
 
-    def pending(self):
-        return [w for w in self.records.values() if w.state is model.State.PENDING]
+    def unfinished(self):
+        return [w for w in self.records.values() if w.state in model.UNFINISHED]
 
     def get(self, name):
         return self.records[name]
@@ -422,3 +422,18 @@ def test_a_client_may_not_send_a_request_id_of_the_factorys_own(limits):
     with pytest.raises(errors.InvalidArgument, match="choose another") as e:
         f.create("auto-1f0e", ws())
     assert [field for field, _ in e.value.violations] == ["request_id"] and records.records == {}
+
+
+def test_the_resume_loop_leaves_a_create_a_manager_took_while_a_factory_may_still_wait_for_it(limits):
+    clock = [model.utcnow()]
+    records = FakeRecords([manager("a")])
+    mgrs = FakeManagers(records)
+    f = WorkspaceFactory(limits, records, mgrs, clock=lambda: clock[0], deploy_wait=dt.timedelta(minutes=6))
+    rec, _ = records.create_record("r", dataclasses.replace(
+        ws(), create_time=clock[0], update_time=clock[0], request_id="r", state=model.State.PROPAGATING,
+        endpoint=model.Endpoint("", "managers/a", "a:1")))
+    clock[0] += dt.timedelta(minutes=1)  # its image may still be on its way, a factory waiting for the deploy
+    assert f.resume_once(dt.timedelta(seconds=30)) == [] and mgrs.calls == []
+    clock[0] += dt.timedelta(minutes=6)
+    assert f.resume_once(dt.timedelta(seconds=30)) == [rec.name] and mgrs.calls == ["a:1"]
+    assert records.records[rec.name].state is model.State.RUNNING
