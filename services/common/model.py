@@ -59,6 +59,10 @@ class Action(enum.Enum):
     DESTROY = "destroy"
 
 
+# A create not yet ended well, in these: a retry with its request_id, or the factory's resume
+# loop, drives it on (a manager's crash mid-deploy leaves it FAILED, with nothing on the host).
+UNFINISHED: tuple[State, ...] = (State.PENDING, State.PROPAGATING, State.FAILED)
+
 # The states a workspace may migrate from; it arrives in the same state.
 MIGRATABLE: frozenset[State] = frozenset({State.READY, State.RUNNING, State.PAUSED, State.SUSPENDED})
 

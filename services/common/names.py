@@ -22,6 +22,9 @@ IMAGE_NAME_MAX = len("images/") + 63
 RESERVED_ENV_PREFIXES = ("VWSENV_", "__vws_")
 # The most labels a workspace has, and so the most a listing may filter on.
 MAX_LABELS = 64
+# The longest label key and value (characters); a longer key is refused by its length alone.
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 63
 
 
 def _check_length(name: str, most: int, noun: str, field: str) -> None:

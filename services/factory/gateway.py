@@ -1,18 +1,16 @@
-"""The factory's view of the managers, over gRPC: DeployWorkspace. (The repository's is
-vws.repository.client.)"""
+"""The factory's view of the managers, over gRPC: DeployWorkspace, and DestroyWorkspace as the
+repository asks it. (The factory's view of the repository is vws.repository.client.)"""
 from __future__ import annotations
 
 import time
 
 from ..common import clients, converters, errors, model
+from ..repository import gateway
 from ..v1 import manager_pb2
-from .service import StillDeploying
-
-# Deploy runs the workspace's set-up script; give it room (above the managers' setup_timeout).
-DEPLOY_TIMEOUT = 300.0
+from .service import DEPLOY_TIMEOUT, StillDeploying
 
 
-class GrpcManagers:
+class GrpcManagers(gateway.GrpcManagers):
     def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace:
         """The workspace as the manager at `address` deployed it; its refusal as a domain error,
         StillDeploying when it has not answered within DEPLOY_TIMEOUT."""

@@ -16,16 +16,17 @@ from typing import Callable, Protocol
 
 from ..common import converters, errors, kinds, model, names, units
 from ..common.auth.gate import PLAIN_TEXT_CALLER, Caller
-from ..common.model import State
-from .validation import Limits, admit, boots_image, check_request_id, fit_image
+from ..common.model import UNFINISHED, State
+from .validation import AUTO_REQUEST_ID, Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
 
 # A manager's refusals after which the next manager is worth trying. Not DEADLINE_EXCEEDED: a
 # set-up script that outlasted one manager's limit would outlast the next one's.
 TRY_NEXT = (errors.ResourceExhausted, errors.Unavailable, errors.Unimplemented)
-# A retried create finding its record in one of these drives it on: the create has not ended well yet.
-UNFINISHED = (State.PENDING, State.PROPAGATING, State.FAILED)
+# The longest the factory waits for one manager's deploy (ManagerGateway.deploy raises
+# StillDeploying after it); above the managers' setup_timeout.
+DEPLOY_TIMEOUT = 300.0
 
 
 class RecordGateway(Protocol):
@@ -37,12 +38,14 @@ class RecordGateway(Protocol):
     def assign(self, name: str, endpoint: model.Endpoint) -> model.Workspace: ...
     def delete_record(self, name: str, reason: str) -> None: ...
     def managers(self) -> list[model.ManagerInfo]: ...
-    def pending(self) -> list[model.Workspace]: ...
+    def unfinished(self) -> list[model.Workspace]: ...  # in UNFINISHED
     def get_image(self, name: str) -> model.Image: ...  # errors.NotFound when it is not there
 
 
 class ManagerGateway(Protocol):
     def deploy(self, address: str, workspace: model.Workspace) -> model.Workspace: ...  # refusals: domain errors
+    # TERMINATED when it holds nothing of that name; errors.Unavailable when it cannot be reached.
+    def destroy(self, address: str, name: str, reason: str) -> model.Workspace: ...
 
 
 class StillDeploying(errors.DeadlineExceeded):
@@ -117,8 +120,12 @@ def rank(candidates: list[model.ManagerInfo]) -> list[model.ManagerInfo]:
 
 class WorkspaceFactory:
     def __init__(self, limits: Limits, records: RecordGateway, managers: ManagerGateway,
-                 repository_address: str = "", clock: Callable[[], dt.datetime] = model.utcnow):
+                 repository_address: str = "", clock: Callable[[], dt.datetime] = model.utcnow,
+                 deploy_wait: dt.timedelta = dt.timedelta(seconds=DEPLOY_TIMEOUT + 60)):
+        """`deploy_wait`: after how long without a change no factory can be waiting for a deploy
+        of a record (each wait, DEPLOY_TIMEOUT, follows its record's creation or placement)."""
         self.limits, self.records, self.managers = limits, records, managers
+        self.deploy_wait = deploy_wait
         self.repository_address = repository_address
         self._clock = clock
         self._inflight: dict[str, threading.Lock] = {}
@@ -161,7 +168,7 @@ class WorkspaceFactory:
         if boots_image(admitted.spec.kind):
             admitted = fit_image(admitted, workspace.spec.resources, self._image(admitted.spec.software.image),
                                  self.limits)
-        request_id = request_id or f"auto-{uuid.uuid4()}"
+        request_id = request_id or f"{AUTO_REQUEST_ID}{uuid.uuid4()}"
         now = self._clock()
         admitted = dataclasses.replace(admitted, name=names.workspace_name(names.new_workspace_id()),
                                        state=State.PENDING, create_time=now,
@@ -189,6 +196,10 @@ class WorkspaceFactory:
             try:
                 return self._place(record)
             except StillDeploying as exc:
+                if record.request_id.startswith(AUTO_REQUEST_ID):
+                    raise errors.DeadlineExceeded(
+                        f"{exc.message}; sent without a request_id, {record.name} cannot be asked for again and "
+                        "is undone: create it anew with a request_id (vws create sends one)") from None
                 # Driven to its end with its record: the manager reports it there, a retry with the
                 # same request_id (or the resume loop) answers with it.
                 raise errors.DeadlineExceeded(
@@ -266,21 +277,48 @@ class WorkspaceFactory:
 
     # ------------------------------------------------------------------ resume
     def resume_once(self, older_than: dt.timedelta) -> list[str]:
-        """Drives on creations left PENDING by a factory that stopped (or a client that gave up)."""
+        """Drives on creations left unfinished by a factory that stopped (or a client that gave
+        up), older than `older_than`, as a retry would. One a manager has taken (PROPAGATING, or
+        FAILED by its crash) waits until no factory can still be waiting for its deploy, and so
+        does one sent without a request id, which is undone instead: no client can ask for it."""
         done = []
-        for record in self.records.pending():
-            if record.create_time and self._clock() - record.create_time < older_than:
+        for record in self.records.unfinished():
+            now = self._clock()
+            if record.create_time and now - record.create_time < older_than:
                 continue
+            if record.state is State.FAILED and record.endpoint.host_identity:
+                continue  # it was made, and failed later: not a create cut short; its owner destroys it
+            unanswerable = record.request_id.startswith(AUTO_REQUEST_ID)
+            quiet = now - (record.update_time or record.create_time or now)
+            if (unanswerable or record.state is not State.PENDING) and quiet < self.deploy_wait:
+                continue  # the factory that took it may be waiting on its manager still
             lock = self._lock(record.name)
             if not lock.acquire(blocking=False):
                 continue  # being driven right now
             lock.release()
             try:
-                self._drive(record)
+                if unanswerable:
+                    self._undo(record)
+                else:
+                    self._drive(record)
                 done.append(record.name)
             except errors.VwsError as exc:
                 log.warning("resuming %s did not finish it: %s", record.name, exc.message)
         return done
+
+    def _undo(self, record: model.Workspace) -> None:
+        """Destroys what its manager holds of an unfinished create (waiting for a deploy under way
+        there), then removes its record; a record the destroy ended (TERMINATED) stays."""
+        reason = "undone: created without a request_id and cut short before the factory could answer"
+        if record.endpoint.manager_address:
+            self.managers.destroy(record.endpoint.manager_address, record.name, reason)
+        try:
+            self.records.delete_record(record.name, reason)
+        except errors.NotFound:
+            pass
+        except errors.FailedPrecondition as exc:  # TERMINATED by the destroy's report, as a destroyed workspace
+            log.info("the record of %s stays: %s", record.name, exc.message)
+        log.info("undid %s (request %s): %s", record.name, record.request_id, reason)
 
     def start_background(self, interval: float) -> None:
         def loop():

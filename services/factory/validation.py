@@ -13,9 +13,11 @@ from ..common import errors, kinds, model, names, units
 from ..common.config import FactorySettings
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# The factory's own request ids, for creates sent without one: no client can retry them.
+AUTO_REQUEST_ID = "auto-"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-LABEL_VALUE = re.compile(r"^[a-z0-9_.-]{0,63}$")
+LABEL_KEY = re.compile(rf"^[a-z][a-z0-9_.-]{{0,{names.MAX_LABEL_KEY - 1}}}$")
+LABEL_VALUE = re.compile(rf"^[a-z0-9_.-]{{0,{names.MAX_LABEL_VALUE}}}$")
 OWNER = re.compile(r"^[A-Za-z0-9_.@=/, -]{1,256}$")
 MAX_LABELS = names.MAX_LABELS
 # The largest environment (128 variables of 4 KiB, about 530 KiB as the exec path passes it) leaves
@@ -127,8 +129,12 @@ def _either(words) -> str:
 def check_request_id(request_id: str) -> None:
     if request_id and not REQUEST_ID.match(request_id):
         raise errors.InvalidArgument(
-            f"{request_id[:40]!r} is not a request id; use up to 128 letters, digits, '.', '_', ':' or '-' "
+            f"{errors.quote(request_id)} is not a request id; use up to 128 letters, digits, '.', '_', ':' or '-' "
             "(a UUID is a good choice)", "request_id")
+    if request_id.startswith(AUTO_REQUEST_ID):
+        raise errors.InvalidArgument(
+            f"{errors.quote(request_id)} starts {AUTO_REQUEST_ID!r}, which marks the ids the factory gives creates "
+            "sent without one; choose another (a UUID is a good choice)", "request_id")
 
 
 def exec_strings(environment: dict[str, str]) -> list[str]:
@@ -316,12 +322,15 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
     if len(workspace.labels) > MAX_LABELS:
         v.append(("workspace.labels", f"has {len(workspace.labels)} labels; at most {MAX_LABELS}"))
     for key, value in workspace.labels.items():
-        if not LABEL_KEY.match(key):
-            v.append((f"workspace.labels[{key}]", "a label key is 1-63 lower-case letters, digits, '_', '.' or '-', "
-                      "starting with a letter"))
+        if len(key) > names.MAX_LABEL_KEY:  # before its form, and never in a field path: a key may be megabytes
+            v.append(("workspace.labels", f"has a key of {len(key)} characters ({errors.quote(key)}); a label key is "
+                      f"at most {names.MAX_LABEL_KEY}: shorten it"))
+        elif not LABEL_KEY.match(key):
+            v.append((f"workspace.labels[{key}]", f"a label key is 1-{names.MAX_LABEL_KEY} lower-case letters, "
+                      "digits, '_', '.' or '-', starting with a letter"))
         elif not LABEL_VALUE.match(value):
-            v.append((f"workspace.labels[{key}]", f"{value!r}: a label value is up to 63 lower-case letters, "
-                      "digits, '_', '.' or '-'"))
+            v.append((f"workspace.labels[{key}]", f"{errors.quote(value)}: a label value is up to "
+                      f"{names.MAX_LABEL_VALUE} lower-case letters, digits, '_', '.' or '-'"))
     if v:
         raise errors.InvalidArgument(v)
     if not implemented(spec.kind):

@@ -220,8 +220,12 @@ class WorkspaceManager:
                 r = remote.get(name)
                 if r is None:
                     r = self.repository.get(name)
-                if r is None or r.state in (State.TERMINATED, State.TERMINATING):
-                    why = "its record is gone" if r is None else f"the repository says {r.state.value}"
+                elsewhere = r is not None and r.endpoint.manager != self.identity.name and name not in in_transit
+                if r is None or r.state in (State.TERMINATED, State.TERMINATING) or elsewhere:
+                    # (elsewhere: a retried create, finding this manager away, went to another one)
+                    why = "its record is gone" if r is None else (
+                        f"its record names {r.endpoint.manager or 'no manager'}" if elsewhere
+                        else f"the repository says {r.state.value}")
                     with self.held.lock(name):
                         ws = self.state.get(name)  # None: a client's destroy came first
                         if ws is not None:

@@ -4,12 +4,28 @@ for grid accounting."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Callable
 
 from ..common import errors, model, names
 from . import store
 from . import usage as usage_store
 from .db import UnitOfWork
+
+
+def check_usage(usage: model.Usage, path: str) -> list[tuple[str, str]]:
+    """What is wrong with one reported usage (`path`: where it stands in the request, e.g.
+    usage[3]): its name, and every figure that is not a finite amount of 0 or more."""
+    try:
+        names.parse_workspace_name(usage.name, f"{path}.name")
+        violations = []
+    except errors.InvalidArgument as exc:
+        violations = list(exc.violations)
+    for figure in usage_store.FIGURES:
+        value = getattr(usage, figure)
+        if not math.isfinite(value) or value < 0:
+            violations.append((f"{path}.{figure}", f"{value} is not an amount; give a finite figure, 0 or more"))
+    return violations
 
 
 class UsageAccounting:
@@ -21,8 +37,9 @@ class UsageAccounting:
         were kept: those of unknown workspaces, or of workspaces held by another manager, are
         not. Final figures (the workspace ended) are never replaced by later non-final ones."""
         names.parse_manager_name(manager, "manager")
-        for i, u in enumerate(usages):
-            names.parse_workspace_name(u.name, f"usage[{i}].name")
+        violations = [v for i, u in enumerate(usages) for v in check_usage(u, f"usage[{i}]")]
+        if violations:
+            raise errors.InvalidArgument(violations)
         accepted = 0
         with self.uow(write=True) as session:
             now = self.clock()

@@ -38,9 +38,9 @@ class RepositoryClient:
         return [converters.workspace_from_pb(w) for w in clients.listed(self._repo.ListWorkspaces, request,
                                                                           "workspaces")]
 
-    def pending(self) -> list[model.Workspace]:
-        """The creations not yet placed or deployed (the factory drives them on)."""
-        return self.workspaces([model.State.PENDING])
+    def unfinished(self) -> list[model.Workspace]:
+        """The creations not yet ended well, in model.UNFINISHED (the factory drives them on)."""
+        return self.workspaces(model.UNFINISHED)
 
     def workspaces_on(self, manager: str) -> list[model.Workspace]:
         """What `manager` holds, TERMINATED aside."""

@@ -66,16 +66,24 @@ class Lifetimes:
             if row.state in (State.TERMINATING.value, State.TERMINATED.value):
                 raise errors.FailedPrecondition(f"cannot change the termination time of {name}: it is {row.state}")
             now = self.clock()
+            maximum = row.create_time + self.settings.max_lifetime
+            why = (f"the maximum of {maximum.isoformat()} (the site's maximum lifetime, max_lifetime, of "
+                   f"{units.format_duration(self.settings.max_lifetime)} from its creation)")
+            if extend_by is not None:
+                # Compared before it is added: a termination time near year 9999 plus any extension
+                # would pass datetime's range.
+                most = max(maximum - row.termination_time, dt.timedelta(0))
+                if extend_by > most:
+                    raise errors.InvalidArgument(
+                        f"{units.format_duration(extend_by)} would take it past {why}; extend it by at most "
+                        f"{units.format_duration(most)}", "extend_by")
             new = termination_time if termination_time is not None else row.termination_time + extend_by
             field = "termination_time" if termination_time is not None else "extend_by"
-            maximum = row.create_time + self.settings.max_lifetime
             if new <= now:
                 raise errors.InvalidArgument(f"{new.isoformat()} is not in the future; give a later time", field)
             if new > maximum:
-                raise errors.InvalidArgument(
-                    f"{new.isoformat()} is past the maximum of {maximum.isoformat()} (the site's maximum lifetime, "
-                    f"max_lifetime, of {units.format_duration(self.settings.max_lifetime)} from its creation); "
-                    "give an earlier time", "termination_time")
+                raise errors.InvalidArgument(f"{new.isoformat()} is past {why}; give a time at most that",
+                                             "termination_time")
             old = row.termination_time
             row.termination_time = new
             row.update_time = now

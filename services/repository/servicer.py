@@ -159,5 +159,6 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
         return record_pb2.ReportWorkspaceProgressResponse()
 
     def ReportUsage(self, request, context):
-        accepted = self.usage.report_usage(request.manager, [converters.usage_from_pb(u) for u in request.usage])
+        accepted = self.usage.report_usage(request.manager, [converters.usage_from_pb(u, f"usage[{i}]")
+                                                             for i, u in enumerate(request.usage)])
         return record_pb2.ReportUsageResponse(accepted=accepted)

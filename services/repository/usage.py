@@ -15,7 +15,7 @@ from .db import EventRow, UsageRow, WorkspaceRow
 
 URF = "http://schema.ogf.org/urf/2003/09/urf"
 RESOURCE = "vws"
-_FIGURES = ("cpu_seconds", "memory_current_bytes", "memory_peak_bytes", "memory_byte_seconds", "disk_used_bytes",
+FIGURES = ("cpu_seconds", "memory_current_bytes", "memory_peak_bytes", "memory_byte_seconds", "disk_used_bytes",
             "network_rx_bytes", "network_tx_bytes", "seconds_at_memory_limit", "seconds_at_cpu_limit", "oom_kills",
             "samples", "wall_seconds")
 
@@ -51,7 +51,7 @@ def record(session: Session, usage: model.Usage, manager: str, now: dt.datetime)
         row.final = True  # it ended unsampled (its manager lost its book): the figures known stand
         return True
     row.start_time, row.end_time = usage.start_time, usage.end_time
-    for f in _FIGURES:
+    for f in FIGURES:
         setattr(row, f, getattr(usage, f))
     row.final = bool(row.final or usage.final)
     return True
@@ -66,7 +66,7 @@ def to_usage(name: str, row: UsageRow | None) -> model.Usage:
     if row is None:
         return model.Usage(name=name)
     return model.Usage(name=name, start_time=row.start_time, end_time=row.end_time, final=row.final,
-                       **{f: getattr(row, f) for f in _FIGURES})
+                       **{f: getattr(row, f) for f in FIGURES})
 
 
 def get(session: Session, workspace_id: int) -> UsageRow | None:

@@ -83,3 +83,14 @@ def test_undecodable_bytes_are_answered_invalid_argument(stack):
         "/vws.v1.ManagerService/Exec", request_serializer=raw, response_deserializer=raw)
     refused = _refusal(lambda: list(execute(iter([garbage]), timeout=30)))
     assert "is not a valid vws.v1.ExecRequest" in refused.details()
+
+
+def test_a_huge_label_key_is_refused_by_its_length_naming_the_labels(stack_factory):
+    """Checked before its form, and quoted by a short prefix: the answer names `workspace.labels`
+    and the maximum, not a field path cut short in the middle of the key."""
+    stack = stack_factory(managers=0)
+    request = factory_pb2.CreateWorkspaceRequest(request_id=f"r-{stack.tag}-key", workspace=workspace_pb2.Workspace(
+        labels={HUGE: "v"}))
+    refused = _refusal(lambda: clients.factory(stack.factory.address).CreateWorkspace(request, timeout=30))
+    described = violations(refused)["workspace.labels"]
+    assert "20000 characters" in described and "at most 63" in described and len(described) < 200

@@ -234,3 +234,78 @@ class socket_closed_port:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_report_usage_names_each_bad_figure_by_its_place_in_the_request(stack):
+    _, records, maddr, _, _ = stack
+    ws = create(records).workspace
+    place(records, ws.name, maddr)
+
+    def report(*usage):
+        with pytest.raises(grpc.RpcError) as e:
+            records.ReportUsage(record_pb2.ReportUsageRequest(manager=MANAGER, usage=usage), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        return violations(e.value)
+    good = workspace_pb2.WorkspaceUsage(name=ws.name, cpu_seconds=1.5, samples=2)
+    assert report(good, good, good, workspace_pb2.WorkspaceUsage(
+        name=ws.name, start_time=timestamp_pb2.Timestamp(seconds=1, nanos=1_000_000_000))) == ["usage[3].start_time"]
+    assert report(good, workspace_pb2.WorkspaceUsage(name=ws.name, cpu_seconds=float("nan"), oom_kills=-1),
+                  good, workspace_pb2.WorkspaceUsage(name=ws.name, memory_byte_seconds=float("inf"))) == [
+        "usage[1].cpu_seconds", "usage[1].oom_kills", "usage[3].memory_byte_seconds"]
+    assert records.ReportUsage(record_pb2.ReportUsageRequest(manager=MANAGER, usage=[good]), timeout=10).accepted == 1
+
+
+def test_extending_a_termination_time_near_the_end_of_time_is_invalid_argument_not_internal(stack):
+    """A record's termination time may lie in year 9999 (the factory's to set): an extension that
+    would pass datetime's range is refused naming extend_by and the most it may be."""
+    repo, records, _, _, _ = stack
+    latest = create(records, lifetime=dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone.utc) - model.utcnow()
+                    ).workspace
+    ordinary = create(records).workspace
+    for ws, extend_by in ((latest, 60), (latest, converters.MAX_DURATION_SECONDS), (ordinary, 10 ** 9)):
+        with pytest.raises(grpc.RpcError) as e:
+            repo.UpdateTerminationTime(repository_pb2.UpdateTerminationTimeRequest(
+                name=ws.name, extend_by=duration_pb2.Duration(seconds=extend_by)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert violations(e.value) == ["extend_by"] and "at most" in e.value.details()
+    assert repo.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=latest.name)).workspace.termination_time == \
+        latest.termination_time
+
+
+def test_the_factorys_resume_loop_drives_on_creates_a_manager_had_taken(stack):
+    """Cut short by a factory crash after its manager took it: PROPAGATING, or FAILED by that
+    manager's own crash (nothing on the host). The resume loop, over this repository, drives each
+    on as a retry would; a FAILED workspace that was made once is its owner's to destroy (issue 17)."""
+    from vws.common.config import FactorySettings
+    from vws.factory.service import WorkspaceFactory
+    from vws.factory.validation import Limits
+    from vws.repository.client import RepositoryClient
+    repo, records, maddr, _, address = stack
+    gw = RepositoryClient(address)
+    gw.register(model.ManagerInfo(name=MANAGER, address=maddr, kinds=[model.Kind.UNIX_ACCOUNT],
+                                  capacity=model.Capacity(workspaces=8)))
+
+    def reported(name, state, host_identity=""):
+        records.ReportWorkspaceState(record_pb2.ReportWorkspaceStateRequest(
+            name=name, manager=MANAGER, state=state, message="as the manager found it", host_identity=host_identity,
+            change_time=converters.ts_to_pb(model.utcnow())), timeout=10)
+    cut_short = []
+    for request_id, state in (("req-propagating", State.STATE_PROPAGATING), ("req-failed", State.STATE_FAILED)):
+        name = create(records, request_id).workspace.name
+        records.AssignWorkspace(record_pb2.AssignWorkspaceRequest(name=name, endpoint=workspace_pb2.EndpointReference(
+            workspace=name, manager=MANAGER, manager_address=maddr)), timeout=10)
+        reported(name, state)
+        cut_short.append(name)
+    made_once = create(records, "req-vanished").workspace.name
+    place(records, made_once, maddr)
+    reported(made_once, State.STATE_FAILED, "vws-acct")
+
+    class Managers:  # the manager deploys it again, as after its reconcile
+        def deploy(self, address, workspace):
+            reported(workspace.name, State.STATE_RUNNING, "vws-again")
+            return gw.get(workspace.name)
+    later = model.utcnow() + dt.timedelta(hours=1)  # no factory can still be waiting for these deploys
+    factory = WorkspaceFactory(Limits.from_settings(FactorySettings()), gw, Managers(), clock=lambda: later)
+    assert sorted(factory.resume_once(dt.timedelta(seconds=30))) == sorted(cut_short)
+    assert [gw.get(n).state for n in cut_short] == [model.State.RUNNING] * 2
+    assert gw.get(made_once).state is model.State.FAILED

@@ -45,8 +45,8 @@ class FakeRecords:
     def managers(self):
         return [dataclasses.replace(m) for m in self._managers]
 
-    def pending(self):
-        return [w for w in self.records.values() if w.state is model.State.PENDING]
+    def unfinished(self):
+        return [w for w in self.records.values() if w.state in model.UNFINISHED]
 
     def get(self, name):
         return self.records[name]
@@ -55,6 +55,13 @@ class FakeRecords:
 class FakeManagers:
     def __init__(self, records: FakeRecords, refuse: dict[str, grpc.StatusCode] | None = None):
         self.records, self.refuse, self.calls = records, refuse or {}, []
+        self.destroyed: list[tuple[str, str]] = []
+
+    def destroy(self, address, name, reason):
+        if address in self.refuse:
+            raise errors.for_status(self.refuse[address], f"{address} says no")
+        self.destroyed.append((address, name))
+        return model.Workspace(name=name, spec=model.WorkspaceSpec(), state=model.State.TERMINATED)
 
     def deploy(self, address, workspace):
         self.calls.append(address)
@@ -169,6 +176,9 @@ def test_a_deploy_outlasting_the_factorys_wait_keeps_its_record_for_the_manager_
     assert not isinstance(e.value, StillDeploying) and records.deleted == [] and len(records.records) == 1
     out = f.create("req-1", ws())
     assert out.state is model.State.RUNNING and out.endpoint.manager == "managers/a" and mgrs.calls == ["a:1"]
+    mgrs.deploy = slow
+    with pytest.raises(errors.DeadlineExceeded, match="sent without a request_id, .* is undone"):
+        f.create("", ws())  # no retry could find it: the resume loop undoes it
 
 
 def test_the_gateway_tells_its_own_deadline_from_the_managers_answer(monkeypatch):
@@ -387,3 +397,43 @@ def test_a_refusing_manager_is_named_with_its_status_and_the_next_one_tried(limi
     assert dict(e.value.violations) == {"managers/a": "UNAVAILABLE: a:1 says no",
                                         "managers/b": "RESOURCE_EXHAUSTED: b:1 says no"}
     assert mgrs.calls == ["a:1", "b:1"]
+
+
+def test_a_create_without_request_id_the_factory_could_not_answer_is_undone_not_driven_on(limits):
+    """A factory that stopped mid-create left it: once no factory can still be waiting for its
+    deploy, the resume loop destroys it on its manager and removes its record (issue 17, item 9)."""
+    clock = [model.utcnow()]
+    records = FakeRecords([manager("a")])
+    mgrs = FakeManagers(records, refuse={"a:1": grpc.StatusCode.UNAVAILABLE})
+    f = WorkspaceFactory(limits, records, mgrs, clock=lambda: clock[0], deploy_wait=dt.timedelta(minutes=6))
+    rec, _ = records.create_record("auto-1f0e", dataclasses.replace(
+        ws(), create_time=clock[0], request_id="auto-1f0e", endpoint=model.Endpoint("", "managers/a", "a:1")))
+    clock[0] += dt.timedelta(minutes=5)  # its factory may still be waiting for the manager's deploy
+    assert f.resume_once(dt.timedelta(seconds=30)) == [] and mgrs.destroyed == []
+    clock[0] += dt.timedelta(minutes=2)
+    assert f.resume_once(dt.timedelta(seconds=30)) == [] and rec.name in records.records  # its manager is away
+    mgrs.refuse = {}
+    assert f.resume_once(dt.timedelta(seconds=30)) == [rec.name]
+    assert mgrs.destroyed == [("a:1", rec.name)] and mgrs.calls == [] and records.records == {}
+
+
+def test_a_client_may_not_send_a_request_id_of_the_factorys_own(limits):
+    f, records, _ = make(limits, [manager("a")])
+    with pytest.raises(errors.InvalidArgument, match="choose another") as e:
+        f.create("auto-1f0e", ws())
+    assert [field for field, _ in e.value.violations] == ["request_id"] and records.records == {}
+
+
+def test_the_resume_loop_leaves_a_create_a_manager_took_while_a_factory_may_still_wait_for_it(limits):
+    clock = [model.utcnow()]
+    records = FakeRecords([manager("a")])
+    mgrs = FakeManagers(records)
+    f = WorkspaceFactory(limits, records, mgrs, clock=lambda: clock[0], deploy_wait=dt.timedelta(minutes=6))
+    rec, _ = records.create_record("r", dataclasses.replace(
+        ws(), create_time=clock[0], update_time=clock[0], request_id="r", state=model.State.PROPAGATING,
+        endpoint=model.Endpoint("", "managers/a", "a:1")))
+    clock[0] += dt.timedelta(minutes=1)  # its image may still be on its way, a factory waiting for the deploy
+    assert f.resume_once(dt.timedelta(seconds=30)) == [] and mgrs.calls == []
+    clock[0] += dt.timedelta(minutes=6)
+    assert f.resume_once(dt.timedelta(seconds=30)) == [rec.name] and mgrs.calls == ["a:1"]
+    assert records.records[rec.name].state is model.State.RUNNING

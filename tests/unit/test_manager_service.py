@@ -85,6 +85,9 @@ class FakeRepository:
 
     def report(self, manager, report):
         self._check()
+        held_by = self.records[report.name].endpoint.manager if report.name in self.records else ""
+        if held_by and held_by != manager:
+            raise errors.FailedPrecondition(f"{manager} may not report on {report.name}: it is held by {held_by}")
         self.reports.append((report.name, report.state))
         if report.name in self.records:
             self.records[report.name].state = report.state
@@ -287,6 +290,24 @@ def test_a_failed_second_deploy_stays_on_record_failed_with_nothing_on_the_host(
     ws = mgr.state.get(name)
     assert ws.state is State.FAILED and not ws.host_identity and "again failed" in ws.state_message
     assert repo.records[name].state is State.FAILED and backend.accounts == {}
+
+
+def test_reconcile_drops_what_it_holds_of_a_create_a_retry_placed_on_another_manager(parts):
+    """This manager stopped mid-deploy and the retried create, finding it away, went to another
+    manager: its copy here (FAILED at restart, nothing on the host) held room that no record
+    pointed at. One realised here whose answer was lost (the factory moved on) held an account."""
+    mgr, backend, repo = parts
+    from vws.manager.state import LocalWorkspace
+    cut_short, realised = "workspaces/wmovedmovedm", "workspaces/wtwicetwicet"
+    mgr.state.insert(LocalWorkspace(name=cut_short, spec=model.WorkspaceSpec(), state=State.PROPAGATING))
+    mgr.deploy(placed(realised))
+    for n in (cut_short, realised):
+        repo.records[n] = dataclasses.replace(placed(n), state=State.RUNNING,
+                                              endpoint=model.Endpoint(n, "managers/m2", "127.0.0.1:2"))
+    done = mgr.reconcile()
+    assert done["undone"] == [cut_short] and sorted(done["destroyed"]) == sorted([cut_short, realised])
+    assert mgr.state.all() == [] and backend.accounts == {} and mgr.held.allocated() == model.Capacity()
+    assert [repo.records[n].state for n in (cut_short, realised)] == [State.RUNNING] * 2  # the other manager's
 
 
 def test_reconcile_adopts_a_workspace_whose_local_state_was_lost(parts, tmp_path):
