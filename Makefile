@@ -12,7 +12,7 @@ BUF    := .tools/node_modules/.bin/buf
 # Extra arguments, e.g. `make test PYTEST_ARGS='-k manager -x'`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-system setup-python setup-tools setup-libvirt guest gen up down test contract fuzz bench lint fmt clean distclean
+.PHONY: help setup setup-system setup-python setup-tools setup-libvirt guest gen up down test contract fuzz chaos bench lint fmt clean distclean
 
 help:
 	@echo 'make setup      Debian packages, libvirtd, the test guest, .venv (pip install -e .[test]), buf'
@@ -20,6 +20,7 @@ help:
 	@echo 'make test       the whole test suite (tests/)'
 	@echo 'make contract   only tests/contract (protos: buf lint, C++ and Python stubs)'
 	@echo 'make fuzz       the fuzz suite (tests/fuzz) long: FUZZ_EXAMPLES=2000 requests per RPC, then its figures'
+	@echo 'make chaos      the chaos suite (tests/chaos) long: CHAOS_ROUNDS=50 rounds of kill -9, seed CHAOS_SEED (random), then its figures'
 	@echo 'make bench      the benchmarks (bench/), results in bench/results.json'
 	@echo 'make lint       buf lint + buf format check of protos/'
 	@echo 'make fmt        buf format -w protos/'
@@ -61,6 +62,14 @@ contract: setup
 FUZZ_EXAMPLES ?= 2000
 fuzz: setup
 	VWS_FUZZ_RANDOM=1 VWS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) tests/fuzz -q -p no:cacheprovider --timeout=0 $(PYTEST_ARGS)
+
+# The chaos suite runs in `make test` with 3 rounds of seed 17 (VWS_CHAOS_ROUNDS, VWS_CHAOS_SEED); here
+# many, of a seed drawn afresh unless CHAOS_SEED is given. Its figures (rounds, kills per service,
+# operations by outcome, findings by kind, retried creates converged) close the output.
+CHAOS_ROUNDS ?= 50
+CHAOS_SEED ?= random
+chaos: setup
+	VWS_CHAOS_SEED=$(CHAOS_SEED) VWS_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(PYTEST) tests/chaos -q -p no:cacheprovider --timeout=0 $(PYTEST_ARGS)
 
 bench: setup
 	@test -d bench || { echo 'no bench/ directory' >&2; exit 1; }

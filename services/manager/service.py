@@ -220,23 +220,27 @@ class WorkspaceManager:
                 r = remote.get(name)
                 if r is None:
                     r = self.repository.get(name)
-                elsewhere = r is not None and r.endpoint.manager != self.identity.name and name not in in_transit
+                # A deploy whose answer a crash took: the factory placed it on another manager too.
+                elsewhere = (r is not None and r.endpoint.manager not in ("", self.identity.name)
+                             and name not in in_transit)
                 if r is None or r.state in (State.TERMINATED, State.TERMINATING) or elsewhere:
-                    # (elsewhere: a retried create, finding this manager away, went to another one)
-                    why = "its record is gone" if r is None else (
-                        f"its record names {r.endpoint.manager or 'no manager'}" if elsewhere
-                        else f"the repository says {r.state.value}")
+                    why = ("its record is gone" if r is None else f"{r.endpoint.manager} holds it" if elsewhere
+                           else f"the repository says {r.state.value}")
                     with self.held.lock(name):
                         ws = self.state.get(name)  # None: a client's destroy came first
                         if ws is not None:
                             self.accounting.finalise(ws)
                             self.backend.destroy(ws.handle)
-                            self.held.record(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
-                                             model.EventType.RECONCILED)
+                            # the record is another manager's: nothing to tell the repository of it
+                            self.state.change(ws, State.TERMINATED, f"destroyed at reconciliation: {why}",
+                                              model.EventType.RECONCILED, report=not elsewhere)
+                            self.flush()
                     del local[name]
                     done["destroyed"].append(name)
             for name, r in remote.items():
-                if name in local or r.state in (State.PENDING, State.TERMINATED, State.FAILED):
+                # One destroyed above is not taken back (as FAILED: no account) for its TERMINATING record.
+                if name in local or name in done["destroyed"] or r.state in (State.PENDING, State.TERMINATED,
+                                                                             State.FAILED):
                     continue
                 # The repository places it here but this manager has no record of it (local state
                 # lost): adopt it if its account is still on the host, otherwise it failed.

@@ -230,39 +230,53 @@ class Stack:
         remove_domains(f"managers/t{self.tag}-")
 
 
-def remove_domains(manager_prefix: str) -> list[str]:
-    """The libvirt domains a test's managers left (found by their vws metadata): powered off
-    and undefined. Returns their names."""
+@contextlib.contextmanager
+def domains_of(manager_prefix: str):
+    """Yields [(domain, (its workspace's name, its manager's name), its XML)] of the libvirt domains whose vws metadata
+    names a manager under manager_prefix (none without libvirt), the connection open meanwhile."""
     try:
         import libvirt
         from vws.manager.backends.vm import domain
     except ImportError:
-        return []
+        yield []
+        return
     libvirt.registerErrorHandler(lambda *_: None, None)
     try:
         conn = libvirt.open("qemu:///system")
     except libvirt.libvirtError:
-        return []
-    removed = []
+        yield []
+        return
     try:
+        found = []
         for d in conn.listAllDomains(0):
             try:
-                owner = domain.workspace_of(d.XMLDesc(0))
+                xml = d.XMLDesc(0)
             except libvirt.libvirtError:
                 continue
+            owner = domain.workspace_of(xml)
             if owner and owner[1].startswith(manager_prefix):
-                xml = d.XMLDesc(0)
-                if d.isActive():
-                    d.destroy()
-                d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-                removed.append(d.name())
-                # Its bridge and veth pair (backends.vm), and the link's address reservation.
-                for index in re.findall(r"<source bridge=.vwsb(\d+).", xml):
-                    for dev in (f"vwsb{index}", f"vwsn{index}"):
-                        subprocess.run(["ip", "link", "del", dev], capture_output=True)
-                    pathlib.Path(f"/run/vws/net/{index}").unlink(missing_ok=True)
+                found.append((d, owner, xml))
+        yield found
     finally:
         conn.close()
+
+
+def remove_domains(manager_prefix: str) -> list[str]:
+    """The libvirt domains a test's managers left (found by their vws metadata): powered off
+    and undefined. Returns their names."""
+    removed = []
+    with domains_of(manager_prefix) as found:
+        for d, _, xml in found:
+            import libvirt
+            if d.isActive():
+                d.destroy()
+            d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            removed.append(d.name())
+            # Its bridge and veth pair (backends.vm), and the link's address reservation.
+            for index in re.findall(r"<source bridge=.vwsb(\d+).", xml):
+                for dev in (f"vwsb{index}", f"vwsn{index}"):
+                    subprocess.run(["ip", "link", "del", dev], capture_output=True)
+                pathlib.Path(f"/run/vws/net/{index}").unlink(missing_ok=True)
     return removed
 
 

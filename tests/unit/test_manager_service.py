@@ -106,7 +106,8 @@ class FakeRepository:
 
     def workspaces_on(self, manager):
         self._check()
-        return [w for w in self.records.values() if w.endpoint.manager == manager]
+        # copies, as the wire gives: a report made after the listing does not change what it listed
+        return [dataclasses.replace(w) for w in self.records.values() if w.endpoint.manager == manager]
 
     def get(self, name):
         self._check()
@@ -397,3 +398,31 @@ def test_two_overlapping_destroys_both_answer_terminated(tmp_path):
     assert [what for what, _ in backend.log].count("destroy") == 1
     assert [s for n, s in repo.reports if n == name] == [State.RUNNING, State.TERMINATING, State.TERMINATED]
     close(mgr)
+
+
+def test_reconcile_destroys_its_copy_of_a_workspace_another_manager_holds(parts):
+    """The deploy finished here but the crash took the answer: the factory placed the workspace
+    on another manager, which made it too. Found by the chaos suite (seed 2246100703, round 4):
+    this manager's account, cgroup and filesystem stayed for the workspace's whole life."""
+    mgr, backend, repo = parts
+    name = "workspaces/wtwicetwicet"
+    repo.records[name] = placed(name)
+    mgr.deploy(placed(name))
+    repo.records[name] = dataclasses.replace(placed(name), state=State.RUNNING,
+                                             endpoint=model.Endpoint(name, "managers/m2", "127.0.0.1:2"))
+    repo.reports.clear()
+    done = mgr.reconcile()
+    assert done["destroyed"] == [name] and backend.accounts == {} and mgr.state.get(name) is None
+    # nothing said of it to the repository: the record is the other manager's
+    assert repo.reports == [] and repo.records[name].state is State.RUNNING
+
+
+def test_reconcile_does_not_take_back_as_failed_what_it_destroyed_for_its_ended_record(parts):
+    mgr, backend, repo = parts
+    name = "workspaces/wendingendin"
+    repo.records[name] = placed(name)
+    mgr.deploy(placed(name))
+    repo.records[name].state = State.TERMINATING  # its destroy did not reach this manager
+    done = mgr.reconcile()
+    assert done["destroyed"] == [name] and done["vanished"] == []
+    assert mgr.state.get(name) is None and (name, State.FAILED) not in repo.reports
