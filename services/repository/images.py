@@ -42,7 +42,7 @@ def check_source(path: str) -> tuple[os.stat_result, model.FileFormat]:
     if not path:
         raise SourceError("is empty; give the absolute path of the file, on the repository's host")
     if not os.path.isabs(path):
-        raise SourceError(f"{path!r} is not an absolute path; give it whole, like /var/lib/vws/guest/vmlinuz "
+        raise SourceError(f"{path!r} is not an absolute path; give it whole, like /srv/images/vmlinuz "
                           "(the repository reads it on its own host, not the client)")
     try:
         st = os.stat(path)

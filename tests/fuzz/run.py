@@ -358,9 +358,10 @@ class Run:
     # -- exec in a workspace created by the fuzzer -------------------------------------------
 
     def exec_true(self, name: str) -> str:
-        """'' when `true` runs in the workspace, else why not."""
+        """'' when `true` runs in the workspace, else why not. By its whole path: a PATH the
+        request set is the owner's choice (PATH=1 finds nothing, as in any shell)."""
         def requests():
-            yield manager_pb2.ExecRequest(name=name, argv=["true"], close_stdin=True)
+            yield manager_pb2.ExecRequest(name=name, argv=["/bin/true"], close_stdin=True)
         try:
             for msg in clients.manager(self.stack.managers["m0"].address).Exec(requests(), timeout=30):
                 if msg.WhichOneof("output") == "exit_status":
