@@ -90,3 +90,42 @@ def test_a_skeleton_larger_than_the_workspaces_disk_names_disk_bytes(tmp_path, s
             b.realise(new_wid(), spec)
         assert e.value.violations[0][0] == "workspace.spec.resources.disk_bytes"
         assert b.inventory() == {} and b.disks.images() == []
+
+
+def staging(path: str, size: int) -> model.WorkspaceSpec:
+    return model.WorkspaceSpec(software=model.Software(files=[model.StagedFile("x", b""),
+                                                              model.StagedFile(path, b"x" * size, 0o644)]))
+
+
+def test_staged_files_past_the_hosts_disk_are_resource_exhausted(tmp_path, tiny_base, skel):
+    """os.write's ENOSPC came back as INTERNAL."""
+    s = settings(tmp_path, "dynamic-accounts", skel, tiny_base)
+    with driven(DynamicAccounts(s), (s.account_prefix,)) as b:
+        wid = new_wid()
+        with pytest.raises(errors.ResourceExhausted) as e:
+            b.realise(wid, staging("data/big", 2 * MiB))
+        assert "host's disk holding" in e.value.message and "'data/big'" in e.value.message
+        assert getpw(b.account_name(wid)) is None and os.listdir(tiny_base) == []
+
+
+def test_staged_files_past_the_workspaces_disk_name_disk_bytes(tmp_path, skel):
+    s = settings(tmp_path, "account-pool", skel)
+    with driven(AccountPool(s), (s.pool_prefix,)) as b:
+        spec = staging("big", 24 * MiB)
+        spec.resources.disk_bytes = 1 * MiB
+        with pytest.raises(errors.ResourceExhausted) as e:
+            b.realise(new_wid(), spec)
+        assert e.value.violations[0][0] == "workspace.spec.resources.disk_bytes"
+        assert b.inventory() == {}
+
+
+def test_a_staged_file_where_the_skeleton_has_a_directory_is_the_callers_to_rename(tmp_path, skel):
+    """open() of a directory raised IsADirectoryError: INTERNAL."""
+    s = settings(tmp_path, "dynamic-accounts", skel, tmp_path / "homes")
+    (tmp_path / "homes").mkdir()
+    with driven(DynamicAccounts(s), (s.account_prefix,)) as b:
+        wid = new_wid()
+        with pytest.raises(errors.InvalidArgument) as e:
+            b.realise(wid, staging("bin", 10))
+        assert e.value.violations[0][0] == "workspace.spec.software.files[1].path"
+        assert "skeleton" in e.value.message and getpw(b.account_name(wid)) is None

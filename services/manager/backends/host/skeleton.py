@@ -19,12 +19,7 @@ def home_error(exc: OSError, home: Path, skeleton: Path, entry: str = "", disk: 
     """The domain error for exc, met making home or copying skeleton/entry into it. disk: the
     field that sized home's filesystem when it is the workspace's own, "" for the host's."""
     if exc.errno in FULL:
-        if disk:
-            what = f"the workspace's disk ({disk}) has no room for the skeleton {skeleton}"
-            return errors.ResourceExhausted(f"{what}; ask for a larger disk", [(disk, f"{what}; ask for more")])
-        what = f"{exc.strerror.lower()} on the host's disk holding {home}"
-        return errors.ResourceExhausted(f"no room to make the workspace's home: {what}",
-                                        [(f"host disk of {home.parent}", what)])
+        return no_room(f"the skeleton {skeleton}", home, disk)
     if not entry:
         return errors.FailedPrecondition(
             f"the workspace's home {home} cannot be made: {exc.strerror or exc}; the site's operator must make "
@@ -32,6 +27,15 @@ def home_error(exc: OSError, home: Path, skeleton: Path, entry: str = "", disk: 
     return errors.FailedPrecondition(
         f"the skeleton entry {skeleton / entry} cannot be copied into the workspace's home {home}: "
         f"{exc.strerror or exc}; the site's operator must fix the skeleton directory {skeleton}")
+
+
+def no_room(what: str, home: Path, disk: str = "") -> errors.ResourceExhausted:
+    """The error for a full disk met writing `what` into home; disk: as for home_error."""
+    if disk:
+        full = f"the workspace's disk ({disk}) has no room for {what}"
+        return errors.ResourceExhausted(f"{full}; ask for a larger disk", [(disk, f"{full}; ask for more")])
+    full = f"the host's disk holding {home} has no room for {what}"
+    return errors.ResourceExhausted(full, [(f"host disk of {home.parent}", full)])
 
 
 def make_home(home: Path, skeleton: Path, uid: int, gid: int) -> None:
