@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ....common import errors, model
 from ..base import ExecOptions, SetupFailed, SetupTimedOut
-from ..host import skeleton
+from ..host.room import FULL, no_room
 from ..host.cgroups import CgroupDriver
 from .programs import ENV_NAME, Programs
 
@@ -33,9 +33,9 @@ def host_refusals(home: Path, path: str, field: str):
     try:
         yield
     except OSError as exc:
-        if exc.errno in skeleton.FULL:
+        if exc.errno in FULL:
             disk = "workspace.spec.resources.disk_bytes" if os.path.ismount(home) else ""
-            raise skeleton.no_room(errors.quote(path), home, disk) from None
+            raise no_room(errors.quote(path), home, disk) from None
         if exc.errno in IN_THE_WAY:
             raise errors.InvalidArgument(
                 f"{errors.quote(path)} cannot be written in the workspace's home: {exc.strerror} (the site's skeleton "

@@ -11,9 +11,7 @@ import stat
 from pathlib import Path
 
 from ....common import errors
-
-FULL = (errno.ENOSPC, errno.EDQUOT)
-
+from .room import FULL, no_room
 
 def home_error(exc: OSError, home: Path, skeleton: Path, entry: str = "", disk: str = "") -> errors.VwsError:
     """The domain error for exc, met making home or copying skeleton/entry into it. disk: the
@@ -27,15 +25,6 @@ def home_error(exc: OSError, home: Path, skeleton: Path, entry: str = "", disk: 
     return errors.FailedPrecondition(
         f"the skeleton entry {skeleton / entry} cannot be copied into the workspace's home {home}: "
         f"{exc.strerror or exc}; the site's operator must fix the skeleton directory {skeleton}")
-
-
-def no_room(what: str, home: Path, disk: str = "") -> errors.ResourceExhausted:
-    """The error for a full disk met writing `what` into home; disk: as for home_error."""
-    if disk:
-        full = f"the workspace's disk ({disk}) has no room for {what}"
-        return errors.ResourceExhausted(f"{full}; ask for a larger disk", [(disk, f"{full}; ask for more")])
-    full = f"the host's disk holding {home} has no room for {what}"
-    return errors.ResourceExhausted(full, [(f"host disk of {home.parent}", full)])
 
 
 def make_home(home: Path, skeleton: Path, uid: int, gid: int) -> None:
