@@ -274,6 +274,20 @@ def test_an_exec_request_larger_than_one_kernel_argument_reaches_the_guest(stack
     wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
 
 
+def test_an_environment_leaving_the_guest_agent_no_room_is_refused_before_anything_is_made(stack, guest):
+    """Such a workspace was made, and every exec in it was then refused (issue 17, item 5)."""
+    add_image(stack, guest)
+    spec = workspace_pb2.WorkspaceSpec(kind=VM, software=workspace_pb2.SoftwareConfiguration(
+        image="busybox", environment={f"V{i}": "v" * 4000 for i in range(30)}),  # admission takes 128 of 4 KiB
+        resources=workspace_pb2.ResourceAllocation(memory_bytes=128 * MiB, disk_bytes=256 * MiB))
+    with pytest.raises(grpc.RpcError) as e:
+        clients.factory(stack.factory.address).CreateWorkspace(factory_pb2.CreateWorkspaceRequest(
+            request_id=str(uuid.uuid4()), workspace=W(spec=spec, owner="alice")), timeout=120)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "guest agent" in e.value.details() and "environment" in e.value.details()
+    assert domains_of(stack) == []
+
+
 def test_orphan_domains_are_only_reported_when_so_configured(stack_factory, guest):
     stack = stack_factory(vm_orphans="report")
     from vws.manager.backends.vm import domain as dx

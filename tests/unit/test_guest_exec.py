@@ -81,3 +81,12 @@ def test_a_request_the_guest_agent_cannot_take_is_the_callers_to_fix(monkeypatch
     with pytest.raises(errors.InvalidArgument) as e:
         agent.GuestAgent("qemu:///test", 1.0).spawn(HANDLE, options)
     assert e.value.violations[0][0] == "environment"
+
+
+def test_a_workspace_environment_must_leave_the_guest_agent_room_for_programs():
+    """Such a workspace was made, and every exec in it was then refused."""
+    agent.check_environment({"A": "a" * 60_000})
+    with pytest.raises(errors.InvalidArgument) as e:
+        agent.check_environment({"A": "a" * 60_000, "B": "b" * 60_000})
+    assert e.value.violations[0][0] == "workspace.spec.software.environment"
+    assert str(agent.MAX_COMMAND_BYTES // 2) in e.value.message

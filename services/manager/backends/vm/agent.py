@@ -82,6 +82,17 @@ class GuestAgent:
             os.close(fd)
 
 
+def check_environment(environment: dict[str, str]) -> None:
+    """InvalidArgument when a workspace's environment, which every program it runs receives,
+    takes more than half of what the guest agent takes in one command (the rest is the program's)."""
+    size = len(exec_command(ExecOptions(["true"], environment, "")).encode("utf-8", "surrogatepass"))
+    if size > MAX_COMMAND_BYTES // 2:
+        raise errors.InvalidArgument(
+            f"takes {size} bytes in the guest agent's command of every program; at most {MAX_COMMAND_BYTES // 2} "
+            f"(half the {MAX_COMMAND_BYTES} the agent takes in one, control characters 6 bytes each): shorten it, "
+            "or stage a file with the values and read it", "workspace.spec.software.environment")
+
+
 def exec_command(options: ExecOptions) -> str:
     """The guest-exec command running options' program, as the agent receives it (JSON, UTF-8 as
     is: only control characters are escaped)."""
