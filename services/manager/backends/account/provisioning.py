@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ....common import errors, model
 from ..base import ExecOptions, SetupFailed, SetupTimedOut
-from ..host.room import FULL, no_room
 from ..host.cgroups import CgroupDriver
+from ..host.room import FULL, no_room
 from .programs import ENV_NAME, Programs
 
 SETUP_TAIL_LINES = 20

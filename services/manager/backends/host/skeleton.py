@@ -13,6 +13,7 @@ from pathlib import Path
 from ....common import errors
 from .room import FULL, no_room
 
+
 def home_error(exc: OSError, home: Path, skeleton: Path, entry: str = "", disk: str = "") -> errors.VwsError:
     """The domain error for exc, met making home or copying skeleton/entry into it. disk: the
     field that sized home's filesystem when it is the workspace's own, "" for the host's."""
