@@ -62,10 +62,26 @@ def check(argv: list[str], environment: Mapping[str, str], working_directory: st
     args_cost = sum(cost(a) for a in argv)
     env_cost = sum(cost(f"{k}={val}") for k, val in {**(inherited or {}), **environment}.items())
     if args_cost + env_cost > MAX_TOTAL_BYTES:
-        own = sum(cost(f"{k}={val}") for k, val in environment.items())
-        v.append(("argv" if args_cost >= own else "environment",
+        v.append((_larger(argv, environment),
                   f"argv ({args_cost} bytes) and environment ({env_cost} bytes, the workspace's own included) come to "
                   f"{args_cost + env_cost} bytes; at most {MAX_TOTAL_BYTES} in all (each string counts its UTF-8 "
                   f"bytes plus {STRING_OVERHEAD}); pass large data on standard input or in a file"))
     if v:
         raise errors.InvalidArgument(v[:MAX_VIOLATIONS])
+
+
+def check_encoded(argv: list[str], environment: Mapping[str, str], encoded_bytes: int, limit: int,
+                  carrier: str) -> None:
+    """InvalidArgument when a backend's carrier (e.g. the guest agent) takes fewer bytes than the
+    request encodes to (encoded_bytes, escapes included) although each string passed check."""
+    if encoded_bytes > limit:
+        raise errors.InvalidArgument(
+            f"argv and environment encode to {encoded_bytes} bytes for {carrier}, which takes at most {limit} "
+            "(control characters count 6 bytes each); pass large data on standard input or in a file",
+            _larger(argv, environment))
+
+
+def _larger(argv: list[str], environment: Mapping[str, str]) -> str:
+    """The field to name when argv and environment are too much together: the larger."""
+    own = sum(cost(f"{k}={val}") for k, val in environment.items())
+    return "argv" if sum(cost(a) for a in argv) >= own else "environment"

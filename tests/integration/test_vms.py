@@ -18,6 +18,7 @@ import pytest
 from tests.integration.stack import wait_until
 from tests.integration.test_workspaces import get, repo, run
 from vws.common import clients
+from vws.manager.backends.vm.agent import MAX_COMMAND_BYTES
 from vws.v1 import factory_pb2, image_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
@@ -250,6 +251,41 @@ def test_a_guest_without_an_agent_says_so(stack, guest):
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "guest agent" in e.value.details()
     repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
     wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+
+
+def test_an_exec_request_larger_than_one_kernel_argument_reaches_the_guest(stack, guest):
+    """The request reached the helper process as one argument: 150 KiB of argv and environment
+    failed E2BIG (MAX_ARG_STRLEN is 128 KiB) though the exec limits accept it (issue 17)."""
+    add_image(stack, guest)
+    ws = create_vm(stack)
+    code, out, err = run(stack, ws, ["sh", "-c", 'echo ${#BIG} ${#1} "$SNOW"', "sh", "a" * 75_000],
+                         env={"BIG": "b" * 75_000, "SNOW": "snow ☃"})
+    assert (code, out) == (0, "75000 75000 snow ☃\n"), err
+    # Just under what the guest agent takes runs...
+    code, out, err = run(stack, ws, ["sh", "-c", "echo $#", "sh"] + ["a" * 95_000] * 2)
+    assert (code, out) == (0, "2\n"), err
+    # ... and over it is the caller's to fix, named with the limit (the agent would stop answering).
+    with pytest.raises(grpc.RpcError) as e:
+        run(stack, ws, ["sh", "-c", "echo $#", "sh"] + ["\x01" * 40_000])  # escaped: 6 bytes each
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "guest agent" in e.value.details() and str(MAX_COMMAND_BYTES) in e.value.details()
+    assert exec_ok(stack, ws, ["echo", "still here"]) == "still here\n"
+    repo(stack).DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=120)
+    wait_until(lambda: get(stack, ws.name).state == W.STATE_TERMINATED, what="TERMINATED")
+
+
+def test_an_environment_leaving_the_guest_agent_no_room_is_refused_before_anything_is_made(stack, guest):
+    """Such a workspace was made, and every exec in it was then refused (issue 17, item 5)."""
+    add_image(stack, guest)
+    spec = workspace_pb2.WorkspaceSpec(kind=VM, software=workspace_pb2.SoftwareConfiguration(
+        image="busybox", environment={f"V{i}": "v" * 4000 for i in range(30)}),  # admission takes 128 of 4 KiB
+        resources=workspace_pb2.ResourceAllocation(memory_bytes=128 * MiB, disk_bytes=256 * MiB))
+    with pytest.raises(grpc.RpcError) as e:
+        clients.factory(stack.factory.address).CreateWorkspace(factory_pb2.CreateWorkspaceRequest(
+            request_id=str(uuid.uuid4()), workspace=W(spec=spec, owner="alice")), timeout=120)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "guest agent" in e.value.details() and "environment" in e.value.details()
+    assert domains_of(stack) == []
 
 
 def test_orphan_domains_are_only_reported_when_so_configured(stack_factory, guest):

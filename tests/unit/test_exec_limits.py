@@ -58,3 +58,11 @@ def test_every_violation_is_named_with_a_bounded_message():
     many = refused(["/bin/echo"] + ["\0"] * 100)
     assert len(many) == exec_limits.MAX_VIOLATIONS
     assert len(str(errors.InvalidArgument(list(many.items())))) < 1024
+
+
+def test_a_backends_carrier_may_take_less_than_the_kernel():
+    exec_limits.check_encoded(["/bin/echo", "x"], {"A": "b"}, 1000, 1000, "the guest agent")
+    with pytest.raises(errors.InvalidArgument) as e:
+        exec_limits.check_encoded(["/bin/echo"], {"A": "b" * 900}, 1001, 1000, "the guest agent")
+    assert e.value.violations[0][0] == "environment"
+    assert "1001 bytes for the guest agent, which takes at most 1000" in e.value.message

@@ -48,3 +48,20 @@ def test_a_missing_source_names_the_store(tmp_path):
     (tmp_path / "src.img").unlink()
     with pytest.raises(errors.FailedPrecondition, match="not in the image store"):
         ImageCache(tmp_path / "cache").ensure(image, f)
+
+
+@pytest.mark.requires(__import__("os").geteuid() != 0, "needs root: mounts a tmpfs")
+def test_a_full_cache_disk_is_resource_exhausted_and_nothing_is_kept(tmp_path):
+    """copysum's ENOSPC came back as OSError: INTERNAL."""
+    import subprocess
+    image, f = image_file(tmp_path, b"w" * 3_000_000)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "vws-test-cache", str(cache_dir)], check=True)
+    try:
+        with pytest.raises(errors.ResourceExhausted) as e:
+            ImageCache(cache_dir).ensure(image, f)
+        assert f"host's disk holding {cache_dir}" in e.value.message and "images/t" in e.value.message
+        assert list(cache_dir.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "--lazy", str(cache_dir)], capture_output=True)

@@ -96,6 +96,7 @@ class BackendSettings:
     quarantine_seconds: float = 60.0
     max_workspaces: int = 64
     skeleton_dir: Path = Path("/etc/skel")
+    home_base: Path | None = None  # where account homes are made; None: useradd's (HOME in /etc/default/useradd)
     cgroup_root: Path = Path("/sys/fs/cgroup")  # ManagerSettings.cgroup_root is a str: coerced below
     memory_bytes: int = 0  # 0: the host's total RAM
     disk_bytes: int = 0  # 0: the free space of state_dir
@@ -108,6 +109,7 @@ class BackendSettings:
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
         self.skeleton_dir = Path(self.skeleton_dir)
+        self.home_base = Path(self.home_base) if self.home_base else None
         self.cgroup_root = Path(self.cgroup_root)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import grp
 import logging
-import os
 import pwd
 import subprocess
 import time
@@ -153,15 +152,12 @@ class AccountBackend(Backend):
         users.unlock(name)
 
     # ------------------------------------------------------------------ staging
-    def prepare_or_undo(self, account: str, workspace_id: str, spec: model.WorkspaceSpec,
-                        private_home: bool = False) -> HostHandle:
+    def prepare_or_undo(self, account: str, workspace_id: str, spec: model.WorkspaceSpec) -> HostHandle:
         """prepare the workspace on its account; on any failure destroy what realise made and
         raise the failure."""
         handle = HostHandle(workspace_id, account)
         try:
             pw = pwd.getpwnam(account)
-            if private_home:
-                os.chmod(pw.pw_dir, 0o700)  # other workspaces' accounts on this host must not read it
             self.prepare(pw, workspace_id, spec)
         except BaseException:
             try:

@@ -9,7 +9,7 @@ from ....common import errors, model
 from ..base import BackendSettings, HostHandle
 from ..host.cgroups import CgroupDriver
 from .backend import AccountBackend
-from .users import MAX_ACCOUNT_NAME, TYPICAL_WORKSPACE_ID, getpw, run_account_tool, validate_prefix
+from .users import MAX_ACCOUNT_NAME, TYPICAL_WORKSPACE_ID, add_account, getpw, run_account_tool, validate_prefix
 
 
 class DynamicAccounts(AccountBackend):
@@ -60,10 +60,8 @@ class DynamicAccounts(AccountBackend):
             raise errors.FailedPrecondition(f"account {name} already exists on the host and is not "
                                             f"workspace {workspace_id}'s")
         self.check_admission(spec)
-        run_account_tool(["useradd", "--create-home", "--skel", str(self.settings.skeleton_dir),
-                          "--shell", "/bin/bash", "--comment", self.gecos(workspace_id),
-                          "--expiredate", "1", "--user-group", name])
-        return self.prepare_or_undo(name, workspace_id, spec, private_home=True)
+        add_account(name, self.gecos(workspace_id), self.settings.skeleton_dir, self.settings.home_base)
+        return self.prepare_or_undo(name, workspace_id, spec)
 
     def destroy(self, handle: HostHandle) -> None:
         pw = getpw(handle.host_identity)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ....common import errors, model
 from ..base import BackendSettings, HostHandle
+from ..host import skeleton
 from ..host.cgroups import CgroupDriver
 from .backend import AccountBackend
-from .users import getpw, run_account_tool, supplementary_groups, validate_prefix
+from .users import add_account, getpw, run_account_tool, supplementary_groups, validate_prefix
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -55,10 +56,7 @@ class AccountPool(AccountBackend):
         for name in self.accounts:
             pw = getpw(name)
             if pw is None:
-                run_account_tool(["useradd", "--create-home", "--skel", str(self.settings.skeleton_dir),
-                                  "--shell", "/bin/bash", "--comment", self.gecos, "--expiredate", "1",
-                                  "--user-group", name])
-                os.chmod(pwd.getpwnam(name).pw_dir, 0o700)
+                add_account(name, self.gecos, self.settings.skeleton_dir, self.settings.home_base)
                 self._foreign.discard(name)
             elif pw.pw_gecos != self.gecos:
                 if name not in self._foreign:
@@ -123,12 +121,7 @@ class AccountPool(AccountBackend):
                 shutil.rmtree(e.path)
             else:
                 os.unlink(e.path)
-        skel = self.settings.skeleton_dir
-        if skel.is_dir():
-            shutil.copytree(skel, home, symlinks=True, dirs_exist_ok=True)
-        for root, dirs, files in os.walk(home):
-            for n in dirs + files:
-                os.lchown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
+        skeleton.fill(home, self.settings.skeleton_dir, pw.pw_uid, pw.pw_gid)
         os.chown(home, pw.pw_uid, pw.pw_gid)
         os.chmod(home, 0o700)
 

@@ -2,6 +2,8 @@
 environment its logins see) and runs its set-up script as the account."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
 import secrets
@@ -15,10 +17,30 @@ from pathlib import Path
 from ....common import errors, model
 from ..base import ExecOptions, SetupFailed, SetupTimedOut
 from ..host.cgroups import CgroupDriver
+from ..host.room import FULL, no_room
 from .programs import ENV_NAME, Programs
 
 SETUP_TAIL_LINES = 20
 SETUP_TAIL_CHARS = 4000
+# What stands in the way of a staged file: an entry of the skeleton (a directory, a symlink).
+IN_THE_WAY = (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG)
+
+
+@contextlib.contextmanager
+def host_refusals(home: Path, path: str, field: str):
+    """Writing path into home: a full disk is RESOURCE_EXHAUSTED, an entry in the way the caller's
+    INVALID_ARGUMENT naming field, not an OSError (INTERNAL)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            disk = "workspace.spec.resources.disk_bytes" if os.path.ismount(home) else ""
+            raise no_room(errors.quote(path), home, disk) from None
+        if exc.errno in IN_THE_WAY:
+            raise errors.InvalidArgument(
+                f"{errors.quote(path)} cannot be written in the workspace's home: {exc.strerror} (the site's skeleton "
+                "has something there); stage it under another name", field) from None
+        raise
 
 
 class Provisioner:
@@ -64,31 +86,35 @@ class Provisioner:
             raise errors.InvalidArgument(
                 f"{f.path!r} is not inside the workspace's home; give a path relative to the home "
                 "directory, e.g. 'bin/run.sh'", field)
-        d = self._mkdirs(pw, home, parts[:-1], field)
-        fd = os.open(d / parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchown(fd, pw.pw_uid, pw.pw_gid)
-            os.fchmod(fd, f.mode & 0o777)
-            view = memoryview(f.content)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        with host_refusals(home, f.path, field):
+            d = self._mkdirs(pw, home, parts[:-1], field)
+            fd = os.open(d / parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchown(fd, pw.pw_uid, pw.pw_gid)
+                os.fchmod(fd, f.mode & 0o777)
+                view = memoryview(f.content)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
 
     def _write_environment(self, pw: pwd.struct_passwd, home: Path, env: dict[str, str]) -> None:
         """~/.vws/environment.sh (sourced by ~/.profile) so logins see the spec's environment."""
-        d = self._mkdirs(pw, home, (".vws",))
+        field = "workspace.spec.software.environment"
+        with host_refusals(home, ".vws", field):
+            d = self._mkdirs(pw, home, (".vws",))
         text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if ENV_NAME.match(k))
         self.stage(pw, home, model.StagedFile(str(d.relative_to(home) / "environment.sh"),
-                                              text.encode(), 0o644), "workspace.spec.software.environment")
+                                              text.encode(), 0o644), field)
         profile = home / ".profile"
         hook = b'\n[ -r "$HOME/.vws/environment.sh" ] && . "$HOME/.vws/environment.sh"\n'
-        fd = os.open(profile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.fchown(fd, pw.pw_uid, pw.pw_gid)
-            os.write(fd, hook)
-        finally:
-            os.close(fd)
+        with host_refusals(home, ".profile", field):
+            fd = os.open(profile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchown(fd, pw.pw_uid, pw.pw_gid)
+                os.write(fd, hook)
+            finally:
+                os.close(fd)
 
     def _run_setup(self, pw: pwd.struct_passwd, workspace_id: str, spec: model.WorkspaceSpec) -> None:
         home = Path(pw.pw_dir)

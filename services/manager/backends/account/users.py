@@ -9,8 +9,10 @@ import shlex
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from ....common import errors
+from ..host import skeleton as home_skeleton
 
 ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_-]*$")
 MAX_ACCOUNT_NAME = 32
@@ -34,6 +36,24 @@ def run_account_tool(argv: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.
             time.sleep(0.02)
             continue
         raise errors.BackendError(f"{shlex.join(argv)} failed with status {r.returncode}: {r.stderr.strip()}")
+
+
+def add_account(name: str, gecos: str, skeleton: Path, home_base: Path | None) -> pwd.struct_passwd:
+    """A new account, locked (expired), with a group and a home (mode 0700) of its own holding a
+    copy of skeleton, made under home_base (None: useradd's). The home is made here, not by
+    useradd: its skeleton copy ignores a full disk (files cut short, status 0). On any failure
+    nothing is left and the domain error is raised (skeleton.home_error)."""
+    argv = ["useradd", "--no-create-home", "--shell", "/bin/bash", "--comment", gecos, "--expiredate", "1",
+            "--user-group"]
+    run_account_tool(argv + (["--base-dir", str(home_base)] if home_base else []) + [name])
+    try:
+        pw = pwd.getpwnam(name)
+        home_skeleton.make_home(Path(pw.pw_dir), skeleton, pw.pw_uid, pw.pw_gid)
+    except BaseException:
+        # Without --remove: a home that was there before is not this account's to delete.
+        run_account_tool(["userdel", "--force", name], ok=(0, 6))
+        raise
+    return pw
 
 
 def validate_prefix(prefix: str, field: str, suffix_length: int) -> None:

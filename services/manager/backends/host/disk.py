@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ....common import errors, units
+from . import skeleton as skeleton_copy
 
 log = logging.getLogger("vws.manager.backends")
 
@@ -281,11 +282,8 @@ class DiskImages:
                 (home / "lost+found").rmdir()
             except OSError:
                 pass
-            if skeleton is not None and skeleton.is_dir():
-                shutil.copytree(skeleton, home, symlinks=True, dirs_exist_ok=True)
-                for root, dirs, files in os.walk(home):
-                    for n in dirs + files:
-                        os.lchown(os.path.join(root, n), uid, gid)
+            if skeleton is not None:
+                skeleton_copy.fill(home, skeleton, uid, gid, "workspace.spec.resources.disk_bytes")
             os.chown(home, uid, gid)
             os.chmod(home, 0o700)
         except BaseException:

@@ -26,7 +26,7 @@ from ....common import errors, model, units
 from ..base import Backend, BackendSettings, Counters, ExecOptions, HostHandle, Package, ProgressFn, host_capacity
 from . import domain as dom_xml
 from . import packing, provisioning
-from .agent import GuestAgent
+from .agent import GuestAgent, check_environment
 from .connection import Connection, VmSettings, can_raise_rlimits, choose_domain_type, domain_owner, libvirt, vir_error
 from .files import WorkspaceFiles
 from .images import ImageCache
@@ -90,6 +90,7 @@ class LibvirtBackend(Backend):
         handle = HostHandle(workspace_id, name, self.kind)
         if self.exists(handle):
             return handle
+        check_environment(spec.software.environment)  # or the workspace could run nothing
         image = self.resolve_image(spec.software.image)
         wdir = self.files.dir(workspace_id)
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ....common import errors, model, units
+from ..host.room import FULL, no_room
 from vws.native import copysum
 
 log = logging.getLogger("vws.manager.images")
@@ -61,6 +62,11 @@ class ImageCache:
                 except PermissionError:
                     raise errors.FailedPrecondition(
                         f"image {image.name}: this manager may not read {f.location}") from None
+                except OSError as exc:
+                    if exc.errno not in FULL:
+                        raise
+                    raise no_room(f"the {f.role.value.lower()} file of image {image.name} "
+                                  f"({units.format_size(f.size_bytes)})", self.root) from None
                 os.chmod(target, 0o444)  # a backing file: overlays write elsewhere
                 log.info("image %s: %s file cached (%s, %s)", image.name, f.role.value.lower(),
                          units.format_size(f.size_bytes), f.digest)

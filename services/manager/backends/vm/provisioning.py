@@ -19,6 +19,7 @@ from .network import link_names
 # tables and the few blocks a boot touches) near 100 KiB instead of ~450 KiB with qcow2's
 # default 64 KiB clusters, so that ten workspaces on one image take barely more than the image.
 OVERLAY_OPTIONS = "cluster_size=16k"
+DEFAULT_DISK_BYTES = 1024 ** 3  # for a spec naming no size (a site default of 0 lets one through)
 
 
 def propagate(images: ImageCache, image: model.Image, progress: ProgressFn | None) -> dict[model.FileRole, Path]:
@@ -42,13 +43,16 @@ def propagate(images: ImageCache, image: model.Image, progress: ProgressFn | Non
 def make_disk(workspace_id: str, spec: model.WorkspaceSpec, image: model.Image,
               cached: dict[model.FileRole, Path], overlay: Path) -> int:
     """The guest's disk at overlay, over the image's disk if it has one; its size in bytes."""
-    disk_bytes = spec.resources.disk_bytes or units.parse_size("1G")
+    disk_bytes = spec.resources.disk_bytes or DEFAULT_DISK_BYTES
     base = cached.get(model.FileRole.DISK)
     if base is not None:
         fmt = image.file(model.FileRole.DISK).format.value.lower()
-        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(base)],
-                                         check=True, capture_output=True, text=True).stdout)
-        disk_bytes = max(disk_bytes, int(info["virtual-size"]))
+        r = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(base)], capture_output=True, text=True)
+        if r.returncode:  # its digest matched: the image was added so (a qcow2 magic, then anything)
+            raise errors.FailedPrecondition(
+                f"the disk of image {image.image_id} is not a {fmt} image qemu can open "
+                f"({errors.clip(r.stderr.strip(), 200)}); its owner must replace it with a working one")
+        disk_bytes = max(disk_bytes, int(json.loads(r.stdout)["virtual-size"]))
         cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", OVERLAY_OPTIONS, "-F", fmt, "-b", str(base),
                str(overlay), str(disk_bytes)]
     else:
