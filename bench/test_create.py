@@ -60,10 +60,13 @@ BREAKDOWN_CREATES = 10
 
 @pytest.mark.parametrize("backend,options", [("account-pool", {"pool_size": BREAKDOWN_CREATES + 2}),
                                              ("dynamic-accounts", {})])
-def test_create_breakdown_per_hop(tmp_path, report, backend, options):
-    """Each hop of a create (calls per create, time per call) from cProfile of every service."""
+def test_create_breakdown_per_hop(benchmark, tmp_path, report, backend, options):
+    """Each hop of a create (calls per create, time per call) from cProfile of every service.
+    The profiled run is the benchmark's one round, so that `make bench` (--benchmark-only) runs it."""
     from bench.breakdown import breakdown, profile_creates
-    stats = profile_creates(tmp_path, RESULTS / "profiles" / backend, BREAKDOWN_CREATES, K.KIND_UNIX_ACCOUNT, backend=backend, **options)
+    stats = benchmark.pedantic(profile_creates, args=(tmp_path, RESULTS / "profiles" / backend, BREAKDOWN_CREATES,
+                                                      K.KIND_UNIX_ACCOUNT), kwargs=dict(backend=backend, **options),
+                               rounds=1, iterations=1)
     assert {"repository", "factory", "manager"} <= set(stats), f"profiles written: {sorted(stats)}"
     report.note(f"one {backend} create, per hop ({BREAKDOWN_CREATES} creates, every process under cProfile)",
                 breakdown(stats, BREAKDOWN_CREATES))
