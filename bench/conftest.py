@@ -21,6 +21,7 @@ class Report:
     def __init__(self):
         self.rows: list[tuple[str, str, str, str, str]] = []
         self.samples: dict[str, list[float]] = {}
+        self.notes: list[tuple[str, str]] = []  # (title, text) printed after the table
 
     def add_samples(self, name: str, seconds: list[float]) -> None:
         self.samples[name] = sorted(seconds)
@@ -32,12 +33,15 @@ class Report:
     def row(self, what: str, measured: str, anchor: str, ratio: str, goal: str) -> None:
         self.rows.append((what, measured, anchor, ratio, goal))
 
+    def note(self, title: str, text: str) -> None:
+        self.notes.append((title, text))
+
     def render(self) -> str:
         head = ("what", "measured", "anchor (same run)", "ratio", "goal")
         widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
         line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-        return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                          *(line(r) for r in self.rows)])
+        table = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in self.rows)]
+        return "\n".join(table + [f"\n{title}\n\n{text}" for title, text in self.notes])
 
 
 _REPORT = Report()
@@ -49,7 +53,7 @@ def report():
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _REPORT.rows:
+    if _REPORT.rows or _REPORT.notes:
         RESULTS.mkdir(exist_ok=True)
         text = _REPORT.render()
         (RESULTS / "summary.md").write_text(text + "\n")

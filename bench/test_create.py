@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from bench.conftest import measure_creates, median, ms
+from bench.conftest import RESULTS, measure_creates, median, ms
 from vws.v1 import workspace_pb2
 
 ROUNDS = 60
@@ -53,3 +53,20 @@ def _summarise(report, label, goal):
     report.row(f"{label} until READY p50 / p99", f"{ms(p50)} / {ms(report.pct(label, 99))}",
                f"useradd+userdel p50 {ms(a)}", f"{p50 / a:.2f}x", f"p50 <= {ms(goal)}"
                + (" (met)" if p50 <= goal else " (MISSED)"))
+
+
+BREAKDOWN_CREATES = 10
+
+
+@pytest.mark.parametrize("backend,options", [("account-pool", {"pool_size": BREAKDOWN_CREATES + 2}),
+                                             ("dynamic-accounts", {})])
+def test_create_breakdown_per_hop(benchmark, tmp_path, report, backend, options):
+    """Each hop of a create (calls per create, time per call) from cProfile of every service.
+    The profiled run is the benchmark's one round, so that `make bench` (--benchmark-only) runs it."""
+    from bench.breakdown import breakdown, profile_creates
+    stats = benchmark.pedantic(profile_creates, args=(tmp_path, RESULTS / "profiles" / backend, BREAKDOWN_CREATES,
+                                                      K.KIND_UNIX_ACCOUNT), kwargs=dict(backend=backend, **options),
+                               rounds=1, iterations=1)
+    assert {"repository", "factory", "manager"} <= set(stats), f"profiles written: {sorted(stats)}"
+    report.note(f"one {backend} create, per hop ({BREAKDOWN_CREATES} creates, every process under cProfile)",
+                breakdown(stats, BREAKDOWN_CREATES))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from ..common import config
-from ..common.auth.remote import RemoteAuthorizer
+from ..common.auth import remote
 from ..common.auth.serving import protect
 from ..common.config import FactorySettings
 from ..common.server import Service, create_server
@@ -19,7 +19,8 @@ log = logging.getLogger("vws.factory")
 
 
 def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Service, WorkspaceFactory]:
-    protection = protect(settings, "factory", "factory", lambda _ca: RemoteAuthorizer(settings.repository))
+    authorizer = remote.OnDemand(settings.repository, settings.data_dir / "factory" / "audit-journal.db")
+    protection = protect(settings, "factory", "factory", authorizer)
     factory = WorkspaceFactory(Limits.from_settings(settings), records or RepositoryClient(settings.repository),
                                managers or GrpcManagers(), repository_address=settings.repository)
 
@@ -27,8 +28,10 @@ def serve(settings: FactorySettings, records=None, managers=None) -> tuple[Servi
         factory_pb2_grpc.add_FactoryServiceServicer_to_server(FactoryServicer(factory), server)
         return [factory_pb2.DESCRIPTOR.services_by_name["FactoryService"].full_name]
 
-    service = create_server(settings.listen, register, on_stop=factory.stop_background,
-                            **protection.server_arguments())
+    def on_stop():
+        factory.stop_background()
+        authorizer.close()
+    service = create_server(settings.listen, register, on_stop=on_stop, **protection.server_arguments())
     factory.start_background(settings.resume_interval.total_seconds())
     return service, factory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from ..common import config, names
-from ..common.auth.remote import RemoteAuthorizer
+from ..common.auth import remote
 from ..common.auth.serving import protect
 from ..common.config import ManagerSettings
 from ..common.server import Service, create_server
@@ -45,8 +45,8 @@ def build(settings: ManagerSettings, repository=None) -> WorkspaceManager:
 
 
 def serve(settings: ManagerSettings, repository=None) -> tuple[Service, WorkspaceManager]:
-    protection = protect(settings, "manager", names.manager_name(settings.name),
-                         lambda _ca: RemoteAuthorizer(settings.repository))
+    authorizer = remote.OnDemand(settings.repository, settings.data_dir / "manager" / "audit-journal.db")
+    protection = protect(settings, "manager", names.manager_name(settings.name), authorizer)
     manager = build(settings, repository)
     # The host is made to agree with what this manager holds before it takes any request.
     manager.reconcile()
@@ -62,6 +62,7 @@ def serve(settings: ManagerSettings, repository=None) -> tuple[Service, Workspac
         manager.migrations.transfers.close()
         manager.backend.close()
         manager.state.close()
+        authorizer.close()
     service = create_server(settings.listen, register, on_stop=on_stop, options=transfer.BULK_OPTIONS,
                             **protection.server_arguments())
     if not settings.advertise:

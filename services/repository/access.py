@@ -264,9 +264,9 @@ class AccessStore:
     # ------------------------------------------------------------------------- the audit trail
 
     def append(self, record: AuditRecord | AuditEntry) -> int:
-        """Adds one entry (its time: now); returns its sequence."""
+        """Adds one entry (its time: its own, or now); returns its sequence."""
         e = AuditEntry.of(record) if isinstance(record, AuditRecord) else record
-        row = AuditEntryRow(time=self.clock(), attributes=list(e.attributes), message=e.message,
+        row = AuditEntryRow(time=e.time or self.clock(), attributes=list(e.attributes), message=e.message,
                             **{k: (getattr(e, k) or "")[:n] for k, n in _AUDIT_WIDTHS.items()})
         with self.uow(write=True) as session:
             session.add(row)

@@ -36,9 +36,11 @@ def audit_entry_to_pb(e: AuditEntry) -> access_pb2.AuditEntry:
 
 
 def audit_entry_from_pb(m: access_pb2.AuditEntry, service: str) -> AuditEntry:
-    """An entry another service sends (AppendAuditEntry); `service` is who it is, as verified."""
+    """An entry another service sends (AppendAuditEntry); `service` is who it is, as verified.
+    Its time, when it has one, is when the call ended (it may reach the repository later)."""
     return AuditEntry(identity=m.identity, attributes=tuple(m.attributes), source=m.source, service=service,
-                      action=m.action, target=m.target, outcome=m.outcome, message=m.message)
+                      action=m.action, target=m.target, outcome=m.outcome, message=m.message,
+                      time=converters.ts_from_pb(m, "time"))
 
 
 def quota_to_pb(q: Quota | GroupUsage) -> access_pb2.Quota:

@@ -93,6 +93,18 @@ class Records:
 
     def create_record(self, request_id: str, workspace: model.Workspace, source: str = "factory",
                       caller: Caller = PLAIN_TEXT_CALLER) -> tuple[model.Workspace, bool]:
+        record, _, created = self._create(request_id, workspace, source, caller)
+        return record, created
+
+    def create_record_wire(self, request_id: str, workspace: model.Workspace, source: str = "factory",
+                           caller: Caller = PLAIN_TEXT_CALLER) -> tuple[workspace_pb2.Workspace, bool]:
+        """create_record, answered with the record's wire message as stored (what
+        CreateWorkspaceRecord sends back, without converting it again)."""
+        record, wire, created = self._create(request_id, workspace, source, caller)
+        return (wire if wire is not None else converters.workspace_to_pb(record)), created
+
+    def _create(self, request_id: str, workspace: model.Workspace, source: str, caller: Caller
+                ) -> tuple[model.Workspace, workspace_pb2.Workspace | None, bool]:
         """A new PENDING record (event CREATED), owned by `caller`. Idempotent on request_id: the
         same request again returns the first record and False; a different request under the
         same id is ALREADY_EXISTS. The site's policy decides on it for the caller (kinds, limits,
@@ -133,6 +145,7 @@ class Records:
                     c = decision.customisation
                     result.customisation = model.Customisation(decision.rule, decision.quota_group, c.account_pool,
                                                                c.unix_group, dict(c.environment), c.image)
+                wire = converters.workspace_to_pb(result)
                 wid = conn.execute(_INSERT_WORKSPACE, dict(
                     name=workspace.name, spec=store.spec_to_json(workspace.spec), state=State.PENDING.value,
                     state_message=result.state_message, state_time=now, owner=owner,
@@ -142,7 +155,7 @@ class Records:
                     else "", host_identity="", labels=dict(workspace.labels), request_id=request_id or None,
                     request_digest=digest, create_time=now, update_time=now,
                     termination_time=workspace.termination_time, destroy_reason="", event_seq=len(events),
-                    snapshot=converters.workspace_to_pb(result).SerializeToString(deterministic=True),
+                    snapshot=wire.SerializeToString(deterministic=True),
                     enforcement=None)).scalar_one()
                 if workspace.labels:
                     conn.execute(WorkspaceLabelRow.__table__.insert(),
@@ -152,16 +165,16 @@ class Records:
                      "state": State.PENDING.value, "message": text, "source": source}
                     for seq, (kind, before, text) in enumerate(events, 1)])
         except _Retried as retried:
-            return retried.workspace, False
+            return retried.workspace, None, False
         except sa.exc.IntegrityError:
             # A concurrent create with the same request id (or name) won the race.
             existing = self._by_request_id(request_id, digest) if request_id else None
             if existing is not None:
-                return existing, False
+                return existing, None, False
             raise errors.AlreadyExists(f"workspace {workspace.name} already exists") from None
         self.access.note_owner(result.name, owner)
         self.changed(result.name)
-        return result, True
+        return result, wire, True
 
     def _decide(self, session, caller: Caller, workspace: model.Workspace, request_id: str, digest: str,
                 now: dt.datetime) -> Decision | None:
@@ -263,7 +276,15 @@ class Records:
                      change_time: dt.datetime | None = None, host_identity: str = "",
                      event_type: EventType = EventType.STATE_CHANGED,
                      enforcement: model.Enforcement | None = None) -> model.Workspace:
-        """A manager reports a change it made. Only the holding manager may; a report older than
+        return converters.workspace_from_pb(self.report_state_wire(name, manager, state, message, change_time,
+                                                                   host_identity, event_type, enforcement))
+
+    def report_state_wire(self, name: str, manager: str, state: State, message: str = "",
+                          change_time: dt.datetime | None = None, host_identity: str = "",
+                          event_type: EventType = EventType.STATE_CHANGED,
+                          enforcement: model.Enforcement | None = None) -> workspace_pb2.Workspace:
+        """A manager reports a change it made; the workspace's wire message as stored after it
+        (what ReportWorkspaceState sends back, without converting it). Only the holding manager may; a report older than
         the last applied change is kept in the history but does not move the state; a
         TERMINATED record stays TERMINATED."""
         names.parse_manager_name(manager, "manager")
@@ -315,11 +336,10 @@ class Records:
             conn.execute(_INSERT_EVENT, dict(
                 workspace_id=r.id, seq=seq, time=now, type=event_type.value, previous_state=current.value,
                 state=state.value, message=message + why, source=manager))
-            result = converters.workspace_from_pb(wire)
         if state is State.TERMINATED:
             self.retries.forget(name)
         self.changed(name)
-        return result
+        return wire
 
     def report_progress(self, name: str, manager: str, progress: model.Progress | None) -> bool:
         """A manager reports how far the work of a workspace's current state has got. Only the

@@ -128,8 +128,8 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
         if request.workspace.HasField("spec") and converters.kind_from_pb(request.workspace.spec.kind) is None:
             raise errors.InvalidArgument("is not a kind this repository knows", "workspace.spec.kind")
         caller = caller_from_pb(request.caller) if request.HasField("caller") else gate.PLAIN_TEXT_CALLER
-        record, created = self.records.create_record(request.request_id, workspace, caller=caller)
-        return record_pb2.CreateWorkspaceRecordResponse(workspace=ws_pb(record), created=created)
+        record, created = self.records.create_record_wire(request.request_id, workspace, caller=caller)
+        return record_pb2.CreateWorkspaceRecordResponse(workspace=record, created=created)
 
     def AssignWorkspace(self, request, context):
         workspace = self.records.assign(request.name, converters.endpoint_from_pb(request.endpoint))
@@ -141,12 +141,12 @@ class RecordServicer(record_pb2_grpc.RecordServiceServicer):
         return record_pb2.MoveWorkspaceResponse(workspace=ws_pb(workspace))
 
     def ReportWorkspaceState(self, request, context):
-        workspace = self.records.report_state(
+        workspace = self.records.report_state_wire(
             request.name, request.manager, converters.state_from_pb(request.state), request.message,
             converters.ts_from_pb(request, "change_time"), request.host_identity,
             converters.event_type_from_pb(request.event_type),
             converters.enforcement_from_pb(request.enforcement) if request.HasField("enforcement") else None)
-        return record_pb2.ReportWorkspaceStateResponse(workspace=ws_pb(workspace))
+        return record_pb2.ReportWorkspaceStateResponse(workspace=workspace)
 
     def DeleteWorkspaceRecord(self, request, context):
         self.records.delete_record(request.name, request.reason)

@@ -15,7 +15,7 @@ import pytest
 from tests.integration.stack import wait_until
 from tests.integration.test_workspaces import create, get, repo, run
 from vws.common import clients
-from vws.v1 import manager_pb2, repository_pb2, workspace_pb2
+from vws.v1 import access_pb2, manager_pb2, repository_pb2, workspace_pb2
 
 W = workspace_pb2.Workspace
 
@@ -49,6 +49,28 @@ def test_kill_9_of_the_repository_loses_nothing_and_changes_made_meanwhile_arriv
     stack.repository.flags = ["--listen", stack.repository.address] + stack.repository.flags[2:]
     stack.repository.start()
     wait_until(lambda: get(stack, ws.name).state == W.STATE_PAUSED, timeout=15, what="the PAUSED report")
+
+
+def test_kill_9_of_a_manager_before_its_audit_entry_reached_the_repository_loses_no_entry(stack):
+    """The entry waits in the manager's journal while the repository is away; the manager dies
+    before shipping it, and ships it after its restart."""
+    ws = create(stack).workspace
+    stack.repository.kill(signal.SIGKILL)
+    m = clients.manager(ws.endpoint.manager_address)
+    assert m.PauseWorkspace(manager_pb2.PauseWorkspaceRequest(name=ws.name), timeout=10).workspace.state == W.STATE_PAUSED
+    manager = stack.managers["m0"]
+    manager.kill(signal.SIGKILL)
+    stack.repository.flags = ["--listen", stack.repository.address] + stack.repository.flags[2:]
+    stack.repository.start()
+    manager.flags = [f if f != "127.0.0.1:0" else manager.address for f in manager.flags]
+    manager.start()
+
+    def paused_entry():
+        entries = clients.access(stack.repository.address).ListAuditEntries(
+            access_pb2.ListAuditEntriesRequest(target=ws.name), timeout=10).entries
+        return [e for e in entries if e.action == "ManagerService/PauseWorkspace" and e.outcome == "OK"]
+    entry = wait_until(paused_entry, timeout=15, what="the PauseWorkspace audit entry")[0]
+    assert entry.service == stack.manager_name("m0") and entry.identity == "/O=vws/OU=users/CN=admin"
 
 
 def test_kill_9_of_a_manager_then_reconcile_at_start(stack):
