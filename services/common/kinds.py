@@ -23,6 +23,7 @@ class Traits:
     pooled_name: str = ""     # the policy's name when a site's account pool leases it ("pool")
     least_memory_bytes: int = 0  # what one needs to run a program, above the site's floors (a guest's kernel)
     least_cpu_millis: int = 0    # (a guest must boot before the manager stops waiting for its agent)
+    command_bytes: int = 0    # the most one program's start may carry through a guest agent (JSON); 0: no agent
     summary: str = ""         # one line for help texts
 
     @property
@@ -41,7 +42,9 @@ TABLE: dict[Kind, Traits] = {t.kind: t for t in (
     Traits(Kind.SANDBOX, "sandbox", "account", "sandbox", boots_image=False, own_network=True,
            accepts_setup=True, summary="an account's processes in namespaces of their own (bubblewrap)"),
     Traits(Kind.VIRTUAL_MACHINE, "vm", "domain", "vm", boots_image=True, own_network=True,
-           accepts_setup=False, least_memory_bytes=128 * 1024**2, least_cpu_millis=1000, summary="a virtual machine booting a catalogue image (libvirt)"),
+           accepts_setup=False, least_memory_bytes=128 * 1024**2, least_cpu_millis=1000,
+           # qemu-ga of QEMU 7.2 answered a command of 218,082 bytes, not one of 219,946: a margin below
+           command_bytes=192 * 1024, summary="a virtual machine booting a catalogue image (libvirt)"),
 )}
 
 # The simplest isolation, for a request that names no kind.

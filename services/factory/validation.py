@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 
@@ -215,6 +216,27 @@ def check_exec_room(environment: dict[str, str]) -> list[tuple[str, str]]:
     return v
 
 
+# What a guest agent's command holds besides the environment (the program, PATH and HOME, the
+# JSON around them), counted generously so that what admission takes the manager takes too.
+AGENT_COMMAND_OVERHEAD = 1024
+
+
+def check_agent_room(environment: dict[str, str], command_bytes: int) -> list[tuple[str, str]]:
+    """Where programs start through a guest agent (command_bytes: the most one command holds), the
+    environment travels in every command as JSON: it may take half, the rest is the program's."""
+    if not command_bytes or not environment:
+        return []
+    size = len(json.dumps([f"{k}={v}" for k, v in environment.items()], ensure_ascii=False)
+               .encode("utf-8", "surrogatepass")) + AGENT_COMMAND_OVERHEAD
+    room = command_bytes // 2
+    if size <= room:
+        return []
+    return [("workspace.spec.software.environment", f"takes about {units.format_size(size)} in the guest agent's "
+             f"command of every program; at most {units.format_size(room)} (half the {units.format_size(command_bytes)} "
+             "the agent takes in one, control characters 6 bytes each): shorten it, or stage a file with the "
+             "values and read it")]
+
+
 def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -> model.Workspace:
     """Returns the workspace with defaults filled in; raises InvalidArgument listing every bad
     field, or UNIMPLEMENTED for a kind this site does not realise yet."""
@@ -299,6 +321,8 @@ def admit(workspace: model.Workspace, limits: Limits, kind_known: bool = True) -
             v.append((path + ".content", f"is over {units.format_size(MAX_FILE_BYTES)}"))
     v += check_files(sw, res.disk_bytes)
     v += check_exec_room(sw.environment)
+    if implemented(spec.kind):
+        v += check_agent_room(sw.environment, kinds.of(spec.kind).command_bytes)
     image = sw.image
     if boots_image(spec.kind):
         if not image:

@@ -183,3 +183,23 @@ def test_a_virtual_machine_has_the_floors_its_guest_needs(limits):
     vm.spec.resources = model.Resources()
     assert admit(vm, limits).spec.resources.cpu_millis == 1000  # the default, raised to the floor
     assert validation.floors(limits, model.Kind.UNIX_ACCOUNT) == limits.minima
+
+
+def test_a_vm_environment_the_guest_agent_cannot_carry_is_refused_at_admission(limits):
+    """The manager refused it (agent.check_environment) after the factory had admitted it: a
+    kernel's argument limit is far larger than what a guest agent takes in one command."""
+    from vws.manager.backends.vm import agent
+    env = {f"V{i}": "v" * 4000 for i in range(30)}  # ~120 KB: the kernel's limit takes it
+    vm = model.Workspace(name="", owner="alice", spec=model.WorkspaceSpec(
+        kind=model.Kind.VIRTUAL_MACHINE, software=model.Software(image="busybox", environment=env)))
+    v = refused(vm, limits)
+    assert "guest agent" in v["workspace.spec.software.environment"]
+    with pytest.raises(errors.InvalidArgument):
+        agent.check_environment(env)
+    account = ws(model.Software(environment=env))
+    assert admit(account, limits)  # an account's programs start through the kernel alone
+    # Whatever admission takes, the manager takes too: the largest admitted environment.
+    n = 1
+    while not validation.check_agent_room({"A": "a" * (n * 1000)}, agent.MAX_COMMAND_BYTES):
+        n += 1
+    agent.check_environment({"A": "a" * ((n - 1) * 1000)})
