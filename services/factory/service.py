@@ -20,6 +20,8 @@ from ..common.model import UNFINISHED, State
 from .validation import AUTO_REQUEST_ID, Limits, admit, boots_image, check_request_id, fit_image
 
 log = logging.getLogger("vws.factory")
+# A record in these has been destroyed, or is being: nothing to answer a create with.
+GONE = (State.TERMINATING, State.TERMINATED)
 
 # A manager's refusals after which the next manager is worth trying. Not DEADLINE_EXCEEDED: a
 # set-up script that outlasted one manager's limit would outlast the next one's.
@@ -40,6 +42,7 @@ class RecordGateway(Protocol):
     def managers(self) -> list[model.ManagerInfo]: ...
     def unfinished(self) -> list[model.Workspace]: ...  # in UNFINISHED
     def get_image(self, name: str) -> model.Image: ...  # errors.NotFound when it is not there
+    def get(self, name: str) -> model.Workspace | None: ...
 
 
 class ManagerGateway(Protocol):
@@ -246,7 +249,15 @@ class WorkspaceFactory:
             if (record.endpoint.manager, record.endpoint.manager_address) == (m.name, m.address):
                 assigned = record
             else:
-                assigned = self.records.assign(record.name, endpoint)
+                try:
+                    assigned = self.records.assign(record.name, endpoint)
+                except errors.FailedPrecondition:
+                    made = self.records.get(record.name)
+                    if made is None or made.state in UNFINISHED or made.state in GONE:
+                        raise
+                    # A manager tried before made it and reported so, but its answer was lost.
+                    log.info("%s was made on %s, whose answer was lost", record.name, made.endpoint.manager)
+                    return dataclasses.replace(made, request_id=record.request_id, customisation=record.customisation)
             try:
                 deployed = self.managers.deploy(m.address, assigned)
             except TRY_NEXT as exc:

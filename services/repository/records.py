@@ -228,6 +228,10 @@ class Records:
                 raise errors.FailedPrecondition(f"cannot place {name}: it is {row.state}")
             if row.manager_name == endpoint.manager and row.manager_address == endpoint.manager_address:
                 return store.to_workspace(row)  # a retry
+            if row.manager_name and row.state not in (State.PENDING.value, State.PROPAGATING.value):
+                # Its manager made it (a deploy whose answer was lost): a second would make it twice.
+                raise errors.FailedPrecondition(f"{name} is {row.state} on {row.manager_name}, which made it; it is "
+                                                "not placed on another manager")
             now = self.clock()
             row.manager_name, row.manager_address = endpoint.manager, endpoint.manager_address
             if endpoint.host_identity:

@@ -309,3 +309,18 @@ def test_the_factorys_resume_loop_drives_on_creates_a_manager_had_taken(stack):
     assert sorted(factory.resume_once(dt.timedelta(seconds=30))) == sorted(cut_short)
     assert [gw.get(n).state for n in cut_short] == [model.State.RUNNING] * 2
     assert gw.get(made_once).state is model.State.FAILED
+
+
+def test_a_record_its_manager_made_is_not_placed_on_another(stack):
+    """Found by the chaos suite: a manager killed after its deploy but before the factory heard
+    the answer; the factory placed the workspace on the next manager as well, and two managers
+    realised it."""
+    repo, records, maddr, _, _ = stack
+    name = create(records, "req-made-once").workspace.name
+    place(records, name, maddr, State.STATE_READY)
+    with pytest.raises(grpc.RpcError) as e:
+        records.AssignWorkspace(record_pb2.AssignWorkspaceRequest(name=name, endpoint=workspace_pb2.EndpointReference(
+            workspace=name, manager="managers/other", manager_address="127.0.0.1:1")), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value.details()
+    assert "READY on " + MANAGER in e.value.details()
+    assert repo.GetWorkspace(repository_pb2.GetWorkspaceRequest(name=name)).workspace.endpoint.manager == MANAGER

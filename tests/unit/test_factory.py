@@ -34,6 +34,9 @@ class FakeRecords:
 
     def assign(self, name, endpoint):
         ws = self.records[name]
+        if ws.endpoint.manager and ws.endpoint.manager != endpoint.manager and ws.state not in (
+                model.State.PENDING, model.State.PROPAGATING):
+            raise errors.FailedPrecondition(f"{name} is {ws.state.value} on {ws.endpoint.manager}")  # as the repository
         ws.endpoint = endpoint
         return ws
 
@@ -437,3 +440,19 @@ def test_the_resume_loop_leaves_a_create_a_manager_took_while_a_factory_may_stil
     clock[0] += dt.timedelta(minutes=6)
     assert f.resume_once(dt.timedelta(seconds=30)) == [rec.name] and mgrs.calls == ["a:1"]
     assert records.records[rec.name].state is model.State.RUNNING
+
+
+def test_a_create_whose_manager_made_it_but_whose_answer_was_lost_is_not_made_again_elsewhere(limits):
+    """Found by the chaos suite: the manager reported READY and was killed before it answered;
+    the factory placed the workspace on the next manager too."""
+    f, records, mgrs = make(limits, [manager("a", free=8), manager("b", free=1)])
+
+    def deploy(address, workspace):
+        mgrs.calls.append(address)
+        ws = records.records[workspace.name]
+        ws.state = model.State.READY  # reported to the repository ...
+        raise errors.Unavailable("Stream removed")  # ... and the answer lost
+    mgrs.deploy = deploy
+    out = f.create("req-1", ws())
+    assert out.state is model.State.READY and out.endpoint.manager == "managers/a"
+    assert mgrs.calls == ["a:1"] and out.request_id == "req-1"
