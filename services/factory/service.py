@@ -244,6 +244,7 @@ class WorkspaceFactory:
             # A create a manager's crash cut short: that manager holds it, and its room, and deploys
             # it again; another would leave it held twice.
             candidates = [m for m in candidates if m.name == record.endpoint.manager]
+        unreachable: list[str] = []
         for m in candidates:
             endpoint = model.Endpoint(record.name, m.name, m.address)
             if (record.endpoint.manager, record.endpoint.manager_address) == (m.name, m.address):
@@ -252,17 +253,17 @@ class WorkspaceFactory:
                 try:
                     assigned = self.records.assign(record.name, endpoint)
                 except errors.FailedPrecondition:
-                    made = self.records.get(record.name)
-                    if made is None or made.state in UNFINISHED or made.state in GONE:
+                    made = self._made(record)
+                    if made is None:
                         raise
-                    # A manager tried before made it and reported so, but its answer was lost.
-                    log.info("%s was made on %s, whose answer was lost", record.name, made.endpoint.manager)
-                    return dataclasses.replace(made, request_id=record.request_id, customisation=record.customisation)
+                    return made
             try:
                 deployed = self.managers.deploy(m.address, assigned)
             except TRY_NEXT as exc:
                 refusals.append(Refusal(m.name, f"{exc.grpc_status_code.name}: {exc.message}"))
                 log.info("manager %s refused %s: %s", m.name, record.name, refusals[-1].reason)
+                if isinstance(exc, errors.Unavailable):
+                    unreachable.append(m.name)
                 continue
             if deployed.state is State.FAILED:
                 raise errors.FailedPrecondition(
@@ -281,10 +282,27 @@ class WorkspaceFactory:
             raise errors.ResourceExhausted(
                 "no manager has registered with the repository; start one (vws manager) or wait for it",
                 [("managers", "none registered")])
+        if unreachable:
+            made = self._made(record)
+            if made is not None:
+                return made
+            if all(r.manager in unreachable for r in refusals):
+                raise errors.Unavailable(  # not a lack of room: a retry with the same request_id may succeed
+                    f"no manager could be reached for this workspace: "
+                    + "; ".join(f"{r.manager}: {r.reason}" for r in refusals) + "; retry with the same request_id")
         raise errors.ResourceExhausted(
             f"no manager has room for this {kinds.name_of(record.spec.kind)} workspace: "
             + "; ".join(f"{r.manager}: {r.reason}" for r in refusals),
             [(r.manager, r.reason) for r in refusals])
+
+    def _made(self, record: model.Workspace) -> model.Workspace | None:
+        """The workspace as a manager tried before made it and reported it, its answer lost (a
+        crash, a cut link); None when no manager has made it."""
+        made = self.records.get(record.name)
+        if made is None or made.state in UNFINISHED or made.state in GONE:
+            return None
+        log.info("%s was made on %s, whose answer was lost", record.name, made.endpoint.manager)
+        return dataclasses.replace(made, request_id=record.request_id, customisation=record.customisation)
 
     # ------------------------------------------------------------------ resume
     def resume_once(self, older_than: dt.timedelta) -> list[str]:

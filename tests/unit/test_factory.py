@@ -456,3 +456,25 @@ def test_a_create_whose_manager_made_it_but_whose_answer_was_lost_is_not_made_ag
     out = f.create("req-1", ws())
     assert out.state is model.State.READY and out.endpoint.manager == "managers/a"
     assert mgrs.calls == ["a:1"] and out.request_id == "req-1"
+
+
+def test_managers_that_cannot_be_reached_answer_unavailable_not_a_lack_of_room(limits):
+    """A client retries UNAVAILABLE with its request_id; RESOURCE_EXHAUSTED 'no room' it does not."""
+    f, records, mgrs = make(limits, [manager("a"), manager("b")],
+                            refuse={"a:1": grpc.StatusCode.UNAVAILABLE, "b:1": grpc.StatusCode.UNAVAILABLE})
+    with pytest.raises(errors.Unavailable, match="retry with the same request_id"):
+        f.create("req-1", ws())
+    f, records, mgrs = make(limits, [manager("a"), manager("b")],
+                            refuse={"a:1": grpc.StatusCode.UNAVAILABLE, "b:1": grpc.StatusCode.RESOURCE_EXHAUSTED})
+    with pytest.raises(errors.ResourceExhausted):
+        f.create("req-1", ws())
+
+
+def test_a_lone_manager_that_made_it_and_lost_its_answer_is_answered_with_what_it_made(limits):
+    f, records, mgrs = make(limits, [manager("a")])
+
+    def deploy(address, workspace):
+        records.records[workspace.name].state = model.State.READY
+        raise errors.Unavailable("Stream removed")
+    mgrs.deploy = deploy
+    assert f.create("req-1", ws()).state is model.State.READY
