@@ -344,16 +344,23 @@ def test_every_state_change_and_refusal_is_audited(site):
     code_of(lambda: bob.repo.DeleteWorkspace(repository_pb2.DeleteWorkspaceRequest(name=ws.name), timeout=30))
     manager = alice.manager(ws.endpoint.manager_address)
     manager.StopWorkspace(manager_pb2.StopWorkspaceRequest(name=ws.name), timeout=60)
-    entries = clients.access(site.repository.address).ListAuditEntries(
-        access_pb2.ListAuditEntriesRequest(target=ws.name), timeout=10).entries
+
+    def trail(**which):
+        return clients.access(site.repository.address).ListAuditEntries(
+            access_pb2.ListAuditEntriesRequest(**which), timeout=10).entries
+    # The factory's and the managers' entries follow their reply from their journals.
+    wait_until(lambda: any(e.action == "ManagerService/StopWorkspace" for e in trail(target=ws.name)),
+               what="the manager's audit entry")
+    entries = trail(target=ws.name)
     seen = [(e.identity, e.action, e.outcome) for e in entries]
     assert (ALICE, "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") not in seen
     assert (BOB, "RepositoryService/DeleteWorkspace", "PERMISSION_DENIED") in seen
     assert (ALICE, "ManagerService/StopWorkspace", "OK") in seen
     stop = next(e for e in entries if e.action == "ManagerService/StopWorkspace")
     assert stop.source.startswith("ipv4:127.0.0.1:") and stop.service.startswith("managers/")
-    create = clients.access(site.repository.address).ListAuditEntries(
-        access_pb2.ListAuditEntriesRequest(identity=ALICE), timeout=10).entries
+    wait_until(lambda: any(e.action == "FactoryService/CreateWorkspace" for e in trail(identity=ALICE)),
+               what="the factory's audit entry")
+    create = trail(identity=ALICE)
     assert any(e.action == "FactoryService/CreateWorkspace" and e.outcome == "OK" for e in create)
     # Others see their own entries only.
     mine = bob.access.ListAuditEntries(access_pb2.ListAuditEntriesRequest(), timeout=10).entries
