@@ -286,10 +286,11 @@ class WorkspaceFactory:
             made = self._made(record)
             if made is not None:
                 return made
-            if all(r.manager in unreachable for r in refusals):
-                raise errors.Unavailable(  # not a lack of room: a retry with the same request_id may succeed
-                    f"no manager could be reached for this workspace: "
-                    + "; ".join(f"{r.manager}: {r.reason}" for r in refusals) + "; retry with the same request_id")
+        away = unreachable + [m.name for m in managers if m.state is model.ManagerState.UNREACHABLE]
+        if refusals and all(r.manager in away for r in refusals):
+            raise errors.Unavailable(  # not a lack of room: a retry with the same request_id may succeed
+                f"no manager could be reached for this workspace: "
+                + "; ".join(f"{r.manager}: {r.reason}" for r in refusals) + "; retry with the same request_id")
         raise errors.ResourceExhausted(
             f"no manager has room for this {kinds.name_of(record.spec.kind)} workspace: "
             + "; ".join(f"{r.manager}: {r.reason}" for r in refusals),

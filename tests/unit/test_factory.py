@@ -478,3 +478,15 @@ def test_a_lone_manager_that_made_it_and_lost_its_answer_is_answered_with_what_i
         raise errors.Unavailable("Stream removed")
     mgrs.deploy = deploy
     assert f.create("req-1", ws()).state is model.State.READY
+
+
+def test_when_every_manager_is_unreachable_by_its_heartbeat_the_answer_is_unavailable(limits):
+    """The chaos suite saw RESOURCE_EXHAUSTED 'no manager has room' after a repository restart,
+    every manager UNREACHABLE until its next heartbeat: nothing lacked room."""
+    f, _, _ = make(limits, [manager("a", state=model.ManagerState.UNREACHABLE),
+                            manager("b", state=model.ManagerState.UNREACHABLE)])
+    with pytest.raises(errors.Unavailable, match="no manager could be reached"):
+        f.create("req-1", ws())
+    f, _, _ = make(limits, [manager("a", free=0), manager("b", state=model.ManagerState.UNREACHABLE)])
+    with pytest.raises(errors.ResourceExhausted):
+        f.create("req-2", ws())
