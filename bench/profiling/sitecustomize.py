@@ -1,5 +1,6 @@
 """Profiles every thread of a vws service process when VWS_PROFILE_DIR is set, and writes the
 merged cProfile statistics to VWS_PROFILE_DIR/<service>-<pid>.prof at exit (a graceful stop).
+SIGUSR2 forgets what was profiled so far (the end of a warm-up).
 Put on PYTHONPATH by bench/breakdown.py only; a plain run never imports it."""
 import os
 
@@ -7,6 +8,7 @@ if os.environ.get("VWS_PROFILE_DIR"):
     import atexit
     import cProfile
     import pstats
+    import signal
     import sys
     import threading
 
@@ -27,6 +29,11 @@ if os.environ.get("VWS_PROFILE_DIR"):
         if live:
             pstats.Stats(*live).dump_stats(path)
 
+    def _forget(*_):
+        for p in _profiles:
+            p.clear()
+
     threading.setprofile(_start)
+    signal.signal(signal.SIGUSR2, _forget)
     _start()
     atexit.register(_dump)
