@@ -58,7 +58,8 @@ def test_entries_ship_in_order_one_at_a_time_and_leave_when_taken(tmp_path):
     try:
         for a in ("A", "B", "C"):
             journal.append(entry(a))
-        assert [e.action for e, _ in repo.open] == ["A"]  # the first is on its way as append returns
+        wait_until(lambda: repo.open, what="the first send")  # by the journal's thread, off the caller's path
+        assert [e.action for e, _ in repo.open] == ["A"]  # one at a time
         assert journal.pending() == 3
         for _ in range(3):
             repo.answer()
@@ -72,6 +73,7 @@ def test_an_absent_repository_keeps_them_and_a_restart_ships_what_a_crash_left(t
     journal = AuditJournal(tmp_path / "j.db", repo.send, retry_interval=0.05)
     journal.append(entry("A"))
     journal.append(entry("B"))
+    wait_until(lambda: repo.open, what="the first send")
     repo.answer(Failure(grpc.StatusCode.UNAVAILABLE))
     wait_until(lambda: repo.open, what="the retry")
     assert repo.open[0][0].action == "A" and journal.pending() == 2
@@ -93,6 +95,7 @@ def test_an_entry_refused_for_good_is_logged_and_does_not_hold_up_the_rest(tmp_p
     try:
         journal.append(entry("A"))
         journal.append(entry("B"))
+        wait_until(lambda: repo.open, what="the first send")
         with caplog.at_level(logging.ERROR, "vws.audit"):
             repo.answer(Failure(grpc.StatusCode.PERMISSION_DENIED))
         assert "refused audit entry" in caplog.text and '"A"' in caplog.text

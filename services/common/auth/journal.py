@@ -1,6 +1,6 @@
 """The audit entries a factory or a manager owes the repository, kept on local disk until the
-repository has them: written before the call's reply leaves, shipped in the order written, one
-at a time, and removed once the repository took each; what a crash or an absent repository
+repository has them: written before the call's reply leaves, shipped by the journal's own thread
+in the order written, one at a time, and removed once the repository took each; what a crash or an absent repository
 left behind is shipped when it answers again (at the next start at the latest).
 
 An entry is written with the SQLite file in WAL mode and synchronous=NORMAL: it survives the
@@ -44,15 +44,17 @@ class AuditJournal:
         self._idle = threading.Condition(self._lock)
         self._sending = False
         self._closed = threading.Event()
+        self._wake = threading.Event()  # set by append and close: the thread looks at once
         # Ships what an earlier run left, then retries whatever the repository could not take.
         self._thread = threading.Thread(target=self._retry, daemon=True, name="audit journal")
         self._thread.start()
 
     def append(self, entry: access_pb2.AuditEntry) -> None:
-        """On disk when this returns; its delivery has begun unless earlier entries are ahead of it."""
+        """On disk when this returns; the journal's thread ships it, after those ahead of it,
+        off the caller's path (the reply of the call it records does not wait for the send)."""
         with self._lock:
             self._db.execute("INSERT INTO entries (entry) VALUES (?)", (entry.SerializeToString(),))
-        self._ship_next()
+        self._wake.set()
 
     def pending(self) -> int:
         with self._lock:
@@ -61,6 +63,7 @@ class AuditJournal:
     def close(self, grace: float = 2.0) -> None:
         """Stops shipping; an entry on its way is given `grace` seconds to be taken."""
         self._closed.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         with self._lock:
             self._idle.wait_for(lambda: not self._sending, timeout=grace)
@@ -110,7 +113,9 @@ class AuditJournal:
         self._idle.notify_all()
 
     def _retry(self) -> None:
-        while True:
+        """Ships at start, at each append, and every retry interval (what the repository could
+        not take); a delivered entry's callback ships the next at once."""
+        while not self._closed.is_set():
             self._ship_next()
-            if self._closed.wait(self._retry_interval):
-                return
+            self._wake.wait(self._retry_interval)
+            self._wake.clear()
