@@ -88,13 +88,19 @@ def check_member(member: str, field: str = "binding.member") -> str:
     return member
 
 
+def _resource(key: str):
+    return sa.cast(WorkspaceRow.spec[("resources", key)].as_string(), sa.BigInteger)  # 64-bit
+
+
+# Built once: every create of a verified caller counts its group's holdings with it.
+_GROUP_HOLDINGS = sa.select(_resource("memory_bytes"), _resource("cpu_millis"), WorkspaceRow.termination_time).where(
+    WorkspaceRow.quota_group == sa.bindparam("group"), WorkspaceRow.state != model.State.TERMINATED.value)
+
+
 def group_usage(session: Session, group: str, now: dt.datetime) -> GroupUsage:
     """What a quota group holds now: its workspaces that are not TERMINATED, their memory and
     CPU, and the minutes of lifetime they have left."""
-    w = WorkspaceRow
-    field = lambda key: sa.cast(w.spec[("resources", key)].as_string(), sa.BigInteger)  # noqa: E731 - 64-bit
-    rows = session.execute(sa.select(field("memory_bytes"), field("cpu_millis"), w.termination_time)
-                           .where(w.quota_group == group, w.state != model.State.TERMINATED.value)).all()
+    rows = session.connection().execute(_GROUP_HOLDINGS, {"group": group}).all()
     minutes = sum(max((end - now).total_seconds(), 0.0) for _, _, end in rows if end is not None) / 60
     return GroupUsage(workspaces=len(rows), memory_bytes=sum(m or 0 for m, _, _ in rows),
                       cpu_millis=sum(c or 0 for _, c, _ in rows), reserved_minutes=minutes)

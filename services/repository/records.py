@@ -62,12 +62,17 @@ def _update_workspace(columns: tuple[str, ...]):
         {c: sa.bindparam(c) for c in columns})
 
 
+@functools.lru_cache(maxsize=8)
+def _select_held(columns: tuple[sa.Column, ...]):
+    t = WorkspaceRow.__table__
+    return sa.select(t.c.id, t.c.manager_name, t.c.state, t.c.state_time, t.c.snapshot, *columns).where(
+        t.c.name == sa.bindparam("name")).with_for_update()
+
+
 def _held_row(conn, name: str, manager: str, *columns):
     """The workspace's row, locked, with the columns a manager's report needs; NOT_FOUND when it
     does not exist, FAILED_PRECONDITION when another manager (or none) holds it."""
-    t = WorkspaceRow.__table__
-    r = conn.execute(sa.select(t.c.id, t.c.manager_name, t.c.state, t.c.state_time, t.c.snapshot, *columns)
-                     .where(t.c.name == name).with_for_update()).first()
+    r = conn.execute(_select_held(columns), {"name": name}).first()
     if r is None:
         raise errors.NotFound(f"workspace {name} does not exist")
     if r.manager_name != manager:

@@ -316,10 +316,12 @@ def list_managers(session: Session, after: str, limit: int) -> list[ManagerRow]:
                                 .order_by(ManagerRow.name).limit(limit)).scalars())
 
 
+_ACCOUNT_POOL_OF = sa.select(ManagerRow.account_pool).where(ManagerRow.name == sa.bindparam("manager"))
+
+
 def account_pool_of(session: Session, manager: str) -> str:
     """The account pool a manager leases from; "" for none, or for a manager never registered."""
-    return session.execute(sa.select(ManagerRow.account_pool).where(ManagerRow.name == manager)
-                           ).scalar_one_or_none() or ""
+    return session.connection().execute(_ACCOUNT_POOL_OF, {"manager": manager}).scalar_one_or_none() or ""
 
 
 def manager_address(session: Session, name: str) -> str | None:
