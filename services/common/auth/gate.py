@@ -171,7 +171,7 @@ class Call:
     """What the gate knows of one call, as an authorizer needs it."""
     action: str                # ManagerService/StopWorkspace
     target: str                # workspaces/{id}, or ""
-    source: str                # the peer address
+    source: str                # the peer address (of an audited call; "" otherwise)
     authorization: str = ""    # the `authorization` metadata value
     certificate: bytes = b""   # the client's TLS certificate (PEM)
     service: str = ""          # which service answers it (repository, factory, managers/{id})
@@ -250,7 +250,9 @@ class Gate:
             return rule, None
         cert = tls.peer_certificate(context)
         call = Call(action=short(method), target=str(getattr(request, rule.target, "") or "") if rule.target else "",
-                    source=context.peer() or "", authorization=metadata_value(context, AUTHORIZATION),
+                    # the peer's address is for the audit trail alone, and costly to ask grpc for
+                    source=(context.peer() or "") if rule.audited else "",
+                    authorization=metadata_value(context, AUTHORIZATION),
                     certificate=cert or b"", service=self.service)
         service = self.service_caller(cert)
         if rule.who == "service":
